@@ -1,0 +1,128 @@
+"""Generation speed through the pool, against the seed's CNN decoding measured in the same run.
+
+    .venv/bin/python bench/generation.py [--checkpoint PATH] [--device cpu|cuda] [--quantize]
+
+Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95 and
+captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
+methods (its CNN re-reading a 128-character window for every character) and the ratio.
+Latencies are also given per character, because captions end when the model says so: the
+"60-char" column is 60 x the median time per character, the targets' unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.seed_cnn import SeedCNN, seed_decode  # noqa: E402
+from bot.config import load_config  # noqa: E402
+from model.pool import GeneratorLoader, ModelPool  # noqa: E402
+from model.requests import GenerationRequest  # noqa: E402
+
+TEMPLATES = ["Change-My-Mind", "Drake-Hotline-Bling", "Two-Buttons", "Ancient-Aliens", "Distracted-Boyfriend"]
+METHODS = {
+    "greedy": {"method": "greedy"},
+    "sample": {"method": "sample", "temperature": 0.8, "top_p": 0.95},
+    "beam-3": {"method": "beam", "beam_width": 3},
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def request(method: str, i: int) -> GenerationRequest:
+    return GenerationRequest(template=TEMPLATES[i % len(TEMPLATES)], max_length=120, seed=i, n_boxes=2, **METHODS[method])
+
+
+async def single_latency(pool: ModelPool, method: str, reps: int) -> tuple[list[float], list[int]]:
+    times, lengths = [], []
+    for i in range(reps):
+        t = time.perf_counter()
+        result = await pool.generate(request(method, i))
+        times.append(time.perf_counter() - t)
+        lengths.append(max(1, len(" ".join(result.captions[0].boxes))))
+    return times, lengths
+
+
+async def throughput(pool: ModelPool, method: str, concurrency: int, total: int) -> float:
+    queue = list(range(total))
+
+    async def client() -> None:
+        while queue:
+            await pool.generate(request(method, queue.pop()))
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t)
+
+
+def seed_cost(method: str, reps: int) -> float:
+    """Seconds per character of the seed's decoding for this method."""
+    model = SeedCNN().eval()
+    width = 3 if method == "beam-3" else 1
+    seed_decode(model, 1, 4, width)  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        seed_decode(model, 1, 20, width)
+        times.append((time.perf_counter() - t) / 20)
+    return statistics.median(times)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quantize", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--reps", type=int, default=30, help="single-request repetitions per method")
+    parser.add_argument("--seed-reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    args = parser.parse_args()
+    config = load_config()
+    checkpoint = args.checkpoint or config.checkpoint_path
+    torch.set_num_threads(args.threads)
+    loader = GeneratorLoader(checkpoint, args.device, args.threads, quantize=args.quantize, compile=args.compile)
+    pool = ModelPool([loader], max_batch=config.model.max_batch, batch_wait_ms=config.model.batch_wait_ms)
+    await pool.start()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    print(f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} compile={args.compile}")
+    levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
+    ours_per_char = {}
+    print(f"\n{'method':<8} {'p50 ms':>8} {'p95 ms':>8} {'chars':>6} {'60-char ms':>11} " + " ".join(f"{'c=' + str(c):>8}" for c in levels) + "  (captions/s)")
+    for method in METHODS:
+        reps = max(5, args.reps // (3 if args.quick else 1))
+        times, lengths = await single_latency(pool, method, reps)
+        per_char = statistics.median(t / n for t, n in zip(times, lengths, strict=True))
+        ours_per_char[method] = per_char
+        rates = []
+        for c in levels:
+            total = max(2 * c, 32 if args.quick else 64)
+            rates.append(await throughput(pool, method, c, total))
+        print(
+            f"{method:<8} {1000 * statistics.median(times):>8.1f} {1000 * pct(times, 0.95):>8.1f} "
+            f"{statistics.mean(lengths):>6.0f} {60000 * per_char:>11.1f} " + " ".join(f"{r:>8.1f}" for r in rates)
+        )
+    stats = pool.stats
+    await pool.close()
+    print(f"\npool: {stats.batches} batches, mean batch {stats.mean_batch_size:.1f} requests, largest {stats.max_batch_size}")
+    print("\nseed CNN baseline (same machine, same process, random weights):")
+    print(f"{'method':<8} {'60-char ms':>11} {'ours ms':>9} {'speed-up':>9}")
+    for method in METHODS:
+        seed = seed_cost(method if method != "sample" else "greedy", args.seed_reps)
+        print(f"{method:<8} {60000 * seed:>11.1f} {60000 * ours_per_char[method]:>9.1f} {seed / ours_per_char[method]:>8.1f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,143 @@
+"""Builds the bot's shared pieces from the config and runs the front ends in one process.
+
+`open_service` makes the one catalog, renderer, model pool, database and MemeService that
+every front end shares; `run_bot` starts the configured chat front ends on it and waits for
+SIGINT/SIGTERM, then shuts everything down in order (front ends first, so no new work
+arrives, then the pool, then the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from bot.catalog import load_catalog
+from bot.config import Config
+from bot.render import Renderer
+from bot.service import MemeService
+from bot.storage import Storage
+from model.pool import ModelPool
+
+logger = logging.getLogger(__name__)
+
+NO_MODEL = (
+    "no model yet: {path} does not exist. Run `memebot train` or pull the shipped model; "
+    "until then only hand-written captions (/caption) work."
+)
+
+
+class StartError(RuntimeError):
+    """The bot cannot start; the message tells the operator what to fix."""
+
+
+class FrontEnd(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def warn(text: str) -> None:
+    print(f"memebot: {text}", file=sys.stderr, flush=True)
+
+
+async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | None:
+    """The model pool, started; None (with a notice) when no checkpoint is installed."""
+    checkpoint = config.checkpoint_path
+    if not checkpoint.exists():
+        notice(NO_MODEL.format(path=checkpoint))
+        return None
+    pool = ModelPool.from_config(config.model, checkpoint)
+    try:
+        await pool.start()
+    except Exception as exc:
+        raise StartError(f"cannot load the model {checkpoint}: {exc}") from exc
+    return pool
+
+
+@asynccontextmanager
+async def open_service(
+    config: Config, *, pool: ModelPool | None = None, notice: Callable[[str], None] = warn
+) -> AsyncIterator[MemeService]:
+    """The shared core for one process. A started `pool` may be passed in (tests, benchmarks);
+    otherwise one is started from the config."""
+    catalog = load_catalog(config.catalog_path)
+    renderer = Renderer(
+        config.template_images_dir,
+        max_side=config.render.max_side,
+        fallback_fonts=[config.resolve(p) for p in config.render.fallback_fonts],
+        uppercase=config.render.uppercase,
+    )
+    storage = await Storage.open(config.database_path, config.storage.user_hash_key)
+    owns_pool = pool is None
+    try:
+        if owns_pool:
+            pool = await start_pool(config, notice)
+        yield MemeService(config=config, catalog=catalog, renderer=renderer, storage=storage, pool=pool)
+    finally:
+        if owns_pool and pool is not None:
+            await pool.close()
+        await storage.close()
+
+
+def check_front_ends(config: Config) -> None:
+    """Refuse to start, before anything loads or connects, when nothing is enabled or a token is missing."""
+    if not (config.telegram.enabled or config.discord.enabled):
+        raise StartError(
+            "nothing to run: enable [telegram] or [discord] in the config, or try `memebot chat`"
+        )
+    missing = []
+    if config.telegram.enabled and not config.telegram.token:
+        missing.append("Telegram is enabled but TELEGRAM_TOKEN is not set")
+    if config.discord.enabled and not config.discord.token:
+        missing.append("Discord is enabled but DISCORD_TOKEN is not set")
+    if missing:
+        raise StartError("; ".join(missing) + " (set it in the environment, or disable that front end)")
+
+
+def build_front_ends(service: MemeService, config: Config) -> list[FrontEnd]:
+    ends: list[FrontEnd] = []
+    # Each library is imported only when its front end is enabled: both are slow to import.
+    if config.telegram.enabled:
+        from bot.telegram_app import TelegramFrontEnd
+
+        ends.append(TelegramFrontEnd(service, config.telegram))
+    if config.discord.enabled:
+        from bot.discord_app import DiscordFrontEnd
+
+        ends.append(DiscordFrontEnd(service, config.discord))
+    return ends
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_bot(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run every enabled front end until `stop` is set (by default: on SIGINT or SIGTERM)."""
+    if stop is None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+    check_front_ends(config)
+    started: list[FrontEnd] = []
+    async with open_service(config) as service:
+        ends = build_front_ends(service, config)
+        try:
+            for end in ends:
+                await end.start()
+                started.append(end)
+            names = ", ".join(type(end).__name__.removesuffix("FrontEnd") for end in started)
+            warn(f"running ({names}); stop with Ctrl+C")
+            await stop.wait()
+            warn("stopping")
+        finally:
+            for end in reversed(started):
+                try:
+                    await end.close()
+                except Exception:
+                    logger.exception("closing %s failed", type(end).__name__)

@@ -1,0 +1,312 @@
+"""Configuration: one TOML file read into typed dataclasses, then passed down.
+
+Nothing else in the project reads the environment or a config file: the CLI calls
+`load_config` once and hands the pieces to whatever needs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person editing the file."""
+
+
+@dataclass
+class PathsConfig:
+    # Relative paths are resolved against the project root, so the defaults work
+    # from any working directory.
+    shared: Path = Path("../shared")
+    dataset: Path | None = None  # default: <shared>/data/imgflip575k/dataset
+    template_images: Path | None = None  # default: <shared>/data/template-images
+    catalog: Path = Path("data/templates.toml")
+    cache_dir: Path = Path(".cache")
+    output_dir: Path = Path("memes")
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: Path = Path("data/models/memebot-transformer.pt")
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 2
+    quantize: bool = False
+    compile: bool = False
+    max_batch: int = 64
+    batch_wait_ms: float = 4.0
+    queue_size: int = 512
+    timeout_s: float = 20.0
+
+
+@dataclass
+class GenerationConfig:
+    method: str = "sample"  # greedy | sample | beam
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 0.95
+    beam_width: int = 3
+    max_length: int = 120
+
+
+@dataclass
+class RenderConfig:
+    max_side: int = 800
+    uppercase: bool = True
+    fallback_fonts: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class StorageConfig:
+    database: Path = Path("memebot.db")
+    # Key for hashing user ids; the environment variable wins so it can stay out of files.
+    user_hash_key: str = field(default="memebot-default-key-change-me", repr=False)
+
+
+@dataclass
+class LimitsConfig:
+    user_rate_per_minute: float = 6.0
+    user_burst: int = 3
+    chat_rate_per_minute: float = 30.0
+    chat_burst: int = 10
+    max_prefix_chars: int = 150
+    max_caption_chars: int = 500
+
+
+@dataclass
+class FilterConfig:
+    enabled: bool = True
+    extra_words: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TelegramConfig:
+    enabled: bool = False
+    api_url: str = "https://api.telegram.org/bot"
+    file_url: str = "https://api.telegram.org/file/bot"
+    token: str = field(default="", repr=False)
+    poll_timeout_s: float = 30.0
+
+
+@dataclass
+class DiscordConfig:
+    enabled: bool = False
+    token: str = field(default="", repr=False)
+    test_guild: int = 0  # sync commands to this guild only (instant) when non-zero
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    root: Path = PROJECT_ROOT
+
+    def resolve(self, path: Path) -> Path:
+        """A configured path made absolute against the project root."""
+        path = Path(os.path.expanduser(path))
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+    @property
+    def dataset_dir(self) -> Path:
+        p = self.paths.dataset or self.paths.shared / "data/imgflip575k/dataset"
+        return self.resolve(p)
+
+    @property
+    def template_images_dir(self) -> Path:
+        p = self.paths.template_images or self.paths.shared / "data/template-images"
+        return self.resolve(p)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.resolve(self.paths.catalog)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolve(self.paths.cache_dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.resolve(self.model.checkpoint)
+
+    @property
+    def database_path(self) -> Path:
+        return self.resolve(self.storage.database)
+
+
+# Environment variables that override a setting: name -> (section, key).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "TELEGRAM_TOKEN": ("telegram", "token"),
+    "DISCORD_TOKEN": ("discord", "token"),
+    "MEMEBOT_USER_HASH_KEY": ("storage", "user_hash_key"),
+    "MEMEBOT_SHARED": ("paths", "shared"),
+    "MEMEBOT_DATASET": ("paths", "dataset"),
+    "MEMEBOT_TEMPLATE_IMAGES": ("paths", "template_images"),
+    "MEMEBOT_CHECKPOINT": ("model", "checkpoint"),
+    "MEMEBOT_DEVICE": ("model", "device"),
+    "MEMEBOT_DATABASE": ("storage", "database"),
+    "MEMEBOT_CACHE_DIR": ("paths", "cache_dir"),
+    "TELEGRAM_API_URL": ("telegram", "api_url"),
+}
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("generation", "method"): ("greedy", "sample", "beam"),
+}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check a TOML value against a dataclass field type and convert it."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Path": Path, "Any": Any})  # dataclass string annotations
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path string, got {type(value).__name__} {value!r}")
+        return Path(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def _from_env_string(raw: str, annotation: Any, where: str) -> Any:
+    """Environment variables are strings; parse them as TOML values where the field is not text."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"Path": Path, "Any": Any})
+    if annotation in (str, Path) or str in typing.get_args(annotation) or Path in typing.get_args(annotation):
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: cannot parse {raw!r}") from exc
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"[{section}] {key}: unknown setting (known: {known})")
+        where = f"[{section}] {key}"
+        kwargs[key] = _coerce(value, fields[key].type, where)
+        choices = _CHOICES.get((section, key))
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(choices)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    checks = [
+        (config.model.threads >= 1, "[model] threads: must be at least 1"),
+        (config.model.max_batch >= 1, "[model] max_batch: must be at least 1"),
+        (config.model.queue_size >= 1, "[model] queue_size: must be at least 1"),
+        (config.model.timeout_s > 0, "[model] timeout_s: must be positive"),
+        (config.model.batch_wait_ms >= 0, "[model] batch_wait_ms: must not be negative"),
+        (
+            config.model.device == "auto"
+            or config.model.device == "cpu"
+            or config.model.device.startswith("cuda"),
+            f"[model] device: must be auto, cpu or cuda[:N], got {config.model.device!r}",
+        ),
+        (config.generation.temperature > 0, "[generation] temperature: must be positive"),
+        (0 < config.generation.top_p <= 1, "[generation] top_p: must be in (0, 1]"),
+        (config.generation.top_k >= 0, "[generation] top_k: must not be negative"),
+        (1 <= config.generation.beam_width <= 16, "[generation] beam_width: must be between 1 and 16"),
+        (1 <= config.generation.max_length <= 200, "[generation] max_length: must be between 1 and 200"),
+        (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
+        (config.limits.user_rate_per_minute > 0, "[limits] user_rate_per_minute: must be positive"),
+        (config.limits.chat_rate_per_minute > 0, "[limits] chat_rate_per_minute: must be positive"),
+        (config.limits.user_burst >= 1, "[limits] user_burst: must be at least 1"),
+        (config.limits.chat_burst >= 1, "[limits] chat_burst: must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_config(
+    path: Path | str | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    root: Path | None = None,
+) -> Config:
+    """Read the config file (if any), apply environment overrides, validate.
+
+    `path=None` means: use `config.toml` in the project root when it exists, else the
+    built-in defaults. An explicit path that does not exist is an error.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    root = root or PROJECT_ROOT
+    if path is None:
+        candidate = root / "config.toml"
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist (copy config.example.toml to start one)")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "root"}
+    for name, (section, key) in ENV_OVERRIDES.items():
+        if env.get(name):
+            where = f"environment variable {name}"
+            section_cls = typing.get_type_hints(Config)[section]
+            annotation = {f.name: f.type for f in dataclasses.fields(section_cls)}[key]
+            data.setdefault(section, {})
+            if not isinstance(data[section], dict):
+                raise ConfigError(f"[{section}]: expected a table")
+            data[section][key] = _from_env_string(env[name], annotation, where)
+
+    built: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for name, value in data.items():
+        if name not in sections:
+            known = ", ".join(sorted(sections))
+            raise ConfigError(f"[{name}]: unknown section (known: {known})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}]: expected a table of settings, got {value!r}")
+        built[name] = _build_section(hints[name], value, name)
+    config = Config(**built, root=root)
+    _validate(config)
+    return config

@@ -1,0 +1,181 @@
+"""`memebot chat`: the bot in a terminal, on the same MemeService as the chat platforms.
+
+Type the same commands as on Telegram; each meme's caption is printed and its image is
+written to the output folder. Reads stdin line by line, so it also runs from a pipe:
+
+    printf '/meme drake\\n/quit\\n' | memebot chat
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TextIO
+
+from bot.service import (
+    ChatContext,
+    MadeMeme,
+    MemeError,
+    MemeService,
+    UnknownTemplateError,
+    format_settings,
+)
+
+PLATFORM = "console"
+VOTES = {"👍": 1, "+": 1, "+1": 1, "up": 1, "👎": -1, "-": -1, "-1": -1, "down": -1}
+
+HELP = """Commands:
+  /meme [template] [start of caption]   e.g. /meme change-my-mind pineapple on
+  /caption template text | more text     your own text, box by box
+  /rate 👍 | /rate 👎                     rate the last meme (also + or -)
+  /reroll                                another meme like the last one
+  /templates [words]                     list or search templates
+  /history                               your last memes
+  /settings [name value]                 show or change settings
+  /help, /quit"""
+
+
+class ConsoleFrontEnd:
+    """A read-eval-print loop over text streams (the terminal, a pipe, or a test's buffers)."""
+
+    def __init__(
+        self, service: MemeService, output_dir: Path, *, stdin: TextIO, stdout: TextIO, user: str = "local"
+    ) -> None:
+        self.service = service
+        self.output_dir = output_dir
+        self.stdin = stdin
+        self.stdout = stdout
+        # The console is the operator's own: admin of its settings, and never rate limited.
+        self.ctx = ChatContext(
+            platform=PLATFORM,
+            chat_id=PLATFORM,
+            user_id=user,
+            is_admin=True,
+            is_private=True,
+            rate_limited=False,
+        )
+        self.last: MadeMeme | None = None
+        self.commands: dict[str, Callable[[str], Awaitable[None]]] = {
+            "meme": self.meme,
+            "caption": self.caption,
+            "rate": self.rate,
+            "reroll": self.reroll,
+            "templates": self.templates,
+            "history": self.history,
+            "settings": self.settings,
+            "help": self.help,
+            "start": self.help,
+        }
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    async def run(self) -> None:
+        """Serve commands until /quit or the end of input."""
+        interactive = self.stdin.isatty()
+        if interactive:
+            self.say('memebot chat: type /help for commands, /quit to leave. Try "/meme change-my-mind".')
+        while True:
+            if interactive:
+                print("> ", end="", file=self.stdout, flush=True)
+            # Read in a thread: the model pool and the database live on this event loop.
+            line = await asyncio.to_thread(self.stdin.readline)
+            if not line or not await self.handle(line.strip()):
+                return
+
+    async def handle(self, line: str) -> bool:
+        """Run one command line; False when the user wants to leave."""
+        if not line:
+            return True
+        if not line.startswith("/"):
+            self.say("Commands start with /, e.g. /meme drake. Type /help for the list.")
+            return True
+        name, _, argument = line[1:].partition(" ")
+        name = name.lower()
+        if name in ("quit", "exit", "q"):
+            return False
+        command = self.commands.get(name)
+        if command is None:
+            self.say(f"Unknown command /{name}. Type /help for the list.")
+            return True
+        try:
+            await command(argument.strip())
+        except MemeError as exc:
+            self.say(exc.user_message)
+            if isinstance(exc, UnknownTemplateError):
+                self.say("See them all with /templates")
+        return True
+
+    # --- commands ---
+
+    async def meme(self, argument: str) -> None:
+        template, _, prefix = argument.partition(" ")
+        self.show(await self.service.make_meme(self.ctx, template or None, prefix.strip()))
+
+    async def caption(self, argument: str) -> None:
+        template, _, text = argument.partition(" ")
+        self.show(await self.service.caption(self.ctx, template, text.split("|")))
+
+    async def reroll(self, argument: str) -> None:
+        if self.last is None:
+            self.say("Make a meme first: /meme")
+            return
+        self.show(await self.service.reroll(self.ctx, self.last.id))
+
+    async def rate(self, argument: str) -> None:
+        if self.last is None:
+            self.say("Make a meme first: /meme")
+            return
+        vote = VOTES.get(argument.lower())
+        if vote is None:
+            self.say("Rate with /rate 👍 or /rate 👎 (or + and -).")
+            return
+        score = await self.service.rate(self.ctx, self.last.id, vote)
+        self.say(f"#{self.last.id}: 👍 {score.up} 👎 {score.down}")
+
+    async def templates(self, argument: str) -> None:
+        found = self.service.templates(argument, 1000 if not argument else 15)
+        if not found:
+            self.say(f'No template matches "{argument}".')
+        for t in found:
+            model = "" if t.has_data else "  (no model data)"
+            self.say(f"{t.slug:<40} {t.name}{model}")
+
+    async def history(self, argument: str) -> None:
+        memes = await self.service.history(self.ctx)
+        if not memes:
+            self.say("No memes yet. Try /meme")
+        for m in memes:
+            self.say(f"#{m.id} {m.template}: {' | '.join(b for b in m.boxes if b)}  👍 {m.up} 👎 {m.down}")
+
+    async def settings(self, argument: str) -> None:
+        if argument:
+            name, _, value = argument.partition(" ")
+            values = await self.service.set_settings(self.ctx, {name: value})
+            self.say("Saved.")
+        else:
+            values = await self.service.get_settings(self.ctx)
+        self.say(format_settings(values))
+
+    async def help(self, argument: str) -> None:
+        self.say(HELP)
+
+    # --- output ---
+
+    def show(self, made: MadeMeme) -> None:
+        self.last = made
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / f"meme-{made.id}{made.image.extension}"
+        path.write_bytes(made.image.data)
+        self.say(f"#{made.id} {made.template.name}: {made.text or '(empty)'}")
+        self.say(f"saved {display_path(path)}")
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory when inside it: shorter to read and to copy."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)

@@ -1,0 +1,347 @@
+"""The Discord front end: slash commands and buttons, translated into MemeService calls.
+
+Start it with `DiscordFrontEnd(service, config.discord)`, `await start()`, and `await close()`
+on shutdown. Everything a user sees comes from the service; this module only maps Discord
+interactions to service calls and service results (or typed errors) back to Discord replies.
+
+Meme messages carry three buttons whose custom ids hold the meme id (`meme:up:42`). They are
+`DynamicItem`s registered at start-up, so presses on messages posted before a restart still
+reach the bot: nothing about a message has to be remembered in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from collections.abc import Awaitable
+from typing import Any
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from bot.app import StartError
+from bot.catalog import Template
+from bot.config import DiscordConfig
+from bot.service import SETTINGS, ChatContext, MadeMeme, MemeError, MemeOptions, MemeService, format_settings
+from bot.storage import Score, StoredMeme
+
+_log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MAX_CHOICES = 25  # Discord's limit for autocomplete and choice lists
+MAX_MESSAGE_CHARS = 2000
+METHOD_CHOICES = [
+    app_commands.Choice(name="sample: varied, a bit random", value="sample"),
+    app_commands.Choice(name="greedy: the single most likely caption", value="greedy"),
+    app_commands.Choice(name="beam: the best of several candidates", value="beam"),
+]
+BUTTON_EMOJI = {"up": "👍", "down": "👎", "again": "🔁"}
+
+HELP_TEXT = """\
+**memebot** writes meme captions with its own little language model.
+`/meme template prefix method` a meme; start the caption yourself with `prefix` (`|` moves to the next box)
+`/caption template text` your own caption, boxes separated by `|`
+`/templates query` find a template
+`/history` your recent memes
+`/memeconfig` this server's settings (Manage Server only)
+Under each meme: 👍 / 👎 rate it, 🔁 makes another one like it."""
+
+
+class DiscordStartError(StartError):
+    """The Discord bot could not start; the message says what to fix."""
+
+
+def chat_context(interaction: discord.Interaction) -> ChatContext:
+    """Who is asking, where: the chat is the channel; settings belong to the whole server."""
+    user_id = str(interaction.user.id)
+    channel_id = str(interaction.channel_id or interaction.user.id)
+    if interaction.guild_id is None:  # a DM: its only member runs it
+        return ChatContext(PLATFORM, channel_id, user_id, is_admin=True, is_private=True)
+    # `permissions` are the member's own, resolved by Discord and sent with the interaction.
+    # Checking them here matters: a server can let anyone *see* /memeconfig in its settings.
+    return ChatContext(
+        PLATFORM,
+        channel_id,
+        user_id,
+        is_admin=interaction.permissions.manage_guild or interaction.permissions.administrator,
+        scope_id=str(interaction.guild_id),
+    )
+
+
+class MemeButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"meme:(?P<action>up|down|again):(?P<id>[0-9]+)"
+):
+    """👍 n / 👎 n / 🔁 under a meme; the custom id carries the action and the meme id."""
+
+    def __init__(self, action: str, meme_id: int, count: int | None = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                style=discord.ButtonStyle.secondary,
+                emoji=BUTTON_EMOJI[action],
+                label=None if count is None else str(count),
+                custom_id=f"meme:{action}:{meme_id}",
+            )
+        )
+        self.action = action
+        self.meme_id = meme_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> MemeButton:
+        return cls(match["action"], int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client = interaction.client
+        assert isinstance(client, MemeClient)
+        await client.front_end.on_button(interaction, self.action, self.meme_id)
+
+
+def meme_view(meme_id: int, score: Score) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(MemeButton("up", meme_id, score.up))
+    view.add_item(MemeButton("down", meme_id, score.down))
+    view.add_item(MemeButton("again", meme_id))
+    return view
+
+
+def meme_file(meme: MadeMeme) -> discord.File:
+    # The caption doubles as alt text, so screen readers (and search) get the joke too.
+    alt = meme.text[:1024] or meme.template.name
+    return discord.File(
+        io.BytesIO(meme.image.data), filename=f"meme-{meme.id}{meme.image.extension}", description=alt
+    )
+
+
+def templates_text(query: str, found: list[Template]) -> str:
+    if not found:
+        shown = discord.utils.escape_markdown(query[:100])
+        return f"No template matches “{shown}”. Try a shorter word, or `/templates` to see them all."
+    lines = [f"`{t.slug}` {t.name}" + ("" if t.has_data else " (own captions only)") for t in found]
+    return _clip("\n".join(lines))
+
+
+def history_text(memes: list[StoredMeme]) -> str:
+    if not memes:
+        return "You have not made any memes yet: try `/meme`."
+    lines = []
+    for m in memes:
+        when = int(m.created_at.timestamp())
+        caption = discord.utils.escape_markdown(" | ".join(b for b in m.boxes if b)) or "(no text)"
+        lines.append(f"#{m.id} `{m.template}` {caption} · 👍 {m.up} 👎 {m.down} · <t:{when}:R>")
+    return _clip("\n".join(lines))
+
+
+def settings_text(settings: dict[str, object]) -> str:
+    return _clip("This server's settings:\n```\n" + format_settings(settings) + "\n```")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+class MemeClient(discord.Client):
+    """discord.py client on the `guilds` intent alone: interactions need no other, and no privileged one."""
+
+    def __init__(self, front_end: DiscordFrontEnd) -> None:
+        # Captions are user text: an "@everyone" in one must never ping anybody.
+        super().__init__(
+            intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none()
+        )
+        self.front_end = front_end
+
+    async def setup_hook(self) -> None:
+        await self.front_end.setup()
+
+
+class DiscordFrontEnd:
+    """The Discord bot on a MemeService. `await start()` logs in, syncs commands and connects."""
+
+    def __init__(self, service: MemeService, config: DiscordConfig) -> None:
+        self.service = service
+        self.config = config
+        self.client = MemeClient(self)
+        self.tree = app_commands.CommandTree(self.client)
+        self.tree.error(self.on_command_error)
+        self._gateway: asyncio.Task[None] | None = None
+        self._add_commands()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Log in and sync the commands (errors raise DiscordStartError), then connect in the background."""
+        if not self.config.token:
+            raise DiscordStartError(
+                "Discord is enabled but has no bot token: set DISCORD_TOKEN or [discord] token in the config"
+            )
+        try:
+            await self.client.login(self.config.token)
+        except discord.LoginFailure as exc:
+            await self.client.close()
+            raise DiscordStartError(
+                "Discord rejected the bot token: check DISCORD_TOKEN / [discord] token"
+            ) from exc
+        except discord.HTTPException as exc:
+            await self.client.close()
+            where = f"test guild {self.config.test_guild}" if self.config.test_guild else "Discord"
+            raise DiscordStartError(
+                f"could not register the slash commands with {where} ({exc.status} {exc.text}): is the bot "
+                "invited to that server with the applications.commands scope?"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            await self.client.close()
+            raise DiscordStartError(f"cannot reach Discord: {exc}") from exc
+        self._gateway = asyncio.create_task(self._run_gateway(), name="discord-gateway")
+
+    async def _run_gateway(self) -> None:
+        try:
+            await self.client.connect(reconnect=True)
+        except Exception:
+            # discord.py reconnects by itself; reaching here means it gave up for good.
+            _log.exception("Discord gateway connection ended")
+
+    async def setup(self) -> None:
+        """Runs once at login: register the buttons and sync the command tree."""
+        self.client.add_dynamic_items(MemeButton)
+        if self.config.test_guild:
+            guild = discord.Object(id=self.config.test_guild)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        _log.info("Discord: synced %d commands", len(synced))
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._gateway is not None:
+            await self._gateway
+            self._gateway = None
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    def _add_commands(self) -> None:
+        tree = self.tree
+
+        async def template_choices(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            return [
+                app_commands.Choice(name=t.name[:100], value=t.slug)
+                for t in self.service.templates(current, limit=MAX_CHOICES)
+            ]
+
+        @tree.command(name="meme", description="Make a meme; the bot writes the caption")
+        @app_commands.describe(
+            template="Meme template (leave empty for a random one)",
+            prefix="Start the caption yourself; | moves to the next box",
+            method="How the caption is chosen",
+        )
+        @app_commands.choices(method=METHOD_CHOICES)
+        @app_commands.autocomplete(template=template_choices)
+        async def meme(
+            interaction: discord.Interaction,
+            template: str | None = None,
+            prefix: str = "",
+            method: str | None = None,
+        ) -> None:
+            ctx = chat_context(interaction)
+            await interaction.response.defer(thinking=True)
+            options = MemeOptions(method=method) if method else None
+            await self._send_meme(interaction, self.service.make_meme(ctx, template, prefix, options))
+
+        @tree.command(name="caption", description="Put your own caption on a template")
+        @app_commands.describe(template="Meme template", text="The caption; separate the boxes with |")
+        @app_commands.autocomplete(template=template_choices)
+        async def caption(interaction: discord.Interaction, template: str, text: str) -> None:
+            ctx = chat_context(interaction)
+            await interaction.response.defer(thinking=True)
+            boxes = [box.strip() for box in text.split("|")]
+            await self._send_meme(interaction, self.service.caption(ctx, template, boxes))
+
+        @tree.command(name="templates", description="Find a meme template")
+        @app_commands.describe(query="Part of a template's name; leave empty to list them")
+        async def templates(interaction: discord.Interaction, query: str = "") -> None:
+            found = self.service.templates(query, limit=MAX_CHOICES)
+            await interaction.response.send_message(templates_text(query, found), ephemeral=True)
+
+        @tree.command(name="history", description="Your recent memes")
+        async def history(interaction: discord.Interaction) -> None:
+            memes = await self.service.history(chat_context(interaction))
+            await interaction.response.send_message(history_text(memes), ephemeral=True)
+
+        @tree.command(name="memeconfig", description="Show or change this server's meme settings")
+        @app_commands.describe(
+            setting="The setting to change (leave empty to see them)", value="Its new value, or default"
+        )
+        @app_commands.choices(
+            setting=[
+                app_commands.Choice(name=f"{s.name}: {s.help}"[:100], value=s.name) for s in SETTINGS.values()
+            ]
+        )
+        @app_commands.default_permissions(manage_guild=True)
+        @app_commands.guild_only()
+        async def memeconfig(
+            interaction: discord.Interaction, setting: str | None = None, value: str = ""
+        ) -> None:
+            ctx = chat_context(interaction)
+            try:
+                if setting is None:
+                    current = await self.service.get_settings(ctx)
+                else:
+                    current = await self.service.set_settings(ctx, {setting: value})
+            except MemeError as exc:
+                await interaction.response.send_message(exc.user_message, ephemeral=True)
+                return
+            await interaction.response.send_message(settings_text(current), ephemeral=True)
+
+        @tree.command(name="help", description="What memebot can do")
+        async def help_(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(HELP_TEXT, ephemeral=True)
+
+    # ---- replies ------------------------------------------------------------------------------
+
+    async def _send_meme(self, interaction: discord.Interaction, making: Awaitable[MadeMeme]) -> None:
+        """Finish a deferred interaction with the meme, or with the error only the user sees."""
+        try:
+            made = await making
+        except MemeError as exc:
+            await self._reply_error(interaction, exc.user_message)
+            return
+        message = await interaction.followup.send(
+            file=meme_file(made), view=meme_view(made.id, made.score), wait=True
+        )
+        await self.service.attach_message(made.id, str(message.id))
+
+    async def _reply_error(self, interaction: discord.Interaction, text: str) -> None:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        # After a public defer the first follow-up would fill in the public "thinking" message
+        # whatever its own flags say; removing that message first lets the error be ephemeral.
+        await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+
+    async def on_button(self, interaction: discord.Interaction, action: str, meme_id: int) -> None:
+        ctx = chat_context(interaction)
+        if action == "again":
+            await interaction.response.defer(thinking=True)
+            await self._send_meme(interaction, self.service.reroll(ctx, meme_id))
+            return
+        try:
+            score = await self.service.rate(ctx, meme_id, 1 if action == "up" else -1)
+        except MemeError as exc:
+            await interaction.response.send_message(exc.user_message, ephemeral=True)
+            return
+        await interaction.response.edit_message(view=meme_view(meme_id, score))
+
+    async def on_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        _log.error("Discord command failed", exc_info=error)
+        try:
+            await self._reply_error(interaction, "Sorry, something went wrong on my side. Please try again.")
+        except discord.HTTPException:
+            pass  # the interaction may have expired; the log has the cause

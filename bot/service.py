@@ -1,0 +1,517 @@
+"""The platform-neutral core of the bot: make, reroll, rate and caption memes; settings.
+
+Front ends (Telegram, Discord, the console) only translate their platform's events into
+calls on `MemeService` and its results back into messages. Nothing here knows about any
+chat platform: who may change settings is decided by the adapter (`ChatContext.is_admin`),
+and every refusal is a `MemeError` whose `user_message` a front end can show as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bot.catalog import Catalog, Template, UnknownTemplate
+from bot.config import Config
+from bot.ratelimit import Cooldown, TokenBucket
+from bot.render import RenderedMeme, Renderer
+from bot.storage import ChatSettings, NewMeme, Score, Storage, StoredMeme, UnknownMeme
+from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
+from model.requests import METHODS, GenerationRequest
+
+HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
+MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
+MAX_HISTORY = 50
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """Who asks, and where. Ids are the platform's own, as strings."""
+
+    platform: str
+    chat_id: str
+    user_id: str
+    is_admin: bool = False  # may change this chat's settings (the adapter checks the platform)
+    is_private: bool = False
+    scope_id: str = ""  # whose settings apply (e.g. a Discord server); "" = the chat's own
+    rate_limited: bool = True  # False for the operator's own console: no flood to guard against
+
+    @property
+    def settings_scope(self) -> str:
+        return self.scope_id or self.chat_id
+
+
+@dataclass(frozen=True)
+class MemeOptions:
+    """Per-request overrides of the chat's settings; None = use the setting."""
+
+    method: str | None = None
+    temperature: float | None = None
+    beam_width: int | None = None
+    max_length: int | None = None
+    uppercase: bool | None = None
+
+
+@dataclass(frozen=True)
+class MadeMeme:
+    id: int
+    template: Template
+    boxes: list[str]
+    image: RenderedMeme
+    score: Score
+    prefix: str
+
+    @property
+    def text(self) -> str:
+        """The caption on one line, boxes separated by " | " (for captions and alt text)."""
+        return " | ".join(box for box in self.boxes if box.strip())
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class MemeError(Exception):
+    """A request the bot cannot fulfil; `user_message` is short, friendly and safe to show."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class UnknownTemplateError(MemeError):
+    def __init__(self, user_message: str, suggestions: list[Template]) -> None:
+        super().__init__(user_message)
+        self.suggestions = suggestions
+
+
+class BusyError(MemeError):
+    pass
+
+
+class CooldownError(MemeError):
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(f"Slow down a little: you can make another meme in {seconds} s.")
+        self.retry_after = retry_after
+
+
+class NotAllowedError(MemeError):
+    pass
+
+
+class BadInputError(MemeError):
+    pass
+
+
+class UnknownMemeError(MemeError):
+    def __init__(self, meme_id: int) -> None:
+        super().__init__("That meme is gone from my memory, so I can't do that. Make a new one!")
+        self.meme_id = meme_id
+
+
+class NoModelError(MemeError):
+    """No caption model is loaded: only hand-written captions work."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The caption model isn't installed yet, so I can't write captions. "
+            "You can still write your own with /caption, e.g. /caption drake no thanks | yes please"
+        )
+
+
+class GenerationError(MemeError):
+    """The model failed on this request (not the user's fault; trying again may work)."""
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str  # ChatSettings field
+    help: str  # what a user may type
+    parse: Callable[[str, Catalog], Any]
+
+
+def _number(kind: type, low: float, high: float) -> Callable[[str, Catalog], Any]:
+    def parse(text: str, catalog: Catalog) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high or (isinstance(value, float) and math.isnan(value)):
+            raise ValueError(f"a {'whole ' if kind is int else ''}number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _method(text: str, catalog: Catalog) -> str:
+    if text.lower() not in METHODS:
+        raise ValueError(f"one of {', '.join(METHODS)}")
+    return text.lower()
+
+
+def _switch(text: str, catalog: Catalog) -> bool:
+    words = {
+        "on": True,
+        "true": True,
+        "yes": True,
+        "1": True,
+        "off": False,
+        "false": False,
+        "no": False,
+        "0": False,
+    }
+    if text.lower() not in words:
+        raise ValueError("on or off")
+    return words[text.lower()]
+
+
+def _templates(text: str, catalog: Catalog) -> tuple[str, ...]:
+    slugs: list[str] = []
+    for name in text.replace(",", " ").split():
+        slug = catalog.lookup(name).slug  # UnknownTemplate names the bad one, with suggestions
+        if slug not in slugs:
+            slugs.append(slug)
+    if not slugs:
+        raise ValueError('template names separated by commas, or "all"')
+    return tuple(slugs)
+
+
+SETTINGS: dict[str, SettingSpec] = {
+    spec.name: spec
+    for spec in (
+        SettingSpec("method", "greedy, sample or beam", _method),
+        SettingSpec("temperature", "0.1 to 2 (higher = wilder captions)", _number(float, 0.1, 2.0)),
+        SettingSpec("beam_width", "1 to 16", _number(int, 1, 16)),
+        SettingSpec("max_length", "10 to 200 characters", _number(int, 10, 200)),
+        SettingSpec("filter_enabled", "on or off", _switch),
+        SettingSpec("allowed_templates", 'template names separated by commas, or "all"', _templates),
+        SettingSpec("cooldown_s", "0 to 3600 seconds between one person's memes", _number(float, 0, 3600)),
+    )
+}
+# Short names people type for the long field names.
+SETTING_ALIASES = {
+    "filter": "filter_enabled",
+    "templates": "allowed_templates",
+    "cooldown": "cooldown_s",
+    "beam": "beam_width",
+    "length": "max_length",
+}
+RESET_WORDS = ("default", "reset", "unset")
+
+
+def setting_name(key: str) -> str | None:
+    """The settings field a user's key means, or None."""
+    key = key.strip().lower().replace("-", "_")
+    key = SETTING_ALIASES.get(key, key)
+    return key if key in SETTINGS else None
+
+
+def format_settings(values: dict[str, object]) -> str:
+    """Effective settings as plain text lines, for any front end."""
+    lines = []
+    for name, value in values.items():
+        if name == "allowed_templates":
+            shown = "all" if value is None else ", ".join(value) or "none"  # type: ignore[arg-type]
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+        lines.append(f"{name}: {shown}")
+    return "\n".join(lines)
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+class MemeService:
+    """One per process, shared by every front end (one pool, one database)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        catalog: Catalog,
+        renderer: Renderer,
+        storage: Storage,
+        pool: ModelPool | None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        # pool=None: no model is installed; hand-written captions still work.
+        self.config = config
+        self.catalog = catalog
+        self.renderer = renderer
+        self.storage = storage
+        self.pool = pool
+        self._rng = rng or random.Random()
+        limits = config.limits
+        self._user_limit = TokenBucket(limits.user_rate_per_minute, limits.user_burst, clock)
+        self._chat_limit = TokenBucket(limits.chat_rate_per_minute, limits.chat_burst, clock)
+        self._cooldown = Cooldown(clock)
+
+    @property
+    def has_model(self) -> bool:
+        return self.pool is not None
+
+    # --- memes ---
+
+    async def make_meme(
+        self, ctx: ChatContext, template: str | None, prefix: str = "", options: MemeOptions | None = None
+    ) -> MadeMeme:
+        """A model-captioned meme; `template` None (or "") picks a random one."""
+        options = options or MemeOptions()
+        if len(prefix) > self.config.limits.max_prefix_chars:
+            raise BadInputError(
+                f"That start of a caption is too long: keep it under {self.config.limits.max_prefix_chars} characters."
+            )
+        settings = await self.storage.get_settings(ctx.platform, ctx.settings_scope)
+        chosen = self._choose_template(template, settings)
+        if self.pool is None:
+            raise NoModelError()
+        request = self._request(chosen, prefix, settings, options)
+        with self._turn(ctx, settings):
+            boxes = await self._generate(request)
+        params = {
+            "temperature": request.temperature,
+            "top_k": request.top_k,
+            "top_p": request.top_p,
+            "beam_width": request.beam_width,
+            "max_length": request.max_length,
+        }
+        return await self._finish(
+            ctx, chosen, boxes, prefix, request.method, params, self.pool.model_id, options.uppercase
+        )
+
+    async def reroll(self, ctx: ChatContext, meme_id: int) -> MadeMeme:
+        """A new meme on the same template and prefix. It always samples: greedy or beam
+        search would only repeat the caption being rerolled."""
+        stored = await self.storage.get_meme(meme_id)
+        if stored is None:
+            raise UnknownMemeError(meme_id)
+        return await self.make_meme(ctx, stored.template, stored.prefix, MemeOptions(method="sample"))
+
+    async def caption(self, ctx: ChatContext, template: str, boxes: list[str]) -> MadeMeme:
+        """A meme with the user's own text in its boxes; needs no model."""
+        boxes = [box.strip() for box in boxes]
+        while boxes and not boxes[-1]:
+            boxes.pop()
+        if not boxes:
+            raise BadInputError("Give me some text, e.g. /caption drake no thanks | yes please")
+        if sum(len(box) for box in boxes) > self.config.limits.max_caption_chars:
+            raise BadInputError(
+                f"That caption is too long: keep it under {self.config.limits.max_caption_chars} characters."
+            )
+        if not template or not template.strip():
+            raise BadInputError("Which template? e.g. /caption drake no thanks | yes please")
+        settings = await self.storage.get_settings(ctx.platform, ctx.settings_scope)
+        chosen = self._choose_template(template, settings)
+        with self._turn(ctx, settings):
+            return await self._finish(ctx, chosen, boxes, "", HANDWRITTEN, {}, HANDWRITTEN, None)
+
+    async def rate(self, ctx: ChatContext, meme_id: int, value: int) -> Score:
+        """Vote +1 or -1; the same vote again withdraws it. Returns the meme's new score."""
+        if isinstance(value, bool) or value not in (-1, 1):
+            raise BadInputError("Rate with 👍 or 👎.")
+        try:
+            return await self.storage.rate(meme_id, ctx.platform, ctx.user_id, value)
+        except UnknownMeme:
+            raise UnknownMemeError(meme_id) from None
+
+    async def attach_message(self, meme_id: int, message_id: str) -> None:
+        """Remember which platform message shows the meme."""
+        try:
+            await self.storage.set_message_id(meme_id, message_id)
+        except UnknownMeme:
+            raise UnknownMemeError(meme_id) from None
+
+    def templates(self, query: str = "", limit: int = 25) -> list[Template]:
+        return self.catalog.search(
+            query[:MAX_TEMPLATE_QUERY], max(1, min(limit, len(self.catalog.templates)))
+        )
+
+    async def history(self, ctx: ChatContext, n: int = 10) -> list[StoredMeme]:
+        """The user's last `n` memes on this platform, newest first."""
+        return await self.storage.user_history(ctx.platform, ctx.user_id, max(1, min(n, MAX_HISTORY)))
+
+    # --- settings ---
+
+    async def get_settings(self, ctx: ChatContext) -> dict[str, object]:
+        """The settings in effect for this chat: its own where set, else the config's."""
+        return self._effective(await self.storage.get_settings(ctx.platform, ctx.settings_scope))
+
+    async def set_settings(self, ctx: ChatContext, changes: dict[str, str]) -> dict[str, object]:
+        """Parse and store changes typed by a user; "default" clears a setting."""
+        if not ctx.is_admin:
+            raise NotAllowedError("Only the chat's admins can change its settings.")
+        if not changes:
+            raise BadInputError("Name a setting and a value, e.g. temperature 0.9")
+        parsed: dict[str, Any] = {}
+        for key, text in changes.items():
+            name = setting_name(key)
+            if name is None:
+                known = ", ".join(SETTINGS)
+                raise BadInputError(f'There is no setting "{key[:40]}". Settings: {known}.')
+            parsed[name] = self._parse_setting(name, text.strip())
+        stored = await self.storage.set_settings(ctx.platform, ctx.settings_scope, **parsed)
+        return self._effective(stored)
+
+    def _parse_setting(self, name: str, text: str) -> Any:
+        if not text:
+            raise BadInputError(f"Give {name} a value: {SETTINGS[name].help}, or default.")
+        if text.lower() in RESET_WORDS or (name == "allowed_templates" and text.lower() == "all"):
+            return None
+        try:
+            return SETTINGS[name].parse(text, self.catalog)
+        except UnknownTemplate as exc:
+            raise UnknownTemplateError(str(exc), list(exc.suggestions)) from None
+        except ValueError as exc:
+            raise BadInputError(f"{name} must be {exc} (got {text[:40]!r}).") from None
+
+    def _effective(self, settings: ChatSettings) -> dict[str, object]:
+        g = self.config.generation
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return {
+            "method": pick(settings.method, g.method),
+            "temperature": pick(settings.temperature, g.temperature),
+            "beam_width": pick(settings.beam_width, g.beam_width),
+            "max_length": pick(settings.max_length, g.max_length),
+            "filter_enabled": pick(settings.filter_enabled, self.config.filter.enabled),
+            "allowed_templates": settings.allowed_templates,  # None = every template
+            "cooldown_s": pick(settings.cooldown_s, 0.0),
+        }
+
+    # --- steps ---
+
+    def _choose_template(self, query: str | None, settings: ChatSettings) -> Template:
+        allowed = settings.allowed_templates
+        if query is None or not query.strip():
+            # A random pick favours templates the model has seen captions for.
+            pool = [t for t in self.catalog.templates if t.has_data or self.pool is None]
+            pool = [t for t in pool if allowed is None or t.slug in allowed]
+            if not pool:
+                raise NotAllowedError(
+                    "No templates are enabled in this chat; an admin can change that in the settings."
+                )
+            return self._rng.choice(pool)
+        if len(query) > MAX_TEMPLATE_QUERY:
+            raise BadInputError("That's not a template name. Try /templates to see them all.")
+        try:
+            template = self.catalog.lookup(query.strip())
+        except UnknownTemplate as exc:
+            raise UnknownTemplateError(str(exc), list(exc.suggestions)) from None
+        if allowed is not None and template.slug not in allowed:
+            raise NotAllowedError(f"{template.name} isn't enabled in this chat.")
+        return template
+
+    def _request(
+        self, template: Template, prefix: str, settings: ChatSettings, options: MemeOptions
+    ) -> GenerationRequest:
+        effective = self._effective(settings)
+        chosen = dict(effective)
+        for name in ("method", "temperature", "beam_width", "max_length"):
+            value = getattr(options, name)
+            if value is not None:  # options come from users too: the same rules as settings
+                chosen[name] = self._parse_setting(name, str(value))
+        filtered = chosen["filter_enabled"]
+        g = self.config.generation
+        return GenerationRequest(
+            template=template.dataset_name,
+            prefix=prefix,
+            method=str(chosen["method"]),
+            temperature=float(chosen["temperature"]),  # type: ignore[arg-type]
+            top_k=g.top_k,
+            top_p=g.top_p,
+            beam_width=int(chosen["beam_width"]),  # type: ignore[call-overload]
+            max_length=int(chosen["max_length"]),  # type: ignore[call-overload]
+            banned_words=tuple(w.lower() for w in self.config.filter.extra_words) if filtered else (),
+            n_boxes=len(template.boxes),
+        )
+
+    @contextmanager
+    def _turn(self, ctx: ChatContext, settings: ChatSettings) -> Iterator[None]:
+        """Charge one meme to the user and the chat, or raise CooldownError. The charge is
+        given back when the bot, not the user, fails (busy, model error)."""
+        if not ctx.rate_limited:
+            yield
+            return
+        user_key = f"{ctx.platform}:{ctx.user_id}"
+        chat_key = f"{ctx.platform}:{ctx.chat_id}"
+        cooldown_key = f"{chat_key}:{ctx.user_id}"
+        cooldown_s = settings.cooldown_s or 0.0
+        wait = max(
+            self._user_limit.wait_time(user_key),
+            self._chat_limit.wait_time(chat_key),
+            self._cooldown.wait_time(cooldown_key, cooldown_s),
+        )
+        if wait > 0:
+            raise CooldownError(wait)
+        self._user_limit.spend(user_key)
+        self._chat_limit.spend(chat_key)
+        self._cooldown.spend(cooldown_key)
+        try:
+            yield
+        except (BusyError, GenerationError):
+            self._user_limit.refund(user_key)
+            self._chat_limit.refund(chat_key)
+            self._cooldown.refund(cooldown_key)
+            raise
+
+    async def _generate(self, request: GenerationRequest) -> list[str]:
+        assert self.pool is not None
+        try:
+            result = await self.pool.generate(request)
+        except (PoolBusy, PoolTimeout) as exc:
+            raise BusyError(exc.user_message) from exc
+        except InvalidRequest as exc:
+            raise BadInputError(exc.user_message) from exc
+        except PoolError as exc:
+            raise GenerationError(exc.user_message) from exc
+        if not result.captions:
+            raise GenerationError("The meme machine came up empty. Please try again.")
+        return list(result.captions[0].boxes)
+
+    async def _finish(
+        self,
+        ctx: ChatContext,
+        template: Template,
+        boxes: list[str],
+        prefix: str,
+        method: str,
+        params: dict[str, Any],
+        model_id: str,
+        uppercase: bool | None,
+    ) -> MadeMeme:
+        # Rendering is CPU work: off the event loop, so other chats keep being served.
+        image = await asyncio.to_thread(self.renderer.render, template, boxes, uppercase=uppercase)
+        if uppercase is not None:
+            params = {**params, "uppercase": uppercase}
+        meme_id = await self.storage.record_meme(
+            NewMeme(
+                platform=ctx.platform,
+                chat_id=ctx.chat_id,
+                user_id=ctx.user_id,
+                template=template.slug,
+                prefix=prefix,
+                boxes=boxes,
+                method=method,
+                params=params,
+                model_id=model_id,
+            )
+        )
+        return MadeMeme(
+            id=meme_id, template=template, boxes=boxes, image=image, score=Score(0, 0), prefix=prefix
+        )

@@ -1,0 +1,685 @@
+"""Everything the bot remembers, in one SQLite file: memes, ratings and per-chat settings.
+
+One `Storage` owns one aiosqlite connection and runs every statement under one asyncio
+lock, so a write transaction is never interleaved with another coroutine's statements.
+Several processes (the bot, `memebot db backup`, an export) can share the file: it runs
+in WAL mode with a busy timeout, and every write transaction starts with BEGIN IMMEDIATE
+so two writers queue for the lock instead of failing half-way.
+
+User ids never reach the file. They are stored as HMAC-SHA256 hashes keyed with
+`storage.user_hash_key`, so an export (or a leaked database) cannot be joined back to
+accounts, while the same user still maps to the same hash for ratings and history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another process's transaction
+USER_HASH_HEX = 32  # 128 bits of the HMAC: collisions are negligible, rows stay short
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width UTC, so text order is time order
+
+# MIGRATIONS[v] takes a database from schema version v to v + 1 (`PRAGMA user_version`).
+# A released entry is never edited: old databases replay every entry after their version.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # v1: memes, ratings, per-chat generation settings
+        """CREATE TABLE memes (
+            id INTEGER PRIMARY KEY,
+            platform TEXT NOT NULL,
+            chat_id TEXT NOT NULL,
+            user_hash TEXT NOT NULL,
+            template TEXT NOT NULL,
+            prefix TEXT NOT NULL DEFAULT '',
+            boxes TEXT NOT NULL,
+            method TEXT NOT NULL,
+            params TEXT NOT NULL DEFAULT '{}',
+            model_id TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            message_id TEXT
+        )""",
+        """CREATE TABLE ratings (
+            meme_id INTEGER NOT NULL REFERENCES memes (id) ON DELETE CASCADE,
+            user_hash TEXT NOT NULL,
+            value INTEGER NOT NULL CHECK (value IN (-1, 1)),
+            rated_at TEXT NOT NULL,
+            PRIMARY KEY (meme_id, user_hash)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE settings (
+            platform TEXT NOT NULL,
+            scope_id TEXT NOT NULL,
+            method TEXT,
+            temperature REAL,
+            beam_width INTEGER,
+            max_length INTEGER,
+            filter_enabled INTEGER,
+            PRIMARY KEY (platform, scope_id)
+        )""",
+        "CREATE INDEX memes_by_user ON memes (platform, user_hash, id)",
+    ),
+    (  # v2: per-chat template allow-list and cooldown; indices for a chat's top memes and button presses
+        "ALTER TABLE settings ADD COLUMN allowed_templates TEXT",
+        "ALTER TABLE settings ADD COLUMN cooldown_s REAL",
+        "CREATE INDEX memes_by_chat ON memes (platform, chat_id, id)",
+        "CREATE INDEX memes_by_message ON memes (platform, chat_id, message_id) WHERE message_id IS NOT NULL",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StorageError(Exception):
+    """The database cannot be used; the message says what to do about it."""
+
+
+class InvalidValue(ValueError):
+    """A value handed to storage has the wrong shape (a programming or parsing error upstream)."""
+
+
+class UnknownMeme(LookupError):
+    def __init__(self, meme_id: int) -> None:
+        super().__init__(f"there is no meme with id {meme_id}")
+        self.meme_id = meme_id
+
+
+@dataclass(frozen=True)
+class NewMeme:
+    platform: str
+    chat_id: str
+    user_id: str  # raw user id in; stored only as a keyed hash
+    template: str  # slug
+    prefix: str
+    boxes: list[str]
+    method: str
+    params: dict
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Score:
+    up: int
+    down: int
+
+    @property
+    def value(self) -> int:
+        return self.up - self.down
+
+
+@dataclass(frozen=True)
+class StoredMeme:
+    id: int
+    platform: str
+    chat_id: str
+    user_hash: str
+    template: str
+    prefix: str
+    boxes: list[str]
+    method: str
+    params: dict
+    model_id: str
+    created_at: datetime  # UTC
+    message_id: str | None
+    up: int
+    down: int
+
+    @property
+    def score(self) -> Score:
+        return Score(self.up, self.down)
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    # None = unset: the caller falls back to the config defaults.
+    method: str | None = None
+    temperature: float | None = None
+    beam_width: int | None = None
+    max_length: int | None = None
+    filter_enabled: bool | None = None
+    allowed_templates: tuple[str, ...] | None = None
+    cooldown_s: float | None = None
+
+
+SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
+
+
+@dataclass(frozen=True)
+class MemeFilter:
+    """Which rated memes an export wants; None means no limit on that field."""
+
+    min_score: int | None = None
+    since: datetime | None = None  # naive datetimes are taken as UTC
+    template: str | None = None  # slug
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    path: Path
+    schema_version: int
+    memes: int
+    ratings: int
+    up: int
+    down: int
+    settings: int  # chats/servers with at least one setting
+    file_bytes: int  # database plus its WAL
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def hash_user(key: str, platform: str, user_id: str) -> str:
+    """The keyed hash stored in place of a user id (the platform is mixed in: ids overlap across platforms)."""
+    message = f"{platform}\x00{user_id}".encode()
+    return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:USER_HASH_HEX]
+
+
+# A meme with its vote counts; callers add WHERE / GROUP BY / ORDER BY.
+_MEME_COLUMNS = """
+    m.id, m.platform, m.chat_id, m.user_hash, m.template, m.prefix, m.boxes, m.method, m.params,
+    m.model_id, m.created_at, m.message_id,
+    COALESCE(SUM(r.value = 1), 0) AS up, COALESCE(SUM(r.value = -1), 0) AS down"""
+_MEMES_WITH_VOTES = f"SELECT {_MEME_COLUMNS} FROM memes m LEFT JOIN ratings r ON r.meme_id = m.id"
+_RATED_MEMES = f"SELECT {_MEME_COLUMNS} FROM memes m JOIN ratings r ON r.meme_id = m.id"
+
+
+def _meme_from_row(row: sqlite3.Row) -> StoredMeme:
+    return StoredMeme(
+        id=row["id"],
+        platform=row["platform"],
+        chat_id=row["chat_id"],
+        user_hash=row["user_hash"],
+        template=row["template"],
+        prefix=row["prefix"],
+        boxes=json.loads(row["boxes"]),
+        method=row["method"],
+        params=json.loads(row["params"]),
+        model_id=row["model_id"],
+        created_at=parse_time(row["created_at"]),
+        message_id=row["message_id"],
+        up=row["up"],
+        down=row["down"],
+    )
+
+
+def _settings_from_row(row: sqlite3.Row | None) -> ChatSettings:
+    if row is None:
+        return ChatSettings()
+    allowed = row["allowed_templates"]
+    return ChatSettings(
+        method=row["method"],
+        temperature=row["temperature"],
+        beam_width=row["beam_width"],
+        max_length=row["max_length"],
+        filter_enabled=None if row["filter_enabled"] is None else bool(row["filter_enabled"]),
+        allowed_templates=None if allowed is None else tuple(json.loads(allowed)),
+        cooldown_s=row["cooldown_s"],
+    )
+
+
+def _setting_to_column(name: str, value: Any) -> Any:
+    """Check one settings change and convert it to what the column stores."""
+    if name not in SETTING_NAMES:
+        raise InvalidValue(f"unknown setting {name!r} (known: {', '.join(SETTING_NAMES)})")
+    if value is None:
+        return None
+    wrong = InvalidValue(f"setting {name!r} got {value!r} ({type(value).__name__})")
+    if name == "method":
+        if not isinstance(value, str) or not value:
+            raise wrong
+        return value
+    if name in ("temperature", "cooldown_s"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if name in ("beam_width", "max_length"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if name == "filter_enabled":
+        if not isinstance(value, bool):
+            raise wrong
+        return int(value)
+    # allowed_templates: a list of slugs; an empty list is kept (it is not the same as unset)
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not all(isinstance(t, str) for t in value)
+    ):
+        raise wrong
+    return json.dumps(list(value))
+
+
+def _check_new_meme(meme: NewMeme) -> None:
+    for name in ("platform", "chat_id", "user_id", "template", "method", "model_id"):
+        value = getattr(meme, name)
+        if not isinstance(value, str) or not value:
+            raise InvalidValue(f"NewMeme.{name} must be a non-empty string, got {value!r}")
+    if not isinstance(meme.prefix, str):
+        raise InvalidValue(f"NewMeme.prefix must be a string, got {meme.prefix!r}")
+    if not isinstance(meme.boxes, list | tuple) or not all(isinstance(b, str) for b in meme.boxes):
+        raise InvalidValue(f"NewMeme.boxes must be a list of strings, got {meme.boxes!r}")
+    if not isinstance(meme.params, dict):
+        raise InvalidValue(f"NewMeme.params must be a dict, got {meme.params!r}")
+
+
+def _filter_sql(where: MemeFilter) -> tuple[str, list[Any], str, list[Any]]:
+    """WHERE clauses and HAVING clause (with their parameters) for an export filter."""
+    clauses, params = [], []
+    if where.since is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(format_time(where.since))
+    if where.template is not None:
+        clauses.append("m.template = ?")
+        params.append(where.template)
+    having, having_params = "", []
+    if where.min_score is not None:
+        having = "HAVING up - down >= ?"
+        having_params.append(where.min_score)
+    return " AND ".join(clauses) or "1", params, having, having_params
+
+
+class Storage:
+    """The bot's database. Create with `await Storage.open(path, key)`.
+
+    Always `close()` it (or use `async with`): aiosqlite's worker thread is not a daemon,
+    so a Storage left open keeps the process from exiting.
+    """
+
+    def __init__(
+        self, conn: aiosqlite.Connection, path: Path, user_hash_key: str, clock: Callable[[], datetime]
+    ) -> None:
+        # Private: `open` configures and migrates the connection before anyone uses it.
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._key = user_hash_key
+        self._clock = clock
+        self._closed = False
+        self.path = path
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        user_hash_key: str,
+        *,
+        create: bool = True,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> Storage:
+        """Open (and create or upgrade) the database at `path`.
+
+        `create=False` refuses to make a new file, for tools that only read an existing one.
+        `clock` gives the time stamped on new memes and ratings.
+        """
+        if not user_hash_key:
+            raise StorageError(
+                "storage.user_hash_key is empty: set [storage] user_hash_key in the config "
+                "or the MEMEBOT_USER_HASH_KEY environment variable"
+            )
+        path = Path(path)
+        if path.is_dir():
+            raise StorageError(f"{path} is a folder; [storage] database must name a file")
+        if not create and not path.exists():
+            raise StorageError(
+                f"there is no database at {path}: the bot creates it on first run "
+                "(or check [storage] database in the config)"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, the sqlite3 module stays out of it.
+            conn = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        storage = cls(conn, path, user_hash_key, clock)
+        try:
+            await storage._configure()
+            await storage._migrate()
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise StorageError(
+                f"{path} is not a usable memebot database ({exc}); "
+                "point [storage] database at another file or restore a backup"
+            ) from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return storage
+
+    async def _configure(self) -> None:
+        row = await (await self._conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+        if row[0].lower() != "wal":
+            raise StorageError(
+                f"{self.path}: SQLite could not switch to WAL mode (got {row[0]!r}); "
+                "put the database on a local disk"
+            )
+        await self._conn.execute("PRAGMA foreign_keys = ON")
+        # NORMAL in WAL mode: a killed process loses nothing committed; only power loss can
+        # drop the last transactions, and the file stays consistent either way.
+        await self._conn.execute("PRAGMA synchronous = NORMAL")
+
+    async def _user_version(self) -> int:
+        row = await (await self._conn.execute("PRAGMA user_version")).fetchone()
+        return int(row[0])
+
+    def _check_known_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}, newer than this memebot knows "
+                f"({SCHEMA_VERSION}); upgrade memebot or use another database"
+            )
+
+    async def _migrate(self) -> None:
+        version = await self._user_version()
+        self._check_known_version(version)
+        if version == SCHEMA_VERSION:
+            return
+        async with self._write() as db:
+            # Read again inside the write lock: another process may have just migrated.
+            version = await self._user_version()
+            self._check_known_version(version)
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            await self._conn.close()
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("the storage is closed")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; commits on exit, rolls back on any exception."""
+        self._check_open()
+        async with self._lock:
+            # IMMEDIATE takes the write lock now (waiting up to the busy timeout), so a
+            # read-then-write transaction cannot fail half-way because another process wrote.
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    await self._conn.execute("ROLLBACK")
+                raise
+            else:
+                await self._conn.execute("COMMIT")
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        self._check_open()
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, params))
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def user_hash(self, platform: str, user_id: str) -> str:
+        return hash_user(self._key, platform, user_id)
+
+    # --- memes -------------------------------------------------------------------------
+
+    async def record_meme(self, meme: NewMeme) -> int:
+        _check_new_meme(meme)
+        try:
+            params = json.dumps(meme.params, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidValue(f"NewMeme.params must be JSON-serialisable: {exc}") from exc
+        row = (
+            meme.platform,
+            meme.chat_id,
+            self.user_hash(meme.platform, meme.user_id),
+            meme.template,
+            meme.prefix,
+            json.dumps(list(meme.boxes), ensure_ascii=False),
+            meme.method,
+            params,
+            meme.model_id,
+            format_time(self._clock()),
+        )
+        async with self._write() as db:
+            cursor = await db.execute(
+                "INSERT INTO memes (platform, chat_id, user_hash, template, prefix, boxes, method,"
+                " params, model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return int(cursor.lastrowid)
+
+    async def set_message_id(self, meme_id: int, message_id: str) -> None:
+        async with self._write() as db:
+            cursor = await db.execute("UPDATE memes SET message_id = ? WHERE id = ?", (message_id, meme_id))
+            if cursor.rowcount == 0:
+                raise UnknownMeme(meme_id)
+
+    async def get_meme(self, meme_id: int) -> StoredMeme | None:
+        row = await self._fetchone(f"{_MEMES_WITH_VOTES} WHERE m.id = ? GROUP BY m.id", (meme_id,))
+        return None if row is None else _meme_from_row(row)
+
+    async def get_meme_by_message(self, platform: str, chat_id: str, message_id: str) -> StoredMeme | None:
+        """The meme posted as this platform message (for a button press that carries only the message)."""
+        row = await self._fetchone(
+            f"{_MEMES_WITH_VOTES} WHERE m.platform = ? AND m.chat_id = ? AND m.message_id = ?"
+            " GROUP BY m.id ORDER BY m.id DESC LIMIT 1",
+            (platform, chat_id, message_id),
+        )
+        return None if row is None else _meme_from_row(row)
+
+    async def user_history(self, platform: str, user_id: str, n: int = 10) -> list[StoredMeme]:
+        """The user's last `n` memes, newest first."""
+        rows = await self._fetchall(
+            f"{_MEMES_WITH_VOTES} WHERE m.platform = ? AND m.user_hash = ?"
+            " GROUP BY m.id ORDER BY m.id DESC LIMIT ?",
+            (platform, self.user_hash(platform, user_id), max(n, 0)),
+        )
+        return [_meme_from_row(r) for r in rows]
+
+    async def top_memes(self, platform: str, chat_id: str, n: int = 10) -> list[StoredMeme]:
+        """The chat's best memes by score (up - down), newest first among equals; only scores above 0."""
+        rows = await self._fetchall(
+            f"{_RATED_MEMES} WHERE m.platform = ? AND m.chat_id = ?"
+            " GROUP BY m.id HAVING up - down > 0 ORDER BY up - down DESC, m.id DESC LIMIT ?",
+            (platform, chat_id, max(n, 0)),
+        )
+        return [_meme_from_row(r) for r in rows]
+
+    # --- ratings -----------------------------------------------------------------------
+
+    async def rate(self, meme_id: int, platform: str, user_id: str, value: int) -> Score:
+        """Record a vote: the same vote again withdraws it, the other value replaces it."""
+        if isinstance(value, bool) or value not in (-1, 1):
+            raise InvalidValue(f"a rating is -1 or +1, got {value!r}")
+        user = self.user_hash(platform, user_id)
+        async with self._write() as db:
+            if not await (await db.execute("SELECT 1 FROM memes WHERE id = ?", (meme_id,))).fetchone():
+                raise UnknownMeme(meme_id)
+            key = (meme_id, user)
+            old = await (
+                await db.execute("SELECT value FROM ratings WHERE meme_id = ? AND user_hash = ?", key)
+            ).fetchone()
+            if old is not None and old["value"] == value:
+                await db.execute("DELETE FROM ratings WHERE meme_id = ? AND user_hash = ?", key)
+            else:
+                await db.execute(
+                    "INSERT INTO ratings (meme_id, user_hash, value, rated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (meme_id, user_hash) DO UPDATE SET value = excluded.value,"
+                    " rated_at = excluded.rated_at",
+                    (*key, value, format_time(self._clock())),
+                )
+            return await self._score(db, meme_id)
+
+    @staticmethod
+    async def _score(db: aiosqlite.Connection, meme_id: int) -> Score:
+        row = await (
+            await db.execute(
+                "SELECT COALESCE(SUM(value = 1), 0) AS up, COALESCE(SUM(value = -1), 0) AS down"
+                " FROM ratings WHERE meme_id = ?",
+                (meme_id,),
+            )
+        ).fetchone()
+        return Score(row["up"], row["down"])
+
+    async def score(self, meme_id: int) -> Score:
+        self._check_open()
+        async with self._lock:
+            if not await (
+                await self._conn.execute("SELECT 1 FROM memes WHERE id = ?", (meme_id,))
+            ).fetchone():
+                raise UnknownMeme(meme_id)
+            return await self._score(self._conn, meme_id)
+
+    # --- settings ----------------------------------------------------------------------
+
+    async def get_settings(self, platform: str, scope_id: str) -> ChatSettings:
+        row = await self._fetchone(
+            "SELECT * FROM settings WHERE platform = ? AND scope_id = ?", (platform, scope_id)
+        )
+        return _settings_from_row(row)
+
+    async def set_settings(self, platform: str, scope_id: str, **changes: Any) -> ChatSettings:
+        """Change some settings of one chat/server; a value of None clears that setting."""
+        columns = {name: _setting_to_column(name, value) for name, value in changes.items()}
+        if not columns:
+            return await self.get_settings(platform, scope_id)
+        # Column names come from SETTING_NAMES only (checked above), never from the caller.
+        names = list(columns)
+        placeholders = ", ".join("?" for _ in names)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in names)
+        all_unset = " AND ".join(f"{name} IS NULL" for name in SETTING_NAMES)
+        scope = (platform, scope_id)
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO settings (platform, scope_id, {', '.join(names)}) VALUES (?, ?, {placeholders})"
+                f" ON CONFLICT (platform, scope_id) DO UPDATE SET {updates}",
+                (*scope, *columns.values()),
+            )
+            # A row with nothing set means the same as no row; drop it so stats count real overrides.
+            await db.execute(
+                f"DELETE FROM settings WHERE platform = ? AND scope_id = ? AND {all_unset}", scope
+            )
+            cursor = await db.execute("SELECT * FROM settings WHERE platform = ? AND scope_id = ?", scope)
+            return _settings_from_row(await cursor.fetchone())
+
+    # --- export, stats, backup ----------------------------------------------------------
+
+    async def count_rated(self, where: MemeFilter | None = None) -> int:
+        """How many memes with at least one rating match `where`."""
+        clauses, params, having, having_params = _filter_sql(where or MemeFilter())
+        row = await self._fetchone(
+            f"SELECT COUNT(*) FROM ({_RATED_MEMES} WHERE {clauses} GROUP BY m.id {having})",
+            (*params, *having_params),
+        )
+        return int(row[0])
+
+    async def rated_memes(
+        self, where: MemeFilter | None = None, *, page: int = 500
+    ) -> AsyncIterator[StoredMeme]:
+        """Memes with at least one rating matching `where`, oldest first.
+
+        Read in pages of `page` rows (by id), so a large export never holds the connection
+        for long and the bot keeps running beside it.
+        """
+        clauses, params, having, having_params = _filter_sql(where or MemeFilter())
+        last_id = 0
+        while True:
+            rows = await self._fetchall(
+                f"{_RATED_MEMES} WHERE m.id > ? AND {clauses} GROUP BY m.id {having} ORDER BY m.id LIMIT ?",
+                (last_id, *params, *having_params, page),
+            )
+            for row in rows:
+                yield _meme_from_row(row)
+            if len(rows) < page:
+                return
+            last_id = rows[-1]["id"]
+
+    async def stats(self) -> StorageStats:
+        row = await self._fetchone(
+            "SELECT (SELECT COUNT(*) FROM memes) AS memes, (SELECT COUNT(*) FROM ratings) AS ratings,"
+            " (SELECT COUNT(*) FROM ratings WHERE value = 1) AS up,"
+            " (SELECT COUNT(*) FROM ratings WHERE value = -1) AS down,"
+            " (SELECT COUNT(*) FROM settings) AS settings"
+        )
+        version = await self._fetchone("PRAGMA user_version")
+        wal = self.path.with_name(self.path.name + "-wal")
+        size = self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return StorageStats(
+            path=self.path,
+            schema_version=int(version[0]),
+            memes=row["memes"],
+            ratings=row["ratings"],
+            up=row["up"],
+            down=row["down"],
+            settings=row["settings"],
+            file_bytes=size,
+        )
+
+    async def integrity_check(self) -> list[str]:
+        """SQLite's own consistency check; ["ok"] when the file is sound."""
+        return [r[0] for r in await self._fetchall("PRAGMA integrity_check")]
+
+    async def backup(self, dest: Path) -> None:
+        """Copy the database to `dest` with SQLite's online backup, safe while the bot writes.
+
+        The copy is written beside `dest` and renamed into place, so `dest` is either the
+        old file or a complete new copy, never half of one.
+        """
+        self._check_open()
+        dest = Path(dest)
+        if dest.exists() and dest.resolve() == self.path.resolve():
+            raise StorageError(f"{dest} is the database itself; back it up to another path")
+        if dest.is_dir():
+            raise StorageError(f"{dest} is a folder; give a file name for the backup")
+        partial = dest.with_name(dest.name + ".partial")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partial.unlink(missing_ok=True)
+            # The backup runs on aiosqlite's worker thread, so the target must allow that.
+            target = sqlite3.connect(partial, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot write the backup {dest}: {exc}") from exc
+        try:
+            async with self._lock:
+                await self._conn.backup(target)
+            # A backup should be one self-contained file, not a WAL database missing its -wal.
+            await asyncio.to_thread(target.execute, "PRAGMA journal_mode = DELETE")
+            target.close()
+            os.replace(partial, dest)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"backup to {dest} failed: {exc}") from exc
+        finally:
+            target.close()
+            partial.unlink(missing_ok=True)

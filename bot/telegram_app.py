@@ -1,0 +1,469 @@
+"""The Telegram front end: python-telegram-bot handlers that translate to MemeService calls.
+
+Nothing about memes is decided here. A command becomes a `ChatContext` plus arguments,
+the service's answer becomes a photo with an inline keyboard (👍 n, 👎 n, 🔁), and a
+`MemeError` becomes a short reply. Button data carries the meme id, so buttons on old
+messages keep working after a restart.
+
+Telegram talks to whatever Bot API server `[telegram] api_url` names: the public one, a
+self-hosted server (which allows larger files), or the tests' fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from telegram import (
+    BotCommand,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    MaybeInaccessibleMessage,
+    Message,
+    ReplyParameters,
+    Update,
+)
+from telegram.constants import ChatAction, ChatMemberStatus, ChatType
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    filters,
+)
+
+from bot.app import StartError
+from bot.config import TelegramConfig
+from bot.service import (
+    ChatContext,
+    MadeMeme,
+    MemeError,
+    MemeService,
+    UnknownTemplateError,
+    format_settings,
+)
+from bot.storage import Score
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PLATFORM = "telegram"
+MAX_TEXT = 4096  # Telegram's limit for a message
+MAX_CAPTION = 1024  # ... and for a photo caption
+HISTORY_SIZE = 10
+SEARCH_RESULTS = 15
+# Telegram sends an anonymous group admin's messages from this account, with the group as sender_chat.
+ANONYMOUS_ADMIN_ID = 1087968824
+
+COMMANDS = (
+    ("meme", "Make a meme: /meme [template] [start of the caption]"),
+    ("caption", "Your own text: /caption template top text | bottom text"),
+    ("templates", "List or search templates: /templates [words]"),
+    ("history", "Your last memes"),
+    ("settings", "Show or change this chat's settings (admins)"),
+    ("help", "How to use this bot"),
+)
+
+HELP = """I make memes with my own caption model.
+
+/meme — a random meme
+/meme change-my-mind — a meme on that template
+/meme change-my-mind pineapple on — I finish your caption ("|" moves to the next box)
+/caption drake no thanks | yes please — your own text, box by box
+/templates [words] — find a template
+/history — your last memes
+/settings — this chat's settings; admins change them with /settings temperature 0.9
+
+Vote with 👍 / 👎 under a meme; 🔁 makes another one like it."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait on the Bot API (the long poll adds its own timeout on top of `read_s`)."""
+
+    connect_s: float = 10.0
+    read_s: float = 15.0
+    write_s: float = 15.0
+    media_write_s: float = 30.0
+    pool_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SendRetry:
+    """How sending a reply retries a failing server. A timed-out upload may have arrived
+    after all: a rare duplicate is better than a lost meme."""
+
+    attempts: int = 3
+    backoff_s: float = 1.0  # doubled after each failure
+    max_wait_s: float = 30.0  # a longer flood-control wait gives up instead
+
+
+class TelegramStartError(StartError):
+    """The bot could not connect; the message says what to check."""
+
+
+# --- translating ----------------------------------------------------------------------------------
+
+
+def keyboard(meme_id: int, score: Score) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(f"👍 {score.up}", callback_data=f"v:{meme_id}:1"),
+                InlineKeyboardButton(f"👎 {score.down}", callback_data=f"v:{meme_id}:-1"),
+                InlineKeyboardButton("🔁", callback_data=f"r:{meme_id}"),
+            ]
+        ]
+    )
+
+
+def parse_button(data: str) -> tuple[str, int, int]:
+    """Callback data -> (action, meme id, vote); ValueError when it is not ours."""
+    parts = data.split(":")
+    if parts[0] == "v" and len(parts) == 3 and parts[2] in ("1", "-1"):
+        return "vote", int(parts[1]), int(parts[2])
+    if parts[0] == "r" and len(parts) == 2:
+        return "reroll", int(parts[1]), 0
+    raise ValueError(f"unknown button data {data!r}")
+
+
+def command_argument(message: Message) -> str:
+    """Everything after the /command (and @botname), as typed: spacing and "|" kept."""
+    text = message.text or ""
+    for entity in message.entities:
+        if entity.type == "bot_command" and entity.offset == 0:
+            return text[entity.length :].strip()
+    return text.partition(" ")[2].strip()
+
+
+def split_first_word(text: str) -> tuple[str, str]:
+    first, _, rest = text.strip().partition(" ")
+    return first, rest.strip()
+
+
+def parse_settings_changes(text: str) -> dict[str, str]:
+    """ "temperature 0.9" or "temperature=0.9 method=beam" -> {name: value}."""
+    if "=" in text:
+        pairs = (item.partition("=") for item in text.split())
+        return {key.strip(): value.strip() for key, _, value in pairs}
+    key, value = split_first_word(text)
+    return {key: value}
+
+
+def meme_caption(made: MadeMeme) -> str:
+    """The caption under the photo: the text (for screen readers and search) and the template."""
+    caption = f"{made.text}\n— {made.template.name} · /meme {made.template.slug}"
+    return caption if len(caption) <= MAX_CAPTION else caption[: MAX_CAPTION - 1] + "…"
+
+
+def reply_options(message: MaybeInaccessibleMessage) -> dict[str, object]:
+    """In groups an answer quotes what it answers; in a forum topic it stays in the topic."""
+    options: dict[str, object] = {}
+    if message.chat.type != ChatType.PRIVATE:
+        options["reply_parameters"] = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    if isinstance(message, Message) and message.is_topic_message and message.message_thread_id:
+        options["message_thread_id"] = message.message_thread_id
+    return options
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+# --- the front end ----------------------------------------------------------------------------------
+
+
+class TelegramFrontEnd:
+    """Owns one python-telegram-bot Application; `start()` begins polling, `close()` ends it."""
+
+    def __init__(
+        self,
+        service: MemeService,
+        config: TelegramConfig,
+        *,
+        timeouts: Timeouts = Timeouts(),
+        retry: SendRetry = SendRetry(),
+    ) -> None:
+        if not config.token:
+            raise TelegramStartError(
+                "Telegram is enabled but has no token: set the TELEGRAM_TOKEN environment variable "
+                "(or [telegram] token) to the token @BotFather gave you"
+            )
+        self.service = service
+        self.config = config
+        self.retry = retry
+        self.app: Application = (
+            ApplicationBuilder()
+            .token(config.token)
+            .base_url(config.api_url)
+            .base_file_url(config.file_url)
+            .connect_timeout(timeouts.connect_s)
+            .read_timeout(timeouts.read_s)
+            .write_timeout(timeouts.write_s)
+            .media_write_timeout(timeouts.media_write_s)
+            .pool_timeout(timeouts.pool_s)
+            .get_updates_connect_timeout(timeouts.connect_s)
+            .get_updates_read_timeout(timeouts.read_s)
+            .get_updates_pool_timeout(timeouts.pool_s)
+            # Memes take a moment to make: one chat's request must not hold up the others.
+            .concurrent_updates(True)
+            .job_queue(None)
+            .build()
+        )
+        only_new = filters.UpdateType.MESSAGE  # an edited "/meme" must not make a second meme
+        handlers: dict[str, Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]] = {
+            "start": self.on_help,
+            "help": self.on_help,
+            "meme": self.on_meme,
+            "caption": self.on_caption,
+            "templates": self.on_templates,
+            "history": self.on_history,
+            "settings": self.on_settings,
+        }
+        for name, callback in handlers.items():
+            self.app.add_handler(CommandHandler(name, callback, filters=only_new))
+        self.app.add_handler(CallbackQueryHandler(self.on_button, pattern=r"^(v|r):"))
+        self.app.add_error_handler(self.on_error)
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        try:
+            await self.app.initialize()  # getMe: checks the token and learns the bot's username
+        except InvalidToken as exc:
+            raise TelegramStartError(
+                f"Telegram rejected the bot token ({exc}): check TELEGRAM_TOKEN"
+            ) from exc
+        except TelegramError as exc:
+            raise TelegramStartError(
+                f"cannot reach the Telegram Bot API at {self.config.api_url} ({exc}): "
+                "check the network or [telegram] api_url"
+            ) from exc
+        try:
+            await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
+        except TelegramError as exc:  # the menu is a nicety; the bot works without it
+            logger.warning("could not register the command menu: %s", exc)
+        assert self.app.updater is not None
+        await self.app.updater.start_polling(
+            timeout=dt.timedelta(seconds=self.config.poll_timeout_s),
+            bootstrap_retries=3,
+            allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
+            error_callback=self.on_polling_error,
+        )
+        await self.app.start()
+        logger.info("telegram: polling as @%s", self.app.bot.username)
+
+    async def close(self) -> None:
+        """Stop fetching updates, let the handlers in progress finish, close the connections."""
+        if self.app.updater is not None and self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()
+
+    @staticmethod
+    def on_polling_error(exc: TelegramError) -> None:
+        # The library retries with a growing pause; one line per failure is enough.
+        logger.warning("telegram: fetching updates failed (%s); retrying", exc)
+
+    # --- commands ---
+
+    async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self.reply(update.effective_message, HELP)
+
+    async def on_meme(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        template, prefix = split_first_word(command_argument(message))
+        ctx = self.context(update)
+        await self.make_and_send(message, lambda: self.service.make_meme(ctx, template or None, prefix))
+
+    async def on_caption(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        template, text = split_first_word(command_argument(message))
+        ctx = self.context(update)
+        await self.make_and_send(message, lambda: self.service.caption(ctx, template, text.split("|")))
+
+    async def on_templates(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = command_argument(update.effective_message)
+        if not query:
+            slugs = ", ".join(t.slug for t in self.service.templates(limit=1000))
+            text = f"All templates (use the name after /meme):\n{slugs}"
+        else:
+            found = self.service.templates(query, SEARCH_RESULTS)
+            lines = [f"{t.slug} — {t.name}" for t in found]
+            text = "\n".join(lines) if lines else f'No template matches "{query}". Try /templates for all.'
+        await self.reply(update.effective_message, text)
+
+    async def on_history(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        memes = await self.service.history(self.context(update), HISTORY_SIZE)
+        if not memes:
+            await self.reply(update.effective_message, "You haven't made any memes yet. Try /meme")
+            return
+        lines = [
+            f"#{m.id} {m.template}: {' | '.join(b for b in m.boxes if b) or '(empty)'}  👍 {m.up} 👎 {m.down}"
+            for m in memes
+        ]
+        await self.reply(update.effective_message, "Your last memes:\n" + "\n".join(lines))
+
+    async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        argument = command_argument(message)
+        try:
+            if not argument:
+                values = await self.service.get_settings(self.context(update))
+                text = (
+                    "Settings here:\n"
+                    + format_settings(values)
+                    + "\n\nAdmins change one with e.g. /settings temperature 0.9 (or: default)"
+                )
+            else:
+                ctx = self.context(update, is_admin=await self.is_admin(update))
+                values = await self.service.set_settings(ctx, parse_settings_changes(argument))
+                text = "Saved. Settings here now:\n" + format_settings(values)
+        except MemeError as exc:
+            text = self.error_text(exc)
+        await self.reply(message, text)
+
+    # --- buttons ---
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        try:
+            action, meme_id, vote = parse_button(query.data or "")
+        except ValueError:
+            await query.answer()
+            return
+        ctx = self.context(update)
+        try:
+            if action == "vote":
+                score = await self.service.rate(ctx, meme_id, vote)
+                await self.answer(query, f"👍 {score.up} · 👎 {score.down}")
+                await self.update_counts(query, meme_id, score)
+            else:
+                made = await self.service.reroll(ctx, meme_id)
+                await self.answer(query, "")
+                await self.send_meme(query.message, made)
+        except MemeError as exc:
+            await self.answer(query, self.error_text(exc), alert=True)
+
+    async def update_counts(self, query: CallbackQuery, meme_id: int, score: Score) -> None:
+        try:
+            await self.with_retries(lambda: query.edit_message_reply_markup(keyboard(meme_id, score)))
+        except BadRequest as exc:
+            # Two presses racing can leave the counts already right: Telegram calls that an error.
+            if "not modified" not in str(exc).lower():
+                raise
+
+    async def answer(self, query: CallbackQuery, text: str, alert: bool = False) -> None:
+        try:
+            await query.answer(text[:200], show_alert=alert)
+        except BadRequest as exc:  # too late (the query expired): the user already moved on
+            logger.info("telegram: could not answer a button press: %s", exc)
+
+    # --- sending ---
+
+    async def make_and_send(self, message: Message, make: Callable[[], Awaitable[MadeMeme]]) -> None:
+        """Show "sending a photo…", make the meme, send it; a MemeError becomes a reply."""
+        try:
+            await self.app.bot.send_chat_action(message.chat.id, ChatAction.UPLOAD_PHOTO)
+        except TelegramError:
+            pass  # only a hint to the user
+        try:
+            made = await make()
+        except MemeError as exc:
+            await self.reply(message, self.error_text(exc))
+            return
+        await self.send_meme(message, made)
+
+    async def send_meme(self, reply_to: MaybeInaccessibleMessage | None, made: MadeMeme) -> None:
+        if reply_to is None:  # a press on a message Telegram no longer shows us: nowhere to answer
+            return
+        sent = await self.with_retries(
+            lambda: self.app.bot.send_photo(
+                reply_to.chat.id,
+                made.image.data,
+                filename=f"meme-{made.id}{made.image.extension}",
+                caption=meme_caption(made),
+                reply_markup=keyboard(made.id, made.score),
+                **reply_options(reply_to),
+            )
+        )
+        await self.service.attach_message(made.id, str(sent.message_id))
+
+    async def reply(self, message: Message, text: str) -> None:
+        await self.with_retries(
+            lambda: self.app.bot.send_message(message.chat.id, clip(text), **reply_options(message))
+        )
+
+    async def with_retries(self, send: Callable[[], Awaitable[T]]) -> T:
+        """Run a Bot API call, retrying server errors, timeouts and flood control."""
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return await send()
+            except BadRequest:
+                raise  # our request is wrong: sending it again cannot help
+            except RetryAfter as exc:
+                # The public `retry_after` changes type with PTB_TIMEDELTA and warns; the
+                # library's own retry loop reads this timedelta too.
+                wait = exc._retry_after.total_seconds()
+                if wait > self.retry.max_wait_s or attempt == self.retry.attempts:
+                    raise
+            except NetworkError as exc:  # includes TimedOut and 5xx replies
+                if attempt == self.retry.attempts:
+                    raise
+                wait = self.retry.backoff_s * 2 ** (attempt - 1)
+                logger.warning("telegram: a send failed (%s); retry %d in %.1f s", exc, attempt, wait)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    # --- who and where ---
+
+    def context(self, update: Update, is_admin: bool = False) -> ChatContext:
+        chat, user = update.effective_chat, update.effective_user
+        private = chat.type == ChatType.PRIVATE
+        return ChatContext(
+            platform=PLATFORM,
+            chat_id=str(chat.id),
+            user_id=str(user.id if user else chat.id),
+            is_admin=is_admin or private,  # in a private chat the user owns the settings
+            is_private=private,
+        )
+
+    async def is_admin(self, update: Update) -> bool:
+        """Whether the sender administers the chat (asked of Telegram each time: admins change)."""
+        chat, message = update.effective_chat, update.effective_message
+        if chat.type == ChatType.PRIVATE:
+            return True
+        if message.sender_chat is not None and message.sender_chat.id == chat.id:
+            return True  # an anonymous admin, posting as the group itself
+        if update.effective_user is None or update.effective_user.id == ANONYMOUS_ADMIN_ID:
+            return False
+        member = await self.with_retries(lambda: chat.get_member(update.effective_user.id))
+        return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
+
+    # --- errors ---
+
+    @staticmethod
+    def error_text(exc: MemeError) -> str:
+        if isinstance(exc, UnknownTemplateError):
+            return f"{exc.user_message}\nSee them all with /templates"
+        return exc.user_message
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Anything unexpected: log it and tell the user something went wrong."""
+        logger.error("telegram: handling an update failed", exc_info=context.error)
+        if isinstance(update, Update) and update.effective_message is not None:
+            try:
+                await self.app.bot.send_message(
+                    update.effective_message.chat.id,
+                    "Something went wrong on my side. Please try again in a moment.",
+                )
+            except TelegramError:
+                pass

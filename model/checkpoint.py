@@ -1,0 +1,135 @@
+"""One checkpoint file = weights + architecture + vocabulary + template index + provenance.
+
+Loading checks everything a wrong file could get wrong and says what to do about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from model.vocab import Vocab
+
+FORMAT = "memebot-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason in words."""
+
+
+def architectures() -> dict[str, tuple[type, type]]:
+    """arch name -> (network class, its config dataclass). Imported lazily: each file is one network."""
+    from model.cnn import CNN, CNNConfig
+    from model.lstm import LSTM, LSTMConfig
+    from model.transformer import Transformer, TransformerConfig
+
+    return {
+        "transformer": (Transformer, TransformerConfig),
+        "cnn": (CNN, CNNConfig),
+        "lstm": (LSTM, LSTMConfig),
+    }
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    archs = architectures()
+    if arch not in archs:
+        raise CheckpointError(f"unknown architecture {arch!r}; known: {', '.join(archs)}")
+    net_cls, cfg_cls = archs[arch]
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = set(config) - known
+    if unknown:
+        raise CheckpointError(f"{arch} has no hyper-parameter(s) {', '.join(sorted(unknown))}")
+    return net_cls(cfg_cls(**config))
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    model_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    vocab: list[str]
+    templates: list[str]  # dataset names; the model's template id of templates[i] is i + 1, 0 = unknown
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # recipe, steps, time: provenance
+
+    @property
+    def model_id(self) -> str:
+        """Short stable id for this set of weights, stored with every meme it makes."""
+        h = hashlib.sha256()
+        for name in sorted(self.state_dict):
+            h.update(name.encode())
+            h.update(self.state_dict[name].detach().cpu().numpy().tobytes())
+        return f"{self.arch}-{h.hexdigest()[:10]}"
+
+    def template_id(self, dataset_name: str) -> int:
+        try:
+            return self.templates.index(dataset_name) + 1
+        except ValueError:
+            return 0
+
+    def build(self) -> nn.Module:
+        model = build_model(self.arch, self.model_config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"weights do not fit the {self.arch} architecture stored with them: {exc}"
+            ) from exc
+        return model
+
+
+def from_model(model: nn.Module, **fields: Any) -> Checkpoint:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return Checkpoint(
+        arch=model.arch, model_config=dataclasses.asdict(model.config), state_dict=state, **fields
+    )
+
+
+def save_checkpoint(ckpt: Checkpoint, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **dataclasses.asdict(ckpt)}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)  # never leave a half-written checkpoint where a bot would load it
+
+
+def load_checkpoint(path: Path, vocab: Vocab | None = None) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path}: train one with `memebot train` or set [model] checkpoint"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a memebot checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this memebot reads {VERSION}"
+        )
+    vocab = vocab or Vocab()
+    if tuple(payload["vocab"]) != vocab.symbols:
+        raise CheckpointError(f"{path} was trained with a different vocabulary; retrain it with this version")
+    fields = {f.name for f in dataclasses.fields(Checkpoint)}
+    ckpt = Checkpoint(**{k: v for k, v in payload.items() if k in fields})
+    n_templates = ckpt.model_config.get("n_templates")
+    if n_templates is not None and n_templates != len(ckpt.templates) + 1:
+        raise CheckpointError(
+            f"{path}: the network has {n_templates} template slots but the index lists {len(ckpt.templates)} + 1"
+        )
+    return ckpt

@@ -1,0 +1,306 @@
+"""Batched decoding: greedy, sampling (temperature, top-k, top-p) and beam search.
+
+One `generate_batch` call decodes a mixed batch: greedy and sampled requests share one
+batched loop (a row per wanted caption), beam requests another (a row per beam). Every
+network exposes `prefill(template_ids, left_padded_tokens)` and `step(tokens, state)`, so
+the transformer (key-value cache) and the LSTM (hidden state) never re-read the prefix.
+
+Constraints applied to the logits at every step, for every method:
+- at most n_boxes - 1 <sep>;
+- a banned word is never completed: while the current word spells one, every token that
+  would end the word (space, punctuation, <sep>, <end>) is masked, so the word can only
+  grow into something else;
+- <pad> and <start> are never produced.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoint import Checkpoint, load_checkpoint
+from model.requests import Caption, GenerationRequest, GenerationResult
+from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
+
+MAX_SYMBOLS = 199  # the data filter keeps captions under 200 symbols; the models never saw longer
+LENGTH_PENALTY = 0.7  # beam scores are logprob / length**alpha, so short captions do not always win
+
+
+@dataclass
+class Row:
+    """One caption being decoded."""
+
+    request: int  # index of its request in the batch
+    prompt: list[int]  # prefix ids (no <start>)
+    generated: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+    seps: int = 0
+    word: str = ""  # the word being spelled, for the banned-word rule
+    done: bool = False
+
+
+class CaptionGenerator:
+    """Decodes GenerationRequests with one loaded network on one device. Not thread-safe:
+    the pool gives each generator its own worker thread."""
+
+    def __init__(
+        self, checkpoint: Checkpoint, device: str | torch.device = "cpu", model: torch.nn.Module | None = None
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.model = (model or checkpoint.build()).to(self.device).eval()
+        self.vocab = Vocab(tuple(checkpoint.vocab))
+        self.model_id = checkpoint.model_id
+        # Tokens that end a word: everything that is not a letter, digit or apostrophe.
+        self._word_end = torch.tensor(
+            [
+                i
+                for i, s in enumerate(self.vocab.symbols)
+                if i in (SEP, END) or (len(s) == 1 and not (s.isalnum() or s == "'"))
+            ],
+            device=self.device,
+        )
+        self._never = torch.tensor([PAD, START], device=self.device)
+
+    # ---- public -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate_batch(
+        self, requests: list[GenerationRequest] | tuple[GenerationRequest, ...]
+    ) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(requests)
+        sampled = [i for i, r in enumerate(requests) if r.method in ("greedy", "sample")]
+        beamed = [i for i, r in enumerate(requests) if r.method == "beam"]
+        unknown = [r.method for r in requests if r.method not in ("greedy", "sample", "beam")]
+        if unknown:
+            raise ValueError(f"unknown decoding method {unknown[0]!r}: use greedy, sample or beam")
+        if sampled:
+            for i, res in zip(sampled, self._sample([requests[i] for i in sampled]), strict=True):
+                results[i] = res
+        if beamed:
+            for i, res in zip(beamed, self._beam([requests[i] for i in beamed]), strict=True):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        boxes = normalize_user_text(request.prefix) if request.prefix else [""]
+        if request.n_boxes and len(boxes) > request.n_boxes:
+            # Text typed past the last box joins it, as the renderer would show it.
+            boxes = boxes[: request.n_boxes - 1] + [" ".join(b for b in boxes[request.n_boxes - 1 :] if b)]
+        if boxes[-1] and not boxes[-1].endswith(" "):
+            # A prefix is whole words: "pineapple on" continues with a new word, not "onion".
+            boxes[-1] += " "
+        return self.vocab.encode_boxes(boxes)[: MAX_SYMBOLS - 1]
+
+    # ---- shared machinery ---------------------------------------------------------------
+
+    def _start(self, requests: list[GenerationRequest], rows: list[Row]) -> tuple[torch.Tensor, Any]:
+        """Prefill all rows' prompts (left-padded) -> last logits [R, V] and the model state."""
+        width = max(len(r.prompt) for r in rows) + 1
+        tokens = torch.full((len(rows), width), PAD, dtype=torch.long)
+        for i, row in enumerate(rows):
+            seq = [START, *row.prompt]
+            tokens[i, width - len(seq) :] = torch.tensor(seq)
+            row.seps = row.prompt.count(SEP)
+            row.word = self._last_word(row.prompt)
+        template_ids = torch.tensor([self.checkpoint.template_id(requests[r.request].template) for r in rows])
+        return self.model.prefill(template_ids.to(self.device), tokens.to(self.device))
+
+    def _last_word(self, ids: list[int]) -> str:
+        word = ""
+        for i in ids:
+            s = self.vocab.symbols[i]
+            word = word + s if (len(s) == 1 and (s.isalnum() or s == "'")) else ""
+        return word
+
+    def _constrain(
+        self, logits: torch.Tensor, rows: list[Row], requests: list[GenerationRequest]
+    ) -> torch.Tensor:
+        """Mask what a row must not produce next. logits [R, V] -> log-probabilities [R, V]."""
+        logits = logits.float().clone()
+        logits[:, self._never] = -math.inf
+        for i, row in enumerate(rows):
+            req = requests[row.request]
+            if req.n_boxes and row.seps >= req.n_boxes - 1:
+                logits[i, SEP] = -math.inf
+            if req.banned_words and row.word and row.word in req.banned_words:
+                logits[i, self._word_end] = -math.inf
+            if len(row.prompt) + len(row.generated) >= MAX_SYMBOLS - 1:
+                logits[i, :] = -math.inf  # only <end> is left
+                logits[i, END] = 0.0
+        return torch.log_softmax(logits, dim=-1)
+
+    def _advance(self, row: Row, token: int, logprob: float, request: GenerationRequest) -> None:
+        row.generated.append(token)
+        row.logprob += logprob
+        if token == END or len(row.generated) >= request.max_length:
+            row.done = True
+        if token == SEP:
+            row.seps += 1
+        s = self.vocab.symbols[token]
+        row.word = row.word + s if (len(s) == 1 and (s.isalnum() or s == "'")) else ""
+
+    def _caption(self, row: Row, request: GenerationRequest, score: float | None = None) -> Caption:
+        ids = row.prompt + row.generated
+        if request.banned_words and row.word in request.banned_words and END not in row.generated:
+            ids = ids[: len(ids) - len(row.word)]  # stopped by the length cap mid-word: drop the word
+        boxes = self.vocab.decode_boxes(ids)
+        boxes = [b.strip() for b in boxes]
+        if request.n_boxes:
+            boxes = (boxes + [""] * request.n_boxes)[: request.n_boxes]
+        return Caption(boxes=boxes, logprob=row.logprob if score is None else score)
+
+    # ---- greedy and sampling ------------------------------------------------------------
+
+    def _sample(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        rows = [Row(q, self.prompt_ids(req)) for q, req in enumerate(requests) for _ in range(max(1, req.n))]
+        generators = []
+        for req in requests:
+            g = torch.Generator()
+            g.manual_seed(req.seed if req.seed is not None else random.getrandbits(63))
+            generators.append(g)
+        logits, state = self._start(requests, rows)
+        active = list(range(len(rows)))  # rows still decoding, in state order
+        while active:
+            live = [rows[i] for i in active]
+            logp = self._constrain(logits, live, requests)
+            tokens = torch.empty(len(live), dtype=torch.long)
+            for j, row in enumerate(live):
+                req = requests[row.request]
+                if req.method == "greedy" or req.temperature <= 0:
+                    tok = int(logp[j].argmax())
+                else:
+                    tok = self._draw(logp[j], req, generators[row.request])
+                tokens[j] = tok
+                self._advance(row, tok, float(logp[j, tok]), req)
+            keep = [j for j, row in enumerate(live) if not row.done]
+            if not keep:
+                break
+            if len(keep) < len(live):
+                idx = torch.tensor(keep, device=self.device)
+                state = state.select(idx)
+                tokens = tokens[keep]
+                active = [active[j] for j in keep]
+            logits, state = self.model.step(tokens.to(self.device), state)
+        out = [GenerationResult([]) for _ in requests]
+        for row in rows:
+            out[row.request].captions.append(self._caption(row, requests[row.request]))
+        return out
+
+    @staticmethod
+    def _draw(logp: torch.Tensor, req: GenerationRequest, generator: torch.Generator) -> int:
+        """One token from temperature / top-k / top-p filtered probabilities, using only this
+        request's generator, so a seeded request draws the same alone or inside any batch."""
+        logits = logp.cpu() / req.temperature
+        if req.top_k and req.top_k < logits.numel():
+            kth = torch.topk(logits, req.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        if req.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            cumulative = torch.cumsum(sorted_p, dim=0)
+            drop = cumulative - sorted_p > req.top_p  # keep the smallest set reaching top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    # ---- beam search --------------------------------------------------------------------
+
+    def _beam(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Beam search, batched across requests: request q owns rows q*K .. q*K + K - 1."""
+        K = max(max(1, r.beam_width) for r in requests)
+        starts = [Row(q, self.prompt_ids(req)) for q, req in enumerate(requests)]
+        logits, state = self._start(requests, starts)
+        expand = torch.arange(len(requests), device=self.device).repeat_interleave(K)
+        state = state.select(expand)
+        logits = logits[expand]
+        beams: list[Row] = []
+        for q, start in enumerate(starts):
+            for k in range(K):
+                # Only beam 0 is alive at first; the others would duplicate it.
+                alive = k < max(1, requests[q].beam_width) and k == 0
+                beams.append(Row(q, start.prompt, [], 0.0 if alive else -math.inf, start.seps, start.word))
+        finished: list[list[tuple[float, Row]]] = [[] for _ in requests]
+        open_requests = set(range(len(requests)))
+        while open_requests:
+            logp = self._constrain(logits, beams, requests)  # [Q*K, V]
+            scores = torch.tensor([b.logprob for b in beams], device=logp.device)[:, None] + logp
+            V = logp.size(1)
+            top_scores, top_idx = scores.view(len(requests), K * V).topk(2 * K, dim=1)
+            top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+            next_beams: list[Row] = []
+            parents: list[int] = []
+            next_tokens: list[int] = []
+            for q, req in enumerate(requests):
+                width = max(1, req.beam_width)
+                chosen: list[tuple[int, int, float]] = []
+                if q in open_requests:
+                    # fairseq's rule: an ending candidate counts only if it ranks within the
+                    # width; the request is done once `width` captions have ended. Width 1 is
+                    # exactly greedy.
+                    for rank, (s, flat) in enumerate(zip(top_scores[q], top_idx[q], strict=True)):
+                        if s == -math.inf or len(chosen) == width:
+                            break
+                        parent, tok = q * K + flat // V, flat % V
+                        cand = self._extend(beams[parent], tok, s, req)
+                        if cand.done:
+                            if rank < width:
+                                finished[q].append((s / max(1, len(cand.generated)) ** LENGTH_PENALTY, cand))
+                        else:
+                            chosen.append((parent, tok, s))
+                    if len(finished[q]) >= width or not chosen:
+                        open_requests.discard(q)
+                        chosen = []
+                for k in range(K):
+                    if k < len(chosen):
+                        parent, tok, s = chosen[k]
+                        next_beams.append(self._extend(beams[parent], tok, s, req))
+                        parents.append(parent)
+                        next_tokens.append(tok)
+                    else:
+                        next_beams.append(Row(q, beams[q * K].prompt, [], -math.inf))
+                        parents.append(q * K)
+                        next_tokens.append(END)
+            if not open_requests:
+                break
+            beams = next_beams
+            state = state.select(torch.tensor(parents, device=self.device))
+            logits, state = self.model.step(torch.tensor(next_tokens, device=self.device), state)
+        out = []
+        for q, req in enumerate(requests):
+            if not finished[q]:  # nothing ended inside the width: fall back to the open beams
+                finished[q] = [(b.logprob, b) for b in beams[q * K : (q + 1) * K] if b.logprob > -math.inf]
+            best = sorted(finished[q], key=lambda f: f[0], reverse=True)[: max(1, req.n)]
+            out.append(GenerationResult([self._caption(row, req, score) for score, row in best]))
+        return out
+
+    def _extend(self, parent: Row, token: int, score: float, request: GenerationRequest) -> Row:
+        row = Row(parent.request, parent.prompt, list(parent.generated), 0.0, parent.seps, parent.word)
+        self._advance(row, token, 0.0, request)
+        row.logprob = score
+        return row
+
+
+def load_generator(
+    checkpoint: Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    quantize: bool = False,
+    compile: bool = False,
+) -> CaptionGenerator:
+    """The pool's factory: load a checkpoint onto a device, with optional CPU speed-ups."""
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build().eval()
+    if quantize and str(device) == "cpu":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    gen = CaptionGenerator(ckpt, device=device, model=model)
+    if compile:
+        gen.model.step = torch.compile(gen.model.step, dynamic=True)  # type: ignore[method-assign]
+    return gen

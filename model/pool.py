@@ -1,0 +1,438 @@
+"""The model pool: generation off the event loop, with dynamic micro-batching.
+
+Callers `await pool.generate(request)`. Requests wait in one shared queue; each worker
+(one per generator: one per GPU, or one on the CPU) owns a dedicated thread that runs
+`generate_batch`, and an asyncio task that feeds it. When a worker is free it takes the
+oldest request, waits at most `batch_wait_ms` from that request's arrival for company, then
+decodes everything that fits in `max_batch` rows together. Torch releases the GIL while
+it computes, so the event loop keeps serving chat traffic while a batch runs.
+
+A request's size is the rows it decodes: `n` for greedy and sampling, `beam_width` for
+beam search. A request larger than `max_batch` runs alone rather than never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from model.requests import METHODS, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from bot.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+# What start() sends through every worker, so the first user does not pay for lazy
+# initialisation (CUDA context, kernel selection, allocator growth).
+WARMUP_REQUEST = GenerationRequest(template="", method="greedy", max_length=4)
+
+
+class BatchGenerator(Protocol):
+    model_id: str
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """One result per request, in order. May mix methods and templates; raising fails the batch."""
+        ...
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class PoolError(Exception):
+    """A generation the pool could not deliver; `user_message` is safe to show a chat user."""
+
+    user_message = "Something went wrong making your meme. Please try again."
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.user_message)
+
+
+class PoolBusy(PoolError):
+    user_message = "The meme machine is busy, try again in a few seconds."
+
+
+class PoolTimeout(PoolError):
+    user_message = "That meme took too long to make. Please try again."
+
+
+class GenerationFailed(PoolError):
+    user_message = "The meme machine hiccuped on that one. Please try again."
+
+
+class PoolClosed(PoolError):
+    user_message = "The meme machine is restarting. Try again in a moment."
+
+
+class InvalidRequest(PoolError, ValueError):
+    """Refused before queueing, so one bad request never fails the batch it would join."""
+
+    user_message = "Those meme settings are not valid."
+
+
+# ---- stats ------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolStats:
+    batches: int = 0  # batches decoded (warm-up not counted)
+    requests: int = 0  # requests answered
+    failed: int = 0  # requests failed because their batch raised
+    timed_out: int = 0
+    cancelled: int = 0  # callers that gave up (their task was cancelled)
+    rejected: int = 0  # PoolBusy answers
+    busy_s: float = 0.0  # seconds workers spent inside generate_batch
+    batch_sizes: Counter[int] = field(default_factory=Counter)  # requests per batch -> batches
+    batch_rows: Counter[int] = field(default_factory=Counter)  # rows per batch -> batches
+
+    @property
+    def max_batch_size(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+    @property
+    def mean_batch_size(self) -> float:
+        return sum(k * v for k, v in self.batch_sizes.items()) / max(1, self.batches)
+
+
+# ---- the pool ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)  # identity equality: a job is removed from the queue by identity
+class _Job:
+    request: GenerationRequest
+    future: asyncio.Future[GenerationResult]
+    rows: int
+    enqueued_at: float  # loop.time()
+
+
+@dataclass
+class _Worker:
+    index: int
+    thread: ThreadPoolExecutor  # exactly one thread, so the generator never sees two callers
+    generator: BatchGenerator
+
+
+def request_rows(request: GenerationRequest) -> int:
+    """How many rows a request adds to a batch."""
+    return max(1, request.beam_width if request.method == "beam" else request.n)
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Raise InvalidRequest for settings the generator would reject."""
+    problems = []
+    if request.method not in METHODS:
+        problems.append(f"method must be one of {', '.join(METHODS)}, got {request.method!r}")
+    if request.n < 1:
+        problems.append(f"n must be at least 1, got {request.n}")
+    if request.max_length < 1:
+        problems.append(f"max_length must be at least 1, got {request.max_length}")
+    if request.method == "sample" and not request.temperature > 0:
+        problems.append(f"temperature must be positive, got {request.temperature}")
+    if not 0 < request.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {request.top_p}")
+    if request.top_k < 0:
+        problems.append(f"top_k must not be negative, got {request.top_k}")
+    if request.beam_width < 1:
+        problems.append(f"beam_width must be at least 1, got {request.beam_width}")
+    if request.n_boxes < 0:
+        problems.append(f"n_boxes must not be negative, got {request.n_boxes}")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+
+
+class ModelPool:
+    def __init__(
+        self,
+        generator_factories: Sequence[Callable[[], BatchGenerator]],
+        *,
+        max_batch: int = 64,
+        batch_wait_ms: float = 4.0,
+        queue_size: int = 512,
+        timeout_s: float = 20.0,
+    ) -> None:
+        if not generator_factories:
+            raise ValueError("ModelPool needs at least one generator factory")
+        if max_batch < 1 or queue_size < 1:
+            raise ValueError(f"max_batch and queue_size must be at least 1, got {max_batch}, {queue_size}")
+        if batch_wait_ms < 0 or timeout_s <= 0:
+            raise ValueError(
+                f"batch_wait_ms must not be negative and timeout_s must be positive, got {batch_wait_ms}, {timeout_s}"
+            )
+        self.factories = tuple(generator_factories)
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self._queue: deque[_Job] = deque()
+        self._changed = asyncio.Condition()  # queue grew, or the pool closed
+        self._workers: list[_Worker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._stats = PoolStats()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, checkpoint: Path) -> ModelPool:
+        """One worker per device that `config.device` names; nothing is loaded until start()."""
+        loaders = [
+            GeneratorLoader(checkpoint, device, config.threads, config.quantize, config.compile)
+            for device in resolve_devices(config.device)
+        ]
+        return cls(
+            loaders,
+            max_batch=config.max_batch,
+            batch_wait_ms=config.batch_wait_ms,
+            queue_size=config.queue_size,
+            timeout_s=config.timeout_s,
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        if not self._workers:
+            raise RuntimeError("the model pool has not started: await pool.start() first")
+        return self._workers[0].generator.model_id
+
+    @property
+    def stats(self) -> PoolStats:
+        """A snapshot, safe to keep and compare."""
+        s = self._stats
+        return replace(s, batch_sizes=Counter(s.batch_sizes), batch_rows=Counter(s.batch_rows))
+
+    async def start(self, warmup: bool = True) -> None:
+        """Build every generator in its own worker thread (loading a model can take seconds),
+        then, if `warmup`, decode one tiny request on each. Raises what a factory or the
+        warm-up raised, with nothing left running."""
+        if self._closed:
+            raise PoolClosed("the model pool is closed; make a new one")
+        if self._workers:
+            raise RuntimeError("the model pool has already started")
+        loop = asyncio.get_running_loop()
+        threads = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-worker-{i}")
+            for i in range(len(self.factories))
+        ]
+        try:
+            generators = await asyncio.gather(
+                *(
+                    loop.run_in_executor(t, factory)
+                    for t, factory in zip(threads, self.factories, strict=True)
+                )
+            )
+            workers = [_Worker(i, t, g) for i, (t, g) in enumerate(zip(threads, generators, strict=True))]
+            if warmup:
+                await asyncio.gather(*(self._decode(w, [WARMUP_REQUEST]) for w in workers))
+        except BaseException:
+            for thread in threads:
+                thread.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._workers = workers
+        self._tasks = [asyncio.create_task(self._serve(w), name=f"model-worker-{w.index}") for w in workers]
+        for task in self._tasks:
+            task.add_done_callback(_log_worker_crash)
+        logger.info("model pool started: %d worker(s), model %s", len(workers), self.model_id)
+
+    async def close(self) -> None:
+        """Finish the batches being decoded, fail every queued request with PoolClosed."""
+        self._closed = True
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(PoolClosed("the model pool closed before this request ran"))
+        async with self._changed:
+            self._changed.notify_all()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self._workers:
+            worker.thread.shutdown(wait=True)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self._closed:
+            raise PoolClosed("the model pool is closed")
+        if not self._workers:
+            raise RuntimeError("the model pool has not started: await pool.start() first")
+        check_request(request)
+        if len(self._queue) >= self.queue_size:
+            self._stats.rejected += 1
+            raise PoolBusy(f"{len(self._queue)} requests are already waiting")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop.create_future(), request_rows(request), loop.time())
+        self._queue.append(job)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self._changed:
+                    self._changed.notify_all()
+                return await job.future
+        except TimeoutError:
+            self._withdraw(job)
+            self._stats.timed_out += 1
+            raise PoolTimeout(f"no result within {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            self._withdraw(job)
+            self._stats.cancelled += 1
+            raise
+
+    def _withdraw(self, job: _Job) -> None:
+        """Drop a request its caller gave up on: out of the queue if it has not started, and
+        its future cancelled so a running batch discards its result."""
+        if job.future.done() and not job.future.cancelled():
+            job.future.exception()  # its failure raced the cancel: mark it seen, or asyncio warns
+        job.future.cancel()
+        try:
+            self._queue.remove(job)
+        except ValueError:
+            pass  # already taken by a worker
+
+    # ---- workers ------------------------------------------------------------------------
+
+    async def _serve(self, worker: _Worker) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._run_batch(worker, batch)
+            elif self._closed:
+                return
+
+    async def _next_batch(self) -> list[_Job]:
+        """Wait for a request, then for the batch window; [] if every waiting request left."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._queue or self._closed)
+            if self._closed:
+                return []
+            # The window is measured from the oldest request's arrival, so requests that
+            # queued up while this worker was busy go at once.
+            deadline = self._queue[0].enqueued_at + self.batch_wait_s
+            if deadline > asyncio.get_running_loop().time():
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._changed.wait_for(lambda: self._batch_is_full() or self._closed)
+                except TimeoutError:
+                    pass
+            return self._take_batch()
+
+    def _batch_is_full(self) -> bool:
+        rows = 0
+        for job in self._queue:  # stops early: the queue can be far longer than a batch
+            rows += 0 if job.future.done() else job.rows
+            if rows >= self.max_batch:
+                return True
+        return False
+
+    def _take_batch(self) -> list[_Job]:
+        """The oldest requests that fit in max_batch rows (first come, first served)."""
+        batch: list[_Job] = []
+        rows = 0
+        while self._queue:
+            job = self._queue[0]
+            if job.future.done():  # cancelled between its caller's cancel and its cleanup
+                self._queue.popleft()
+                continue
+            if batch and rows + job.rows > self.max_batch:
+                break
+            batch.append(self._queue.popleft())
+            rows += job.rows
+        return batch
+
+    async def _run_batch(self, worker: _Worker, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._decode(worker, [job.request for job in batch])
+        except asyncio.CancelledError:
+            # The loop is shutting down under us: nobody may be left waiting.
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(PoolClosed("the model pool stopped while decoding"))
+            raise
+        except Exception as exc:
+            logger.error(
+                "model worker %d: a batch of %d request(s) failed", worker.index, len(batch), exc_info=exc
+            )
+            self._stats.failed += len(batch)
+            for job in batch:
+                if not job.future.done():
+                    error = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+                    error.__cause__ = exc
+                    job.future.set_exception(error)
+        else:
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():  # done = its caller gave up meanwhile
+                    job.future.set_result(result)
+                    self._stats.requests += 1
+        finally:
+            self._stats.batches += 1
+            self._stats.batch_sizes[len(batch)] += 1
+            self._stats.batch_rows[sum(job.rows for job in batch)] += 1
+            self._stats.busy_s += time.perf_counter() - started
+
+    async def _decode(self, worker: _Worker, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Run one batch on the worker's own thread, leaving the event loop free."""
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(worker.thread, worker.generator.generate_batch, requests)
+        if len(results) != len(requests):
+            raise RuntimeError(f"the generator returned {len(results)} results for {len(requests)} requests")
+        return results
+
+
+def _log_worker_crash(task: asyncio.Task[None]) -> None:
+    # A worker only ends on close(); anything else is a bug in the pool, never to pass silently.
+    if not task.cancelled() and task.exception() is not None:
+        logger.critical("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+
+
+# ---- building from config ---------------------------------------------------------------
+
+
+def resolve_devices(device: str) -> list[str]:
+    """The config's device setting -> the torch devices to run one worker on each."""
+    import torch
+
+    if device == "cpu":
+        return ["cpu"]
+    if device == "auto":
+        if torch.cuda.is_available():
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return ["cpu"]
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f'[model] device is "{device}" but no CUDA GPU is usable here; use "auto" or "cpu"'
+            )
+        index = device.partition(":")[2] or "0"
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ValueError(
+                f'[model] device "{device}" does not exist: this machine has cuda:0 to cuda:{count - 1}'
+            )
+        return [f"cuda:{index}"]
+    raise ValueError(f'[model] device must be "auto", "cpu", "cuda" or "cuda:N", got "{device}"')
+
+
+@dataclass(frozen=True)
+class GeneratorLoader:
+    """A worker's factory: loads the checkpoint on one device, inside the worker's thread."""
+
+    checkpoint: Path
+    device: str
+    threads: int
+    quantize: bool = False
+    compile: bool = False
+
+    def __call__(self) -> BatchGenerator:
+        # Imported here so the pool (and its tests) do not need the model code loaded.
+        from model.generate import load_generator
+
+        return load_generator(
+            self.checkpoint,
+            device=self.device,
+            threads=self.threads,
+            quantize=self.quantize,
+            compile=self.compile,
+        )

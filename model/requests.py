@@ -1,0 +1,40 @@
+"""What a caller asks the model for and what it gets back: plain data, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("greedy", "sample", "beam")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    # The template's dataset name (e.g. "Drake-Hotline-Bling"); a name the model was not
+    # trained on is generated with the shared "unknown template" embedding.
+    template: str
+    prefix: str = ""  # raw user text; `|` starts the next box
+    method: str = "sample"
+    temperature: float = 0.8
+    top_k: int = 0  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    beam_width: int = 3
+    max_length: int = 120  # symbols after the prefix, <sep> included
+    n: int = 1  # captions wanted (beam: the n best beams)
+    seed: int | None = None  # fixes sampling, alone or inside any batch
+    banned_words: tuple[str, ...] = ()  # words decoding must never complete
+    n_boxes: int = 0  # the template's box count: at most n_boxes - 1 <sep>; 0 = no limit
+
+
+@dataclass(frozen=True)
+class Caption:
+    boxes: list[str]  # normalised box texts, prefix included
+    logprob: float  # total log-probability of the generated symbols
+
+    @property
+    def text(self) -> str:
+        return " | ".join(self.boxes)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    captions: list[Caption] = field(default_factory=list)

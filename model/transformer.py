@@ -1,0 +1,193 @@
+"""Decoder-only transformer over characters, conditioned on the template.
+
+The template is a conditioning token at position 0 (its own embedding table); then comes
+<start> and the caption. Pre-norm blocks, learned absolute positions, tied input/output
+character embeddings. Rows may be left-padded (batched prefixes of different lengths): a
+padding mask keeps pad positions out of attention and positions count only real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from model.vocab import PAD
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 72
+    n_templates: int = 101  # including id 0, the shared "unknown template"
+    block_size: int = 208  # template token + <start> + 200 symbols + <end>, rounded up
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.0
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer so far; each [B, n_head, S, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor  # bool [B, S]: False where a row was padded
+    positions: torch.Tensor  # long [B]: position id the next token gets
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """Reorder/select batch rows (beam search)."""
+        return KVCache(
+            [k[rows] for k in self.keys],
+            [v[rows] for v in self.values],
+            self.valid[rows],
+            self.positions[rows],
+        )
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # [B, T, C] -> [B, n_head, T, head_dim]
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, past):
+        a, kv = self.attn(self.ln_1(x), mask, past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, kv
+
+
+class Transformer(nn.Module):
+    arch = "transformer"
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.tpl_emb = nn.Embedding(config.n_templates, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, template_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """template_ids [B], tokens [B, T] (right-padded, starting with <start>) -> logits [B, T, V].
+
+        logits[:, t] predicts tokens[:, t + 1]. Padding after a caption's end needs no mask:
+        causal attention never looks forward.
+        """
+        B, T = tokens.shape
+        assert T + 1 <= self.config.block_size, f"sequence of {T} exceeds block size"
+        pos = torch.arange(T + 1, device=tokens.device)
+        x = torch.cat([self.tpl_emb(template_ids)[:, None, :], self.tok_emb(tokens)], dim=1)  # [B, T+1, C]
+        x = self.drop(x + self.pos_emb(pos))
+        for block in self.blocks:
+            x, _ = block(x, None, None)
+        return self.head(self.ln_f(x[:, 1:]))
+
+    def prefill(self, template_ids: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Start incremental decoding from left-padded prompts.
+
+        tokens [B, T], left-padded with <pad>, each row starting with <start> after its padding.
+        Returns the logits of the last position [B, V] and the cache.
+        """
+        B, T = tokens.shape
+        valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=tokens.device), tokens != PAD], dim=1)
+        # Positions count real tokens only, so a padded row sees the same positions as an unpadded one.
+        pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, T+1]
+        x = torch.cat([self.tpl_emb(template_ids)[:, None, :], self.tok_emb(tokens)], dim=1)
+        # The template token sits before the padding in the tensor; move it next to the text so
+        # that the layout is [pad..., template, <start>, ...] and the mask stays simple.
+        n_pad = (~valid).sum(dim=1)  # [B]
+        order = torch.arange(T + 1, device=tokens.device)[None, :].expand(B, -1)
+        shifted = torch.where(order < n_pad[:, None], order + 1, order)
+        shifted = torch.where(order == n_pad[:, None], torch.zeros_like(order), shifted)
+        x = torch.gather(x, 1, shifted[:, :, None].expand(-1, -1, x.size(-1)))
+        valid = torch.gather(valid, 1, shifted)
+        pos = torch.gather(pos, 1, shifted)
+        x = x + self.pos_emb(pos)
+        causal = torch.ones(T + 1, T + 1, dtype=torch.bool, device=tokens.device).tril()
+        mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, T+1, T+1]
+        # A pad query row attends to nothing, which makes NaNs; let it see itself.
+        mask = mask | torch.eye(T + 1, dtype=torch.bool, device=tokens.device)[None, None]
+        keys, values = [], []
+        for block in self.blocks:
+            x, (k, v) = block(x, mask, None)
+            keys.append(k)
+            values.append(v)
+        logits = self.head(self.ln_f(x[:, -1]))
+        return logits, KVCache(keys, values, valid, pos[:, -1] + 1)
+
+    def step(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One new token per row: tokens [B] -> logits [B, V] and the grown cache."""
+        B = tokens.shape[0]
+        pos = cache.positions.clamp(max=self.config.block_size - 1)
+        x = self.tok_emb(tokens)[:, None, :] + self.pos_emb(pos)[:, None, :]  # [B, 1, C]
+        valid = torch.cat([cache.valid, torch.ones(B, 1, dtype=torch.bool, device=tokens.device)], dim=1)
+        mask = valid[:, None, None, :]  # [B, 1, 1, S+1]
+        keys, values = [], []
+        for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x, (k, v) = block(x, mask, (k, v))
+            keys.append(k)
+            values.append(v)
+        logits = self.head(self.ln_f(x[:, -1]))
+        return logits, KVCache(keys, values, valid, cache.positions + 1)

@@ -1,0 +1,397 @@
+"""A fake Telegram Bot API server for end-to-end tests (aiohttp on 127.0.0.1, random port).
+
+The real python-telegram-bot talks to it through `base_url`, exactly as it would talk to a
+self-hosted Bot API server. The fake keeps just enough state to be believable: the chats'
+messages (so a button press can carry the message it belongs to, and edits change it),
+the updates waiting to be fetched, and who is an admin of which chat. Everything the bot
+sends is recorded as a `Call`, and a test waits for the calls it expects.
+
+Faults are injected per method: `fail_next("sendPhoto", status=500)` answers the next call
+with an error; `stall_next("getUpdates", 3.0)` holds the next call for longer than the
+client's timeout and then drops it unrecorded, as a lost request would be.
+
+See tests/fakes/README.md for how to use and extend it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_ID = 7000001
+GROUP_ID = -1001  # the group chat `send_text` writes in unless told otherwise
+ADMIN_STATUSES = ("creator", "administrator")
+
+
+@dataclass
+class Call:
+    """One Bot API request the bot made, as the fake understood it."""
+
+    method: str
+    params: dict[str, Any]  # form fields; JSON-looking values (reply_markup, ...) decoded
+    files: dict[str, bytes] = field(default_factory=dict)  # multipart uploads by part name
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def chat_id(self) -> int | None:
+        value = self.params.get("chat_id")
+        return None if value is None else int(value)
+
+    @property
+    def keyboard(self) -> list[list[dict[str, Any]]]:
+        """The inline keyboard sent with this call, row by row ([] when there is none)."""
+        markup = self.params.get("reply_markup") or {}
+        return markup.get("inline_keyboard", [])
+
+
+class ApiError(Exception):
+    """A Bot API error reply (`ok: false`) from a method handler."""
+
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+
+
+@dataclass
+class Fault:
+    status: int = 500  # HTTP status of the error reply
+    stall_s: float = 0.0  # > 0: hold the request this long, then drop it unrecorded
+    retry_after: int | None = None  # for 429 replies
+
+
+def _user(user_id: int, name: str = "", is_bot: bool = False, username: str | None = None) -> dict:
+    user: dict[str, Any] = {"id": user_id, "is_bot": is_bot, "first_name": name or f"User{user_id}"}
+    if username:
+        user["username"] = username
+    return user
+
+
+def _decode(value: str) -> Any:
+    """Form fields carry JSON for structured values (reply_markup, commands, ...)."""
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+class FakeTelegramServer:
+    """Serves the Bot API methods the memebot uses; start with `await server.start()`."""
+
+    def __init__(self, token: str = "123456:TEST-TOKEN", bot_username: str = "memebot_test_bot") -> None:
+        self.token = token
+        self.bot_user = _user(BOT_ID, "Memebot", is_bot=True, username=bot_username)
+        self.calls: list[Call] = []
+        self.chats: dict[int, dict[str, Any]] = {}  # chat id -> Bot API chat object
+        self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> message
+        self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> status; default "member"
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(1)
+        self._message_ids: dict[int, itertools.count] = defaultdict(lambda: itertools.count(1))
+        self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        self._changed = asyncio.Event()  # set (and replaced) on every new update and every call
+        self._runner: web.AppRunner | None = None
+        self._closing = False
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/bot{token}/{method}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        self._closing = True
+        self._notify()  # long polls in progress return now instead of holding up the shutdown
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeTelegramServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def file_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    # --- what a test injects ----------------------------------------------------------------
+
+    def chat(self, chat_id: int, kind: str = "group", title: str = "Meme Lab") -> dict[str, Any]:
+        """The Bot API chat object for `chat_id` (private chats: chat id == user id)."""
+        if chat_id not in self.chats:
+            chat: dict[str, Any] = {"id": chat_id, "type": kind}
+            if kind == "private":
+                chat["first_name"] = f"User{chat_id}"
+            else:
+                chat["title"] = title
+            self.chats[chat_id] = chat
+        return self.chats[chat_id]
+
+    def set_member(self, chat_id: int, user_id: int, status: str) -> None:
+        """`status`: creator | administrator | member | restricted | left | kicked."""
+        self.members[(chat_id, user_id)] = status
+
+    def push_update(self, payload: dict[str, Any]) -> int:
+        """Queue a raw update (without `update_id`) for getUpdates; returns its update id."""
+        update = {"update_id": next(self._update_ids), **payload}
+        self._updates.append(update)
+        self._notify()
+        return update["update_id"]
+
+    def send_text(
+        self, text: str, *, chat_id: int = GROUP_ID, user_id: int = 501, kind: str = "group", **extra: Any
+    ) -> dict[str, Any]:
+        """A user writes `text` in a chat; a leading /command gets its bot_command entity."""
+        chat = self.chat(chat_id, kind if chat_id != user_id else "private")
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids[chat_id]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": _user(user_id),
+            "text": text,
+            **extra,
+        }
+        if text.startswith("/"):
+            command = text.split()[0]
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        self.messages[(chat_id, message["message_id"])] = message
+        self.push_update({"message": message})
+        return message
+
+    def press(self, message: dict[str, Any], data: str, *, user_id: int = 501) -> str:
+        """A user presses the inline button with callback `data` under `message`; returns the query id."""
+        current = self.messages.get((message["chat"]["id"], message["message_id"]), message)
+        query_id = f"cq{next(self._update_ids)}"
+        self.push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": _user(user_id),
+                    "chat_instance": f"ci{message['chat']['id']}",
+                    "data": data,
+                    "message": current,
+                }
+            }
+        )
+        return query_id
+
+    def fail_next(
+        self, method: str, status: int = 500, times: int = 1, retry_after: int | None = None
+    ) -> None:
+        self._faults[method].extend(Fault(status=status, retry_after=retry_after) for _ in range(times))
+
+    def stall_next(self, method: str, seconds: float, times: int = 1) -> None:
+        self._faults[method].extend(Fault(stall_s=seconds) for _ in range(times))
+
+    async def faults_used(self, timeout: float = 10.0) -> None:
+        """Wait until every injected fault has hit a request."""
+        if not await self._wait_until(lambda: not any(self._faults.values()), timeout):
+            left = {m: len(f) for m, f in self._faults.items() if f}
+            raise AssertionError(f"injected faults never hit a request within {timeout} s: {left}")
+
+    # --- what a test checks -------------------------------------------------------------------
+
+    def sent(self, method: str, chat_id: int | None = None) -> list[Call]:
+        return [c for c in self.calls if c.method == method and (chat_id is None or c.chat_id == chat_id)]
+
+    async def wait_for(
+        self,
+        method: str,
+        count: int = 1,
+        *,
+        where: Callable[[Call], bool] = lambda call: True,
+        timeout: float = 10.0,
+    ) -> list[Call]:
+        """Wait until the bot has made `count` matching calls of `method`; returns them."""
+
+        def matching() -> list[Call]:
+            return [c for c in self.calls if c.method == method and where(c)]
+
+        if not await self._wait_until(lambda: len(matching()) >= count, timeout):
+            seen = [c.method for c in self.calls]
+            raise AssertionError(
+                f"the bot made {len(matching())} of {count} expected {method} calls within "
+                f"{timeout} s; calls seen: {seen}"
+            )
+        return matching()
+
+    def message_of(self, call: Call) -> dict[str, Any]:
+        """The message a sendPhoto/sendMessage call created (as the fake stores it now)."""
+        return self.messages[(call.chat_id, call.params["_message_id"])]
+
+    # --- the API --------------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return condition()
+        return True
+
+    async def _read_params(self, request: web.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
+        params: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        if request.content_type == "application/json":
+            params = await request.json()
+        elif request.can_read_body:
+            for name, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    files[name] = value.file.read()
+                else:
+                    params[name] = _decode(value)
+        return params, files
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return self._error(401, "Unauthorized")
+        method = request.match_info["method"]
+        params, files = await self._read_params(request)
+        faults = self._faults.get(method)
+        if faults:
+            fault = faults.popleft()
+            self._notify()
+            if fault.stall_s:
+                await asyncio.sleep(fault.stall_s)  # the client gives up first: a lost request
+                return self._error(504, "Gateway Timeout")
+            return self._error(fault.status, "Injected failure", fault.retry_after)
+        handler = getattr(self, f"_api_{method}", None)
+        if handler is None:
+            return self._error(404, f"Not Found: method {method} is not served by the fake")
+        call = Call(method, params, files)
+        try:
+            result = await handler(call)
+        except ApiError as exc:
+            return self._error(exc.status, exc.description)
+        if method != "getUpdates":  # polling is noise; tests wait on what the bot *sends*
+            self.calls.append(call)
+            self._notify()
+        return web.json_response({"ok": True, "result": result})
+
+    @staticmethod
+    def _error(status: int, description: str, retry_after: int | None = None) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        return web.json_response(body, status=status)
+
+    async def _api_getMe(self, call: Call) -> dict[str, Any]:
+        return {**self.bot_user, "can_join_groups": True, "can_read_all_group_messages": False}
+
+    async def _api_deleteWebhook(self, call: Call) -> bool:
+        return True
+
+    async def _api_getUpdates(self, call: Call) -> list[dict[str, Any]]:
+        offset = int(call.params.get("offset") or 0)
+        timeout = float(call.params.get("timeout") or 0)
+        # Updates below the offset are confirmed: the real server forgets them.
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        if timeout > 0:
+            await self._wait_until(lambda: bool(self._updates) or self._closing, timeout)
+        limit = int(call.params.get("limit") or 100)
+        return self._updates[:limit]
+
+    async def _api_setMyCommands(self, call: Call) -> bool:
+        return True
+
+    async def _api_sendChatAction(self, call: Call) -> bool:
+        return True
+
+    async def _api_answerCallbackQuery(self, call: Call) -> bool:
+        return True
+
+    async def _api_getChatMember(self, call: Call) -> dict[str, Any]:
+        chat_id, user_id = int(call.params["chat_id"]), int(call.params["user_id"])
+        status = self.members.get((chat_id, user_id), "member")
+        member: dict[str, Any] = {"status": status, "user": _user(user_id)}
+        if status == "creator":
+            member["is_anonymous"] = False
+        if status == "administrator":
+            rights = (
+                "can_be_edited is_anonymous can_manage_chat can_delete_messages can_manage_video_chats"
+                " can_restrict_members can_promote_members can_change_info can_invite_users"
+                " can_post_stories can_edit_stories can_delete_stories"
+            )
+            member.update({name: name == "can_manage_chat" for name in rights.split()})
+        return member
+
+    def _new_message(self, call: Call, content: dict[str, Any]) -> dict[str, Any]:
+        chat_id = int(call.params["chat_id"])
+        message = {
+            "message_id": next(self._message_ids[chat_id]),
+            "date": int(time.time()),
+            "chat": self.chat(chat_id),
+            "from": self.bot_user,
+            **content,
+        }
+        if call.params.get("reply_markup"):
+            message["reply_markup"] = call.params["reply_markup"]
+        reply = call.params.get("reply_parameters")
+        if isinstance(reply, dict) and (chat_id, int(reply["message_id"])) in self.messages:
+            message["reply_to_message"] = self.messages[(chat_id, int(reply["message_id"]))]
+        self.messages[(chat_id, message["message_id"])] = message
+        call.params["_message_id"] = message["message_id"]
+        return message
+
+    async def _api_sendMessage(self, call: Call) -> dict[str, Any]:
+        return self._new_message(call, {"text": call.params["text"]})
+
+    async def _api_sendPhoto(self, call: Call) -> dict[str, Any]:
+        photo = call.files.get("photo", b"")
+        file_id = f"photo-{len(self.calls)}"
+        content: dict[str, Any] = {
+            "photo": [
+                {
+                    "file_id": file_id,
+                    "file_unique_id": file_id,
+                    "width": 800,
+                    "height": 800,
+                    "file_size": len(photo),
+                }
+            ]
+        }
+        if call.params.get("caption"):
+            content["caption"] = call.params["caption"]
+        return self._new_message(call, content)
+
+    async def _api_editMessageReplyMarkup(self, call: Call) -> dict[str, Any] | bool:
+        key = (int(call.params["chat_id"]), int(call.params["message_id"]))
+        if key not in self.messages:
+            raise ApiError(400, "Bad Request: message to edit not found")
+        message = self.messages[key]
+        if call.params.get("reply_markup"):
+            message["reply_markup"] = call.params["reply_markup"]
+        else:
+            message.pop("reply_markup", None)
+        return message

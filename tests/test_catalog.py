@@ -1,0 +1,341 @@
+"""The template catalog: the real data/templates.toml against the dataset and the images,
+name lookup as users type it, search for autocomplete, validation of a bad file, the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog, parse_catalog
+from bot.cli import main
+from bot.config import Config, load_config
+from training.make_catalog import format_catalog
+
+CLASSIC_TOP = (0.02, 0.02, 0.96, 0.22)
+CLASSIC_BOTTOM = (0.02, 0.76, 0.96, 0.22)
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def catalog(config: Config) -> Catalog:
+    return load_catalog(config.catalog_path)
+
+
+@pytest.fixture(scope="module")
+def usual_box_counts(config: Config, catalog: Catalog) -> dict[str, int]:
+    """dataset name -> the number of boxes most of its memes have (the data is read once)."""
+    counts = {}
+    for t in catalog.templates:
+        path = config.dataset_dir / "memes" / f"{t.dataset_name}.json"
+        if path.exists():
+            memes = json.loads(path.read_text(encoding="utf-8"))
+            counts[t.dataset_name] = Counter(len(m["boxes"]) for m in memes).most_common(1)[0][0]
+    return counts
+
+
+def rect(box) -> tuple[float, float, float, float]:
+    return (box.x, box.y, box.w, box.h)
+
+
+# --- the real catalog ----------------------------------------------------------------------
+
+
+def test_catalog_has_the_100_popular_templates(catalog: Catalog, config: Config) -> None:
+    assert len(catalog.templates) == 100
+    popular = (config.dataset_dir / "popular_100_memes.csv").read_text(encoding="cp1252")
+    ids = {int(line.split('","')[0].strip('"')) for line in popular.splitlines()[1:] if line}
+    assert {t.imgflip_id for t in catalog.templates} == ids
+
+
+def test_every_image_exists_and_has_the_catalog_size(catalog: Catalog, config: Config) -> None:
+    for t in catalog.templates:
+        path = catalog.image_path(t, config.template_images_dir)
+        assert path.parent == config.template_images_dir
+        with Image.open(path) as image:  # raises if missing
+            assert image.size == (t.width, t.height), t.slug
+
+
+def test_has_data_says_whether_captions_exist(catalog: Catalog, config: Config) -> None:
+    for t in catalog.templates:
+        assert t.has_data == (config.dataset_dir / "memes" / f"{t.dataset_name}.json").exists(), t.slug
+    # The dataset's README names twelve templates without caption files.
+    assert sum(not t.has_data for t in catalog.templates) == 12
+
+
+def test_box_count_is_how_the_template_is_used_in_the_data(
+    catalog: Catalog, usual_box_counts: dict[str, int]
+) -> None:
+    assert len(usual_box_counts) == 88
+    wrong = {
+        t.slug: (len(t.boxes), usual_box_counts[t.dataset_name])
+        for t in catalog.templates
+        if t.dataset_name in usual_box_counts and len(t.boxes) != usual_box_counts[t.dataset_name]
+    }
+    assert wrong == {}, "slug: (boxes in catalog, usual count in data)"
+
+
+def test_famous_layouts_put_text_where_the_meme_has_it(catalog: Catalog) -> None:
+    drake = catalog.get("drake-hotline-bling")
+    assert len(drake.boxes) == 2
+    for box in drake.boxes:  # the white panels on the right, dark text
+        assert box.x >= 0.5 and box.color == "#000000" and box.outline == ""
+    assert drake.boxes[0].y < 0.5 <= drake.boxes[1].y
+
+    buttons = catalog.get("two-buttons").boxes
+    assert all(b.y + b.h < 0.25 for b in buttons)  # on the button panel, not on the sweating man
+    assert buttons[0].x < buttons[1].x
+
+    boyfriend = catalog.get("distracted-boyfriend").boxes
+    assert len(boyfriend) == 3
+    assert [b.x for b in boyfriend] == sorted(b.x for b in boyfriend)  # other woman, him, girlfriend
+
+    (sign,) = catalog.get("change-my-mind").boxes
+    assert sign.color == "#000000" and sign.outline == "" and sign.angle != 0
+    assert sign.x > 0.35 and sign.y > 0.5  # the sign on the desk, bottom right
+
+    (top, bottom) = catalog.get("one-does-not-simply").boxes
+    assert (rect(top), rect(bottom)) == (CLASSIC_TOP, CLASSIC_BOTTOM)
+
+
+def test_boxes_do_not_overlap_within_a_template(catalog: Catalog) -> None:
+    def overlap(a, b) -> bool:
+        return a.x < b.x + b.w and b.x < a.x + a.w and a.y < b.y + b.h and b.y < a.y + a.h
+
+    for t in catalog.templates:
+        for i, a in enumerate(t.boxes):
+            for b in t.boxes[i + 1 :]:
+                assert not overlap(a, b), t.slug
+
+
+def test_aliases_are_lowercase_unique_and_name_only_their_template(catalog: Catalog) -> None:
+    for t in catalog.templates:
+        assert all(a == a.lower() for a in t.aliases), t.slug
+        assert len(set(t.aliases)) == len(t.aliases), t.slug
+        for alias in t.aliases:
+            assert catalog.lookup(alias) is t, alias
+
+
+def test_the_toml_survives_a_round_trip_through_the_generator(catalog: Catalog) -> None:
+    again = parse_catalog(tomllib.loads(format_catalog(catalog.templates)))
+    assert again.templates == catalog.templates
+
+
+# --- lookup ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "slug"),
+    [
+        ("change-my-mind", "change-my-mind"),  # slug
+        ("Change My Mind", "change-my-mind"),  # name
+        ("Change-My-Mind", "change-my-mind"),  # dataset name
+        ("  CHANGE_my mind ", "change-my-mind"),  # case and separators
+        ("changemymind", "change-my-mind"),
+        ("prove me wrong", "change-my-mind"),  # alias
+        ("Y'all Got Any More Of That", "yall-got-any-more-of-that"),
+        ("yall got any more of that", "yall-got-any-more-of-that"),
+        ("drakeposting", "drake-hotline-bling"),
+        ("chnage my mind", "change-my-mind"),  # typos
+        ("drak", "drake-hotline-bling"),
+        ("drke", "drake-hotline-bling"),
+        ("distracted boyfreind", "distracted-boyfriend"),
+        ("surprized pikachu", "surprised-pikachu"),
+        ("pikachu", "surprised-pikachu"),  # one distinctive word
+        ("yelling cat", "woman-yelling-at-cat"),
+        ("nobody cares", "see-nobody-cares"),  # not Imagination Spongebob, whose dataset alias it was
+    ],
+)
+def test_lookup_finds_what_users_type(catalog: Catalog, query: str, slug: str) -> None:
+    assert catalog.lookup(query).slug == slug
+
+
+@pytest.mark.parametrize("query", ["spongebob", "cat", "gru", "flying spaghetti monster", "x", ""])
+def test_lookup_refuses_to_guess_and_offers_three_suggestions(catalog: Catalog, query: str) -> None:
+    with pytest.raises(UnknownTemplate) as caught:
+        catalog.lookup(query)
+    assert caught.value.query == query
+    assert len(caught.value.suggestions) == 3
+    assert all(isinstance(t, Template) for t in caught.value.suggestions)
+
+
+def test_unknown_template_message_names_the_closest_slugs(catalog: Catalog) -> None:
+    with pytest.raises(UnknownTemplate) as caught:
+        catalog.lookup("spongebob")
+    suggested = {t.slug for t in caught.value.suggestions}
+    assert suggested == {"mocking-spongebob", "imagination-spongebob", "spongebob-ight-imma-head-out"}
+    first, second, third = (t.slug for t in caught.value.suggestions)
+    assert str(caught.value) == f'No template "spongebob". Did you mean: {first}, {second}, {third}?'
+
+
+@pytest.mark.parametrize("query", ["../../etc/passwd", "/etc/passwd", "..\\..\\x.jpg", "~/.ssh/id_rsa"])
+def test_path_like_names_are_just_unknown(catalog: Catalog, query: str) -> None:
+    with pytest.raises(UnknownTemplate):
+        catalog.lookup(query)
+
+
+def test_a_file_name_as_query_still_uses_the_catalogs_own_image(catalog: Catalog, tmp_path: Path) -> None:
+    found = catalog.lookup("../Drake-Hotline-Bling.jpg/..")  # resolves by its words, not as a path
+    assert catalog.image_path(found, tmp_path) == tmp_path / "Drake-Hotline-Bling.jpg"
+
+
+def test_a_huge_query_is_answered_quickly(catalog: Catalog) -> None:
+    with pytest.raises(UnknownTemplate) as caught:
+        catalog.lookup("meme " * 10_000)
+    assert len(str(caught.value)) < 200
+
+
+def test_get_takes_exact_slugs_only(catalog: Catalog) -> None:
+    assert catalog.get("doge").name == "Doge"
+    with pytest.raises(KeyError):
+        catalog.get("Doge")
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+def test_empty_search_lists_the_catalog_in_order(catalog: Catalog) -> None:
+    assert catalog.search("") == list(catalog.templates[:25])
+    assert catalog.search("", limit=100) == list(catalog.templates)
+
+
+def test_search_matches_prefixes_typos_and_aliases(catalog: Catalog) -> None:
+    assert catalog.search("dra")[0].slug == "drake-hotline-bling"  # typing in progress
+    assert catalog.search("pikachoo")[0].slug == "surprised-pikachu"
+    assert catalog.search("crowder")[0].slug == "change-my-mind"  # alias "steven crowder's sign"
+    assert {t.slug for t in catalog.search("spongebob")[:3]} == {
+        "mocking-spongebob",
+        "imagination-spongebob",
+        "spongebob-ight-imma-head-out",
+    }
+
+
+def test_search_returns_at_most_the_limit_and_nothing_for_noise(catalog: Catalog) -> None:
+    assert len(catalog.search("a")) <= 25  # Discord autocomplete shows 25 at most
+    assert len(catalog.search("the", limit=5)) == 5
+    assert catalog.search("zzzqqq") == []
+
+
+# --- validation --------------------------------------------------------------------------------
+
+GOOD = """
+[[template]]
+slug = "plain"
+name = "Plain"
+imgflip_id = 1
+dataset_name = "Plain"
+image = "Plain.jpg"
+width = 100
+height = 80
+aliases = ["simple one"]
+has_data = false
+
+[[template.box]]
+x = 0.02
+y = 0.02
+w = 0.96
+h = 0.22
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "templates.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_minimal_catalog_loads_with_box_defaults(tmp_path: Path) -> None:
+    (t,) = load_catalog(write(tmp_path, GOOD)).templates
+    (box,) = t.boxes
+    assert (box.align, box.color, box.outline, box.angle, box.uppercase) == (
+        "center",
+        "#ffffff",
+        "#000000",
+        0.0,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (("x = 0.02", "x = 1.5"), "x = 1.5"),
+        (("w = 0.96", "w = 0.99"), "right edge"),
+        (("h = 0.22", "h = 0"), "h = 0"),
+        (("h = 0.22", 'h = 0.22\ncolor = "not-a-colour"'), "not a colour"),
+        (("h = 0.22", 'h = 0.22\noutline = "#12"'), "not a colour"),
+        (("h = 0.22", 'h = 0.22\nalign = "middle"'), "align"),
+        (("h = 0.22", "h = 0.22\ncolour = 1"), "unknown field 'colour'"),
+        (('image = "Plain.jpg"', 'image = "../../etc/passwd"'), "bare"),
+        (('slug = "plain"', 'slug = "Plain Meme"'), "slug"),
+        (("width = 100", 'width = "100"'), "whole number"),
+    ],
+)
+def test_a_bad_catalog_is_refused_naming_the_template(
+    tmp_path: Path, change: tuple[str, str], complaint: str
+) -> None:
+    old, new = change
+    bad = GOOD.replace(old, new, 1)
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(tmp_path, bad))
+    message = str(caught.value)
+    assert complaint in message
+    assert "templates.toml" in message
+    assert "template " in message
+
+
+def test_duplicate_slugs_and_ambiguous_aliases_are_refused(tmp_path: Path) -> None:
+    second = GOOD.replace("imgflip_id = 1", "imgflip_id = 2").replace(
+        'dataset_name = "Plain"', 'dataset_name = "Plain-2"'
+    )
+    with pytest.raises(CatalogError, match="plain"):
+        load_catalog(write(tmp_path, GOOD + second))
+    other = second.replace('slug = "plain"', 'slug = "other"').replace('name = "Plain"', 'name = "Other"')
+    with pytest.raises(CatalogError, match="simple one"):  # the same alias on two templates
+        load_catalog(write(tmp_path, GOOD + other))
+
+
+def test_a_missing_or_broken_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_catalog(tmp_path / "nope.toml")
+    with pytest.raises(CatalogError, match="not valid TOML"):
+        load_catalog(write(tmp_path, "[[template]\n"))
+
+
+def test_image_path_never_leaves_the_images_folder(catalog: Catalog, tmp_path: Path) -> None:
+    doge = catalog.get("doge")
+    assert catalog.image_path(doge, tmp_path) == tmp_path / "Doge.jpg"
+    sneaky = replace(doge, image="../../etc/passwd")  # a Template not from load_catalog
+    with pytest.raises(ValueError):
+        catalog.image_path(sneaky, tmp_path)
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_lists_all_100_templates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["templates"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("100 templates in the catalog")
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip() and "templates in" not in line]
+    assert len(rows) == 100
+    drake = next(r for r in rows if r[0] == "drake-hotline-bling")
+    assert drake[-2:] == ["2", "yes"]
+
+
+def test_cli_query_lists_matches_and_says_when_nothing_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["templates", "spongebob"]) == 0
+    out = capsys.readouterr().out
+    assert "mocking-spongebob" in out and "drake-hotline-bling" not in out
+    assert main(["templates", "zzzqqq"]) == 1
+    assert "nothing matches" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""Configuration errors name the bad key; the example file is valid; the environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import PROJECT_ROOT, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads_and_matches_the_defaults():
+    example = load_config(PROJECT_ROOT / "config.example.toml", env={})
+    defaults = load_config(None, env={}, root=Path("/nonexistent-root-without-config"))
+    assert example.model == defaults.model
+    assert example.generation == defaults.generation
+    assert example.limits == defaults.limits
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[model]\nthreads = 'two'\n", r"\[model\] threads: expected a whole number"),
+        ("[model]\nthreds = 2\n", r"\[model\] threds: unknown setting"),
+        ("[modle]\nthreads = 2\n", r"\[modle\]: unknown section"),
+        (
+            "[generation]\nmethod = 'creative'\n",
+            r"\[generation\] method: must be one of greedy, sample, beam",
+        ),
+        ("[generation]\ntemperature = -1\n", r"\[generation\] temperature"),
+        ("[render]\nfallback_fonts = 'x.ttf'\n", r"\[render\] fallback_fonts: expected a list"),
+        ("[telegram]\nenabled = 'yes'\n", r"\[telegram\] enabled: expected true or false"),
+        ("model = 3\n", r"\[model\]: expected a table"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path):
+    path = write(tmp_path, "[model]\ndevice = 'cpu'\n[telegram]\nenabled = true\n")
+    config = load_config(
+        path, env={"MEMEBOT_DEVICE": "cuda:1", "TELEGRAM_TOKEN": "123:abc", "MEMEBOT_DATABASE": "/tmp/x.db"}
+    )
+    assert config.model.device == "cuda:1"
+    assert config.telegram.token == "123:abc"
+    assert config.database_path == Path("/tmp/x.db")
+
+
+def test_tokens_never_show_in_the_config_repr():
+    config = load_config(None, env={"TELEGRAM_TOKEN": "123456:SECRET", "DISCORD_TOKEN": "discord-secret"})
+    assert "SECRET" not in repr(config) and "discord-secret" not in repr(config)
+
+
+def test_relative_paths_resolve_against_the_project_root():
+    config = load_config(None, env={})
+    assert config.dataset_dir == (PROJECT_ROOT / "../shared/data/imgflip575k/dataset").resolve()
+    assert config.catalog_path == PROJECT_ROOT / "data/templates.toml"

@@ -1,0 +1,161 @@
+"""`memebot chat`: the console front end, in-process over text buffers and as the real command."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.config import ENV_OVERRIDES
+from bot.console_app import ConsoleFrontEnd
+from bot.service import MemeService
+from tests.fakes.caption_model import (
+    FIXED_ENDING,
+    ScriptedCaptions,
+    config_for_tests,
+    scripted_service,
+    write_untrained_checkpoint,
+)
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def chat(service: MemeService, output: Path, script: str) -> list[str]:
+    """Run the console on `script` (one command a line); its output lines."""
+    out = io.StringIO()
+    console = ConsoleFrontEnd(service, output, stdin=io.StringIO(script), stdout=out, user="tester")
+    await console.run()
+    return out.getvalue().splitlines()
+
+
+@pytest.fixture
+def model() -> ScriptedCaptions:
+    return ScriptedCaptions()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, model: ScriptedCaptions):
+    async with scripted_service(config_for_tests(tmp_path), model) as service:
+        yield service
+
+
+async def test_meme_prints_the_caption_and_writes_the_image(service: MemeService, tmp_path: Path):
+    out = await chat(
+        service, tmp_path / "out", "/settings method greedy\n/meme change-my-mind pineapple on\n"
+    )
+    caption, saved = out[-2:]
+    assert caption == f"#1 Change My Mind: pineapple on {FIXED_ENDING}"
+    path = Path(saved.removeprefix("saved "))
+    assert path.resolve() == (tmp_path / "out" / path.name).resolve()
+    assert Image.open(path).size[0] > 100
+
+
+async def test_rate_reroll_history_and_settings(
+    service: MemeService, model: ScriptedCaptions, tmp_path: Path
+):
+    script = "\n".join(
+        [
+            "/rate 👍",  # nothing to rate yet
+            "/meme two-buttons tabs",
+            "/rate 👍",
+            "/rate 👎",
+            "/rate meh",
+            "/reroll",
+            "/settings temperature 0.4",
+            "/meme drake",
+            "/history",
+            "/settings",
+        ]
+    )
+    out = await chat(service, tmp_path / "out", script)
+    assert out[0] == "Make a meme first: /meme"
+    assert "#1: 👍 1 👎 0" in out and "#1: 👍 0 👎 1" in out
+    assert "Rate with /rate 👍 or /rate 👎 (or + and -)." in out
+    assert any(line.startswith("#2 Two Buttons: tabs take") for line in out)  # the reroll
+    assert "Saved." in out and model.last.temperature == 0.4
+    history = [line for line in out if line.startswith("#") and "👍" in line and ":" in line.split()[1]]
+    assert [line.split()[0] for line in history] == ["#3", "#2", "#1"]
+    assert "temperature: 0.4" in out
+
+
+async def test_caption_templates_errors_and_quit(service: MemeService, tmp_path: Path):
+    script = "\n".join(
+        [
+            "/caption drake no thanks | yes please",
+            "/templates change mind",
+            "/meme drakkar",
+            "/settings temperature hot",
+            "hello",
+            "/dance",
+            "",
+            "/quit",
+            "/meme drake",  # after /quit: never runs
+        ]
+    )
+    out = await chat(service, tmp_path / "out", script)
+    assert out[0] == "#1 Drake Hotline Bling: no thanks | yes please"
+    assert out[2].startswith("change-my-mind") and "Change My Mind" in out[2]
+    assert any('No template "drakkar"' in line and "drake-hotline-bling" in line for line in out)
+    assert any("temperature must be a number from 0.1 to 2" in line for line in out)
+    assert "Commands start with /, e.g. /meme drake. Type /help for the list." in out
+    assert "Unknown command /dance. Type /help for the list." in out
+    assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+async def test_console_is_never_rate_limited(tmp_path: Path):
+    async with scripted_service(
+        config_for_tests(tmp_path, user_burst=1, chat_burst=1), ScriptedCaptions()
+    ) as service:
+        out = await chat(service, tmp_path / "out", "/meme drake\n" * 5)
+    assert sum(line.startswith("saved ") for line in out) == 5
+
+
+# --- the real command -------------------------------------------------------------------------
+
+
+def run_chat(tmp_path: Path, script: str, checkpoint: Path) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[storage]\ndatabase = "{tmp_path / "chat.db"}"\n'
+        f'[model]\ncheckpoint = "{checkpoint}"\ndevice = "cpu"\nthreads = 1\n'
+        '[generation]\nmethod = "greedy"\nmax_length = 20\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "--config", str(config), "chat", "-o", str(tmp_path / "out")],
+        input=script,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=45,
+    )
+
+
+def test_piped_chat_without_a_model_explains_and_still_captions(tmp_path: Path):
+    started = time.monotonic()
+    result = run_chat(tmp_path, "/meme drake\n/caption drake no | yes\n/quit\n", tmp_path / "absent.pt")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "no model yet" in result.stderr and "memebot train" in result.stderr
+    assert "caption model isn't installed yet" in result.stdout
+    assert "#1 Drake Hotline Bling: no | yes" in result.stdout
+    assert (tmp_path / "out" / "meme-1.jpg").exists() or (tmp_path / "out" / "meme-1.png").exists()
+    assert elapsed < 20, f"memebot chat took {elapsed:.1f} s to answer two commands"
+
+
+def test_piped_chat_with_a_model_makes_a_meme(tmp_path: Path):
+    checkpoint = write_untrained_checkpoint(tmp_path / "untrained.pt")
+    result = run_chat(tmp_path, "/meme change-my-mind pineapple on\n", checkpoint)
+    assert result.returncode == 0, result.stderr
+    assert "no model yet" not in result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("#1 Change My Mind: pineapple on")  # then the untrained model's gibberish
+    assert len(list((tmp_path / "out").iterdir())) == 1

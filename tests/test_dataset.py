@@ -1,0 +1,133 @@
+"""The dataset loader keeps and drops exactly the seed's memes, splits stably, and caches."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.vocab import SEP, Vocab
+from training.dataset import (
+    DROP_BAD_CHARS,
+    DROP_MALFORMED,
+    DROP_NO_BOXES,
+    DROP_TOO_LONG,
+    DROP_UNREADABLE,
+    load_dataset,
+)
+from training.evaluate import evaluate
+
+
+def _meme(url: str, boxes, votes: str = "1,234", views: str = "10,000") -> dict:
+    return {
+        "url": url,
+        "post": url,
+        "metadata": {"views": views, "img-votes": votes, "title": "t", "author": "a"},
+        "boxes": boxes,
+    }
+
+
+@pytest.fixture()
+def messy_dataset(tmp_path: Path) -> Path:
+    memes = tmp_path / "memes"
+    memes.mkdir()
+    good = [
+        _meme("u1", ["Hello World  ", " second BOX"]),  # kept: lowercased and stripped
+        _meme("u2", ["one box only"]),
+        _meme("u3", ["", "empty first box"]),  # an empty box is still a box
+        _meme("u4", ["x" * 99, "y" * 99]),  # 99 + 1 + 99 = 199 symbols: kept
+    ]
+    bad = [
+        _meme("b1", []),  # no boxes
+        _meme("b2", ["café au lait"]),  # non-ASCII
+        _meme("b3", ["semi; colon"]),  # ';' is not among the 68
+        _meme("b4", ["tab\there"]),  # only the space counts as whitespace
+        _meme("b5", ["x" * 100, "y" * 99]),  # 200 symbols: dropped
+        {"url": "b6", "boxes": "not a list"},
+        {"url": "b7"},
+        "not even an object",
+        _meme("b8", ["ok", 42]),
+    ]
+    (memes / "Good-Template.json").write_text(json.dumps(good + bad))
+    (memes / "Broken-Template.json").write_text('[{"url": "x", "boxes": ["unterminated"')
+    return tmp_path
+
+
+def test_keeps_and_drops_exactly_the_right_memes(messy_dataset: Path, tmp_path: Path):
+    ds = load_dataset(messy_dataset, tmp_path / "cache")
+    vocab = Vocab()
+    kept = [ds.boxes(i, vocab) for i in range(len(ds))]
+    assert kept == [
+        ["hello world", "second box"],
+        ["one box only"],
+        ["", "empty first box"],
+        ["x" * 99, "y" * 99],
+    ]
+    stats = ds.stats["Good-Template"]
+    assert stats.kept == 4
+    assert stats.dropped == {DROP_NO_BOXES: 1, DROP_BAD_CHARS: 3, DROP_TOO_LONG: 1, DROP_MALFORMED: 4}
+    assert ds.stats["Broken-Template"].dropped == {DROP_UNREADABLE: 1}
+    assert ds.caption(0).tolist().count(SEP) == 1
+    assert ds.votes[0] == 1234 and ds.views[0] == 10000
+
+
+def test_split_is_stable_and_about_five_percent(tmp_path: Path):
+    from tests.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "d", {"A-Template": ["a"], "B-Template": ["b"]}, copies=2000)
+    first = load_dataset(root, None).is_val
+    second = load_dataset(root, None).is_val
+    assert np.array_equal(first, second)
+    assert 0.03 < first.mean() < 0.07
+
+
+def test_cache_is_used_and_invalidated_when_the_source_changes(messy_dataset: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    load_dataset(messy_dataset, cache)
+    files = list(cache.glob("dataset-*.npz"))
+    assert len(files) == 1
+    again = load_dataset(messy_dataset, cache)
+    assert len(again) == 4 and list(cache.glob("dataset-*.npz")) == files
+    path = messy_dataset / "memes" / "Good-Template.json"
+    entries = json.loads(path.read_text())
+    path.write_text(json.dumps(entries + [_meme("u9", ["one more"])]))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert len(load_dataset(messy_dataset, cache)) == 5
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="ImgFlip575K"):
+        load_dataset(tmp_path / "nowhere", None)
+
+
+class ConstantModel(torch.nn.Module):
+    """Predicts the same distribution everywhere: logit 1 for 'a', 0 for the rest."""
+
+    def forward(self, template_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*tokens.shape, 72)
+        logits[..., Vocab().symbols.index("a")] = 1.0
+        return logits
+
+
+def test_eval_on_a_hand_computed_case(tmp_path: Path):
+    from tests.conftest import write_dataset
+
+    root = write_dataset(tmp_path / "d", {"T1": ["aa"], "T2": ["ab", "a"]}, copies=1)
+    ds = load_dataset(root, None)
+    report = evaluate(ConstantModel(), ds, np.arange(len(ds)), model_templates=["T1"])
+    # Targets: T1 "aa" -> a a <end>; T2 "ab", "a" -> a b <sep> a <end>.
+    # 'a' is right at 2 of 3 positions of T1 and 2 of 5 of T2: 4 of 8.
+    assert report.overall.positions == 8
+    assert report.overall.correct == 4
+    assert report.overall.accuracy == 0.5
+    p_a = math.e / (math.e + 71)
+    p_other = 1 / (math.e + 71)
+    expected_bits = -(4 * math.log2(p_a) + 4 * math.log2(p_other)) / 8
+    assert report.overall.bits_per_char == pytest.approx(expected_bits, rel=1e-5)
+    assert report.per_template["T1"].accuracy == pytest.approx(2 / 3)
+    assert report.per_template["T2"].accuracy == pytest.approx(2 / 5)

@@ -1,0 +1,361 @@
+"""The Discord bot end to end: the real discord.py client against a fake Discord on 127.0.0.1.
+
+Every test drives the real DiscordFrontEnd on a real MemeService (catalog, renderer, SQLite
+storage, model pool); only the caption model is a small deterministic stand-in, and Discord
+itself is tests/fakes/discord_server.py. The fake acts as the Discord users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import discord
+import pytest
+import yarl
+from PIL import Image
+
+from bot.app import run_bot
+from bot.catalog import Catalog, load_catalog
+from bot.config import Config, DiscordConfig, RenderConfig, TelegramConfig
+from bot.discord_app import DiscordFrontEnd, DiscordStartError
+from bot.service import MemeService
+from bot.storage import Score, Storage, StoredMeme
+from tests.fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_service
+from tests.fakes.discord_server import (
+    DEFERRED_CHANNEL_MESSAGE,
+    MANAGE_GUILD,
+    UPDATE_MESSAGE,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+    FakeUser,
+)
+from tests.fakes.telegram_server import FakeTelegramServer
+
+pytestmark = pytest.mark.timeout(30)
+
+TOKEN = "fake-bot-token"
+PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)  # members, presences, message content
+ALICE = FakeUser(11, "alice")
+BOB = FakeUser(12, "bob")
+ADMIN = FakeUser(13, "admin", permissions=MANAGE_GUILD)
+
+
+@dataclass
+class Bot:
+    """One running bot process, as far as the tests care: its front end on a real service."""
+
+    front_end: DiscordFrontEnd
+    service: MemeService
+    model: ScriptedCaptions
+    resources: AsyncExitStack
+
+    @property
+    def storage(self) -> Storage:
+        return self.service.storage
+
+    async def close(self) -> None:
+        await self.resources.aclose()
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    """The fake Discord, with discord.py configured to use it (restored after the test)."""
+    server = FakeDiscord(TOKEN)
+    await server.start()
+    monkeypatch.setattr(discord.http.Route, "BASE", server.api_base)
+    monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(server.gateway_url))
+    yield server
+    await server.close()
+    assert not server.unhandled, f"the bot called routes the fake does not serve: {server.unhandled}"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    config = config_for_tests(tmp_path)
+    return replace(
+        config,
+        render=RenderConfig(max_side=320),  # small images: the tests are about Discord
+        discord=DiscordConfig(enabled=True, token=TOKEN),
+    )
+
+
+@pytest.fixture
+def catalog(config: Config) -> Catalog:
+    return load_catalog(config.catalog_path)
+
+
+@pytest.fixture
+async def start_bot(fake: FakeDiscord, config: Config) -> AsyncIterator[Callable[..., Awaitable[Bot]]]:
+    """Starts a bot on the fake; close it and call again to simulate a restart."""
+    bots: list[Bot] = []
+
+    async def start(discord_config: DiscordConfig | None = None) -> Bot:
+        resources = AsyncExitStack()
+        model = ScriptedCaptions()
+        service = await resources.enter_async_context(scripted_service(config, model, batch_wait_ms=0))
+        front_end = DiscordFrontEnd(service, discord_config or config.discord)
+        resources.push_async_callback(front_end.close)
+        bot = Bot(front_end, service, model, resources)
+        bots.append(bot)
+        await front_end.start()
+        await fake.wait_connected(sessions=len(bots))
+        return bot
+
+    yield start
+    for bot in bots:
+        await bot.close()
+
+
+async def final_message(fake: FakeDiscord, interaction: FakeInteraction) -> FakeMessage:
+    """The message the interaction ends with, once the bot has finished answering."""
+    await fake.wait_until(lambda: interaction.messages and not interaction.messages[-1].loading)
+    return interaction.messages[-1]
+
+
+async def stored_meme(fake: FakeDiscord, bot: Bot, message: FakeMessage) -> StoredMeme:
+    """The database row of the meme a message shows, once the bot has linked the two."""
+    for _ in range(100):
+        meme = await bot.storage.get_meme_by_message("discord", str(fake.channel_id), str(message.id))
+        if meme is not None:
+            return meme
+        await asyncio.sleep(0.02)  # the link is written just after the message is posted
+    raise AssertionError(f"no meme in the database is linked to message {message.id}")
+
+
+def image_size(message: FakeMessage) -> tuple[int, int]:
+    """The attached meme's size; its file name must say its real format, or Discord won't show it."""
+    (attachment,) = message.attachments
+    with Image.open(io.BytesIO(attachment.data)) as image:
+        suffix = {"JPEG": ".jpg", "PNG": ".png"}[image.format or ""]
+        assert attachment.filename.endswith(suffix) and attachment.filename.count(".") == 1
+        return image.size
+
+
+# ---- start-up ---------------------------------------------------------------------------------
+
+
+async def test_start_up_syncs_every_command_with_no_privileged_intents(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    synced = {c["name"]: c for c in fake.commands[None]}
+    assert set(synced) == {"meme", "caption", "templates", "history", "memeconfig", "help"}
+    assert fake.identify is not None and fake.identify["intents"] & PRIVILEGED_INTENTS == 0
+    meme_options = {o["name"]: o for o in synced["meme"]["options"]}
+    assert meme_options["template"].get("autocomplete") is True
+    assert [c["value"] for c in meme_options["method"]["choices"]] == ["sample", "greedy", "beam"]
+    # Hidden from members without Manage Server, and not offered in DMs.
+    assert int(synced["memeconfig"]["default_member_permissions"]) == MANAGE_GUILD
+    assert synced["memeconfig"]["contexts"] == [0]  # guild only
+    assert "memeconfig" not in fake.visible_commands(ALICE)
+    assert "memeconfig" in fake.visible_commands(ADMIN)
+
+
+async def test_test_guild_gets_the_commands_directly(fake: FakeDiscord, start_bot) -> None:
+    await start_bot(DiscordConfig(enabled=True, token=TOKEN, test_guild=fake.guild_id))
+    assert {c["name"] for c in fake.commands[fake.guild_id]} >= {"meme", "memeconfig"}
+    assert None not in fake.commands  # nothing synced globally: global updates take up to an hour
+
+
+async def test_a_missing_or_wrong_token_is_a_clear_start_error(fake: FakeDiscord, start_bot) -> None:
+    with pytest.raises(DiscordStartError, match="rejected the bot token"):
+        await start_bot(DiscordConfig(enabled=True, token="not-the-token"))
+    with pytest.raises(DiscordStartError, match="DISCORD_TOKEN"):
+        await start_bot(DiscordConfig(enabled=True, token=""))
+    assert fake.sessions == 0
+
+
+# ---- /meme --------------------------------------------------------------------------------------
+
+
+async def test_meme_is_deferred_then_posted_as_an_image_with_three_buttons(
+    fake: FakeDiscord, start_bot, catalog: Catalog
+) -> None:
+    bot = await start_bot()
+    interaction = await fake.run_command(
+        "meme", ALICE, template="drake", prefix="writing tests", method="greedy"
+    )
+    message = await final_message(fake, interaction)
+
+    assert interaction.callbacks[0]["type"] == DEFERRED_CHANNEL_MESSAGE  # acknowledged before generating
+    assert len(interaction.callbacks) == 1 and not message.ephemeral
+    assert max(image_size(message)) == 320
+    assert message.attachments[0].description == "writing tests with extra cheese | box 2"  # alt text
+    assert message.button_texts() == ["👍 0", "👎 0", "🔁"]
+
+    stored = await stored_meme(fake, bot, message)
+    assert stored.template == catalog.lookup("drake").slug
+    assert stored.boxes == ["writing tests with extra cheese", "box 2"]
+    assert bot.model.last.method == "greedy" and bot.model.last.template == "Drake-Hotline-Bling"
+    assert [b["custom_id"] for b in message.buttons] == [
+        f"meme:{a}:{stored.id}" for a in ("up", "down", "again")
+    ]
+
+
+async def test_autocomplete_offers_matching_templates_even_with_typos(
+    fake: FakeDiscord, start_bot, catalog: Catalog
+) -> None:
+    await start_bot()
+    choices = await fake.autocomplete("meme", ALICE, focused="template", template="chnage my mind")
+    assert choices[0] == {"name": "Change My Mind", "value": catalog.lookup("change my mind").slug}
+    every = await fake.autocomplete("caption", ALICE, focused="template", template="")
+    assert len(every) == 25  # Discord's maximum; the catalog has more
+    assert len({c["value"] for c in every}) == 25
+
+
+async def test_unknown_template_is_an_ephemeral_error_with_suggestions(
+    fake: FakeDiscord, start_bot, catalog: Catalog
+) -> None:
+    await start_bot()
+    interaction = await fake.run_command("meme", ALICE, template="flying spaghetti monster")
+    reply = await final_message(fake, interaction)
+    assert reply.ephemeral and not reply.attachments
+    assert interaction.original is not None and interaction.original.deleted  # no public "thinking" left
+    suggestions = catalog.suggestions("flying spaghetti monster")
+    assert len(suggestions) == 3
+    assert all(t.slug in reply.content for t in suggestions)
+
+
+async def test_caption_renders_the_given_text(fake: FakeDiscord, start_bot) -> None:
+    bot = await start_bot()
+    interaction = await fake.run_command("caption", ALICE, template="drake", text="no thanks | yes please")
+    message = await final_message(fake, interaction)
+    assert message.attachments[0].description == "no thanks | yes please"
+    assert message.button_texts() == ["👍 0", "👎 0", "🔁"]
+    assert (await stored_meme(fake, bot, message)).boxes == ["no thanks", "yes please"]
+
+
+async def test_templates_history_and_help_answer_only_the_asker(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    await final_message(fake, await fake.run_command("meme", ALICE, template="two buttons"))
+    replies = {}
+    for name, options in (("templates", {"query": "buttons"}), ("history", {}), ("help", {})):
+        interaction = await fake.run_command(name, ALICE, **options)
+        await fake.wait_until(lambda i=interaction: i.acknowledged)
+        (replies[name],) = interaction.messages
+    assert all(r.ephemeral for r in replies.values())
+    assert "two-buttons" in replies["templates"].content
+    assert "two-buttons" in replies["history"].content and "👍 0" in replies["history"].content
+    assert "/meme" in replies["help"].content
+
+
+# ---- buttons ----------------------------------------------------------------------------------
+
+
+async def test_buttons_on_a_message_from_before_a_restart_still_work(fake: FakeDiscord, start_bot) -> None:
+    first = await start_bot()
+    message = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+    up, down, again = (b["custom_id"] for b in message.buttons)
+    meme_id = int(up.rsplit(":", 1)[1])
+    await first.close()
+
+    second = await start_bot()  # a new process: nothing in memory but the database
+    press = await fake.press_button(message, up, BOB)
+    await fake.wait_until(lambda: press.acknowledged)
+    assert press.callbacks[0]["type"] == UPDATE_MESSAGE  # the counts change in place
+    assert message.button_texts() == ["👍 1", "👎 0", "🔁"]
+    assert await second.storage.score(meme_id) == Score(up=1, down=0)
+
+    for user, custom_id in ((ALICE, down), (BOB, up)):  # a vote, and a withdrawn vote
+        press = await fake.press_button(message, custom_id, user)
+        await fake.wait_until(lambda p=press: p.acknowledged)
+    assert message.button_texts() == ["👍 0", "👎 1", "🔁"]
+    assert await second.storage.score(meme_id) == Score(up=0, down=1)
+
+    reroll = await fake.press_button(message, again, BOB)
+    new = await final_message(fake, reroll)
+    assert new.id != message.id and not new.ephemeral and new.button_texts() == ["👍 0", "👎 0", "🔁"]
+    assert (await stored_meme(fake, second, new)).template == (
+        await stored_meme(fake, second, message)
+    ).template
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+
+async def test_only_manage_server_members_change_settings(fake: FakeDiscord, start_bot) -> None:
+    bot = await start_bot()
+    server = str(fake.guild_id)
+    # A server can let everyone *see* /memeconfig; the bot still checks the member's permissions.
+    refused = await fake.run_command("memeconfig", ALICE, setting="cooldown_s", value="60")
+    await fake.wait_until(lambda: refused.acknowledged)
+    (reply,) = refused.messages
+    assert reply.ephemeral and "admin" in reply.content
+    assert (await bot.storage.get_settings("discord", server)).cooldown_s is None
+
+    allowed = await fake.run_command("memeconfig", ADMIN, setting="cooldown_s", value="60")
+    await fake.wait_until(lambda: allowed.acknowledged)
+    assert allowed.messages[0].ephemeral and "cooldown_s: 60" in allowed.messages[0].content
+    assert (await bot.storage.get_settings("discord", server)).cooldown_s == 60
+
+    # The setting is the server's: it applies in this channel's next memes.
+    await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+    reply = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+    assert reply.ephemeral and "Slow down" in reply.content and not reply.attachments
+
+
+# ---- rate limits ------------------------------------------------------------------------------
+
+
+async def test_a_rate_limited_command_sync_is_retried_after_retry_after(fake: FakeDiscord, start_bot) -> None:
+    fake.rate_limit("PUT", r"/applications/\d+/commands", retry_after=0.3)
+    await start_bot()
+    attempts = [r for r in fake.requests if r.method == "PUT"]
+    assert [r.status for r in attempts] == [429, 200]
+    assert attempts[1].at - attempts[0].at >= 0.3
+    assert len(fake.commands[None]) == 6
+
+
+async def test_a_rate_limited_follow_up_is_retried_after_retry_after(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+    fake.rate_limit("POST", r"/webhooks/\d+/[^/]+", retry_after=0.5)
+    started = time.monotonic()
+    message = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+    attempts = [r for r in fake.requests if r.method == "POST" and r.path.startswith("/api/v10/webhooks/")]
+    assert [r.status for r in attempts] == [429, 200]
+    assert attempts[1].at - attempts[0].at >= 0.5
+    assert message.attachments and time.monotonic() - started < 5
+
+
+# ---- one process, both platforms ----------------------------------------------------------------
+
+
+async def test_run_bot_serves_discord_and_telegram_side_by_side(fake: FakeDiscord, config: Config) -> None:
+    """`memebot run` with both front ends configured: one process, one database, both answering.
+
+    No model is installed here, so both use /caption, which needs none."""
+    async with FakeTelegramServer() as telegram:
+        config = replace(
+            config,
+            telegram=TelegramConfig(
+                enabled=True,
+                token=telegram.token,
+                api_url=telegram.base_url,
+                file_url=telegram.file_url,
+                poll_timeout_s=1.0,
+            ),
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(run_bot(config, stop))
+        await fake.wait_connected()
+
+        on_discord = await fake.run_command("caption", ALICE, template="drake", text="discord | yes")
+        telegram.send_text("/caption drake telegram | yes", chat_id=-100)
+        message = await final_message(fake, on_discord)
+        (photo,) = await telegram.wait_for("sendPhoto")
+        assert message.attachments and message.button_texts() == ["👍 0", "👎 0", "🔁"]
+        assert photo.chat_id == -100
+
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)  # a clean stop: run_bot returns
+
+    storage = await Storage.open(config.database_path, config.storage.user_hash_key)
+    try:
+        assert {(await storage.get_meme(i)).platform for i in (1, 2)} == {"discord", "telegram"}
+    finally:
+        await storage.close()

@@ -1,0 +1,166 @@
+"""The caption models and their decoders, on a tiny model that memorised synthetic captions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from model.generate import CaptionGenerator, load_generator
+from model.requests import GenerationRequest
+from model.vocab import END, PAD, START, Vocab, normalize_user_text
+from tests.conftest import SYNTHETIC_CAPTIONS
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_checkpoint) -> CaptionGenerator:
+    return load_generator(tiny_checkpoint)
+
+
+def test_tiny_model_learns_the_captions(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt.metrics["val_subset_accuracy"] > 0.97
+
+
+def test_greedy_generates_exactly_the_memorised_captions(generator):
+    requests = [
+        GenerationRequest(template=t, method="greedy", n_boxes=len(b)) for t, b in SYNTHETIC_CAPTIONS.items()
+    ]
+    results = generator.generate_batch(requests)
+    for (template, boxes), result in zip(SYNTHETIC_CAPTIONS.items(), results, strict=True):
+        assert result.captions[0].boxes == boxes, template
+
+
+def test_beam_width_one_equals_greedy(generator):
+    for template in SYNTHETIC_CAPTIONS:
+        greedy = generator.generate_batch([GenerationRequest(template, method="greedy")])[0].captions[0]
+        beam = generator.generate_batch([GenerationRequest(template, method="beam", beam_width=1)])[
+            0
+        ].captions[0]
+        assert beam.boxes == greedy.boxes
+
+
+def test_beam_search_returns_n_best_and_memorised_caption_first(generator):
+    result = generator.generate_batch(
+        [GenerationRequest("Change-My-Mind", method="beam", beam_width=3, n=3)]
+    )[0]
+    assert len(result.captions) == 3
+    assert result.captions[0].boxes == ["pineapple on pizza is a crime"]
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+@pytest.mark.parametrize("prefix", ["", "Pineapple ON", "zzz qqq", "a|b|c|d|e", "écrit ✨ 日本"])
+def test_prefix_is_always_preserved(generator, method, prefix):
+    req = GenerationRequest("Change-My-Mind", prefix=prefix, method=method, n_boxes=2, max_length=40, seed=3)
+    caption = generator.generate_batch([req])[0].captions[0]
+    expected = [b.strip() for b in normalize_user_text(prefix)] if prefix else [""]
+    expected = expected[:1] + [" ".join(b for b in expected[1:] if b)] if len(expected) > 2 else expected
+    for want, got in zip(expected, caption.boxes, strict=False):
+        assert got.startswith(want), (prefix, caption.boxes)
+    assert len(caption.boxes) == 2
+
+
+def test_end_stops_generation_and_box_split_matches_template(generator):
+    result = generator.generate_batch(
+        [GenerationRequest("Two-Buttons", method="greedy", n_boxes=3, max_length=150)]
+    )[0]
+    assert result.captions[0].boxes == ["tabs", "spaces", "me"]  # stopped at <end>, not at the cap
+    # Asked for two boxes, the decoder may not open a third.
+    result = generator.generate_batch([GenerationRequest("Two-Buttons", method="greedy", n_boxes=2)])[0]
+    assert len(result.captions[0].boxes) == 2
+
+
+def test_length_cap_is_respected(generator):
+    caption = generator.generate_batch([GenerationRequest("Change-My-Mind", method="greedy", max_length=5)])[
+        0
+    ].captions[0]
+    assert len(" ".join(caption.boxes)) <= 5
+
+
+def test_seeded_sampling_is_the_same_alone_and_in_a_batch(generator):
+    target = GenerationRequest("Ancient-Aliens", method="sample", temperature=1.5, seed=42, n=2)
+    alone = generator.generate_batch([target])[0]
+    others = [
+        GenerationRequest(t, method=m, seed=7)
+        for t in SYNTHETIC_CAPTIONS
+        for m in ("sample", "beam", "greedy")
+    ]
+    batched = generator.generate_batch([*others[:5], target, *others[5:]])[5]
+    assert [c.boxes for c in alone.captions] == [c.boxes for c in batched.captions]
+
+
+def test_banned_words_are_never_completed(generator):
+    banned = ("pizza", "crime")
+    for seed in range(5):
+        req = GenerationRequest(
+            "Change-My-Mind", method="sample", seed=seed, banned_words=banned, temperature=0.5
+        )
+        words = " ".join(generator.generate_batch([req])[0].captions[0].boxes).replace(",", " ").split()
+        assert not set(words) & set(banned)
+
+
+def test_unknown_template_still_captions(generator):
+    caption = generator.generate_batch([GenerationRequest("Not-A-Template", method="greedy")])[0].captions[0]
+    assert "".join(caption.boxes).strip()
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(ckpt, tmp_path / "copy.pt")
+    again = load_checkpoint(tmp_path / "copy.pt")
+    tokens = torch.tensor([[START, 10, 20, 30]])
+    a = ckpt.build().eval()(torch.tensor([1]), tokens)
+    b = again.build().eval()(torch.tensor([1]), tokens)
+    assert torch.equal(a, b)
+    assert again.model_id == ckpt.model_id
+
+
+def test_checkpoint_mismatches_are_clear_errors(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt.vocab = list(reversed(ckpt.vocab))
+    save_checkpoint(ckpt, tmp_path / "bad-vocab.pt")
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        load_checkpoint(tmp_path / "bad-vocab.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("arch", ["transformer", "lstm", "cnn"])
+def test_incremental_decoding_matches_full_forward(arch):
+    torch.manual_seed(0)
+    small = {
+        "transformer": {"n_layer": 2, "n_embd": 32, "n_head": 2},
+        "lstm": {"hidden": 64},
+        "cnn": {"channels": 32},
+    }[arch]
+    model = build_model(arch, {"n_templates": 5, **small}).eval()
+    tokens = torch.tensor([[START, 10, 11, 12, 13, 14, 15], [START, 20, 21, 22, 23, 24, 25]])
+    template_ids = torch.tensor([1, 3])
+    full = model(template_ids, tokens)
+    # Rows of different prompt lengths, left-padded as the decoder batches them.
+    prompt = torch.tensor([[START, 10, 11, 12], [PAD, PAD, START, 20]])
+    logits, state = model.prefill(template_ids, prompt)
+    torch.testing.assert_close(logits, torch.stack([full[0, 3], full[1, 1]]), atol=1e-5, rtol=1e-4)
+    for t in range(2):
+        logits, state = model.step(torch.stack([tokens[0, 4 + t], tokens[1, 2 + t]]), state)
+        torch.testing.assert_close(
+            logits, torch.stack([full[0, 4 + t], full[1, 2 + t]]), atol=1e-5, rtol=1e-4
+        )
+
+
+def test_cnn_sees_at_least_128_characters():
+    model = build_model("cnn", {})
+    assert model.config.receptive_field >= 128
+
+
+def test_vocabulary_is_the_seeds_72_symbols():
+    vocab = Vocab()
+    assert len(vocab) == 72
+    assert vocab.symbols[END] == "<end>" and ";" not in vocab.symbols and " " in vocab.symbols
+    assert sum(1 for s in vocab.symbols if len(s) == 1) == 68
+    assert math.isclose(len(vocab), 72)

@@ -1,0 +1,324 @@
+"""MemeService, the platform-neutral core: real catalog, renderer, SQLite and ModelPool;
+only the caption model is scripted (tests/fakes/caption_model.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.catalog import load_catalog
+from bot.render import Renderer
+from bot.service import (
+    BadInputError,
+    BusyError,
+    ChatContext,
+    CooldownError,
+    GenerationError,
+    MemeOptions,
+    MemeService,
+    NoModelError,
+    NotAllowedError,
+    UnknownMemeError,
+    UnknownTemplateError,
+)
+from bot.storage import Score, Storage
+from model.pool import ModelPool
+from tests.fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE = ChatContext("test", chat_id="chat-1", user_id="alice")
+BOB = ChatContext("test", chat_id="chat-1", user_id="bob")
+ADMIN = ChatContext("test", chat_id="chat-1", user_id="carol", is_admin=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def model() -> ScriptedCaptions:
+    return ScriptedCaptions()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, model: ScriptedCaptions):
+    # Generous limits: these tests are about memes, not flood control.
+    async with scripted_service(config_for_tests(tmp_path, user_burst=100, chat_burst=100), model) as service:
+        yield service
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+async def test_make_meme_continues_the_prefix_renders_and_stores_it(service: MemeService, model):
+    made = await service.make_meme(ALICE, "change my mind", "pineapple on", MemeOptions(method="greedy"))
+
+    assert made.template.slug == "change-my-mind"
+    assert made.boxes == [f"pineapple on {FIXED_ENDING}"]
+    assert made.score == Score(0, 0)
+    image = decode(made.image.data)
+    assert image.format.lower() == made.image.format and image.size == (made.image.width, made.image.height)
+    # The model is asked with the template's dataset name and box count.
+    assert model.last.template == "Change-My-Mind"
+    assert model.last.n_boxes == len(made.template.boxes)
+    stored = await service.storage.get_meme(made.id)
+    assert (stored.template, stored.prefix, stored.boxes, stored.method) == (
+        "change-my-mind",
+        "pineapple on",
+        made.boxes,
+        "greedy",
+    )
+    assert stored.model_id == model.model_id
+
+
+async def test_no_template_picks_a_random_one_the_model_knows(service: MemeService):
+    slugs = {(await service.make_meme(ALICE, None)).template.slug for _ in range(8)}
+    known = {t.slug for t in service.catalog.templates if t.has_data}
+    assert slugs <= known and len(slugs) > 1
+
+
+async def test_random_pick_respects_the_chats_allowed_templates(service: MemeService):
+    await service.set_settings(ADMIN, {"templates": "drake, two buttons"})
+    picked = {(await service.make_meme(ALICE, "")).template.slug for _ in range(6)}
+    assert picked <= {"drake-hotline-bling", "two-buttons"}
+    with pytest.raises(NotAllowedError, match="isn't enabled"):
+        await service.make_meme(ALICE, "change-my-mind")
+
+
+async def test_unknown_template_gives_three_suggestions_and_stores_nothing(service: MemeService):
+    with pytest.raises(UnknownTemplateError) as caught:
+        await service.make_meme(ALICE, "drakkar")
+    assert len(caught.value.suggestions) == 3
+    assert "drake-hotline-bling" in [t.slug for t in caught.value.suggestions]
+    assert "drake-hotline-bling" in caught.value.user_message
+    assert await service.history(ALICE) == []
+
+
+async def test_path_like_and_huge_template_names_are_refused_cleanly(service: MemeService):
+    with pytest.raises(UnknownTemplateError):
+        await service.make_meme(ALICE, "../../etc/passwd")
+    with pytest.raises(BadInputError):
+        await service.make_meme(ALICE, "x" * 10_000)
+
+
+async def test_settings_resolve_options_over_chat_over_config(service: MemeService, model):
+    config = service.config.generation
+    await service.make_meme(ALICE, "drake")
+    assert (model.last.method, model.last.temperature) == (config.method, config.temperature)
+
+    await service.set_settings(ADMIN, {"temperature": "0.3", "method": "beam", "beam_width": "5"})
+    await service.make_meme(ALICE, "drake")
+    assert (model.last.method, model.last.temperature, model.last.beam_width) == ("beam", 0.3, 5)
+    # Another chat keeps the defaults.
+    await service.make_meme(ChatContext("test", "chat-2", "alice"), "drake")
+    assert model.last.temperature == config.temperature
+
+    await service.make_meme(ALICE, "drake", options=MemeOptions(method="greedy", temperature=1.5))
+    assert (model.last.method, model.last.temperature) == ("greedy", 1.5)
+
+    await service.set_settings(ADMIN, {"temperature": "default"})
+    assert (await service.get_settings(ALICE))["temperature"] == config.temperature
+
+
+async def test_settings_are_admin_only_and_bad_values_are_explained(service: MemeService):
+    with pytest.raises(NotAllowedError):
+        await service.set_settings(ALICE, {"temperature": "0.5"})
+    for changes, message in [
+        ({"temperature": "hot"}, "temperature must be a number from 0.1 to 2"),
+        ({"temperature": "nan"}, "temperature must be a number"),
+        ({"beam_width": "2.5"}, "beam_width must be a whole number from 1 to 16"),
+        ({"method": "telepathy"}, "greedy, sample, beam"),
+        ({"filter": "maybe"}, "on or off"),
+        ({"colour": "red"}, 'no setting "colour"'),
+        ({"temperature": ""}, "Give temperature a value"),
+    ]:
+        with pytest.raises(BadInputError, match=message):
+            await service.set_settings(ADMIN, changes)
+    with pytest.raises(UnknownTemplateError, match="drake"):
+        await service.set_settings(ADMIN, {"templates": "drakkar"})
+    assert (await service.get_settings(ALICE))["temperature"] == service.config.generation.temperature
+
+
+async def test_user_options_follow_the_same_rules_as_settings(service: MemeService):
+    with pytest.raises(BadInputError, match="temperature"):
+        await service.make_meme(ALICE, "drake", options=MemeOptions(temperature=50))
+    with pytest.raises(BadInputError, match="method"):
+        await service.make_meme(ALICE, "drake", options=MemeOptions(method="magic"))
+
+
+async def test_filter_setting_bans_the_configured_words(tmp_path: Path, model):
+    config = config_for_tests(tmp_path)
+    config.filter.extra_words = ["Pineapple"]
+    async with scripted_service(config, model) as service:
+        await service.make_meme(ALICE, "drake")
+        assert model.last.banned_words == ("pineapple",)
+        await service.set_settings(ADMIN, {"filter": "off"})
+        await service.make_meme(ALICE, "drake")
+        assert model.last.banned_words == ()
+
+
+async def test_rating_votes_withdraws_and_switches(service: MemeService):
+    made = await service.make_meme(ALICE, "drake")
+    assert await service.rate(ALICE, made.id, 1) == Score(1, 0)
+    assert await service.rate(BOB, made.id, -1) == Score(1, 1)
+    assert await service.rate(ALICE, made.id, 1) == Score(0, 1)  # the same press withdraws
+    assert await service.rate(BOB, made.id, 1) == Score(1, 0)  # the other press switches
+    with pytest.raises(UnknownMemeError):
+        await service.rate(ALICE, 9999, 1)
+    with pytest.raises(BadInputError):
+        await service.rate(ALICE, made.id, 0)
+
+
+async def test_reroll_samples_a_new_caption_for_the_same_template_and_prefix(service: MemeService, model):
+    first = await service.make_meme(ALICE, "two-buttons", "tabs", MemeOptions(method="greedy"))
+    again = await service.reroll(BOB, first.id)
+    assert again.id != first.id
+    assert again.template == first.template and again.prefix == "tabs"
+    assert model.last.method == "sample" and again.boxes != first.boxes
+    assert (await service.storage.get_meme(again.id)).user_hash != (
+        await service.storage.get_meme(first.id)
+    ).user_hash
+    with pytest.raises(UnknownMemeError):
+        await service.reroll(ALICE, 12345)
+
+
+async def test_history_is_the_users_own_newest_first(service: MemeService):
+    a = await service.make_meme(ALICE, "drake")
+    await service.make_meme(BOB, "drake")
+    b = await service.caption(ALICE, "two-buttons", ["tabs", "spaces"])
+    assert [m.id for m in await service.history(ALICE)] == [b.id, a.id]
+    assert len(await service.history(ALICE, n=1)) == 1
+
+
+async def test_caption_needs_no_model_and_works_for_every_template(tmp_path: Path):
+    async with scripted_service(
+        config_for_tests(tmp_path, user_burst=1000, chat_burst=1000), None
+    ) as service:
+        assert not service.has_model
+        with pytest.raises(NoModelError, match="/caption"):
+            await service.make_meme(ALICE, "drake")
+        ids = set()
+        for template in service.catalog.templates:
+            made = await service.caption(ALICE, template.slug, ["top text", "bottom text"])
+            assert made.template == template and made.boxes == ["top text", "bottom text"]
+            ids.add(made.id)
+        assert len(ids) == len(service.catalog.templates) == 100
+
+
+async def test_caption_draws_exactly_the_given_text(service: MemeService):
+    made = await service.caption(ALICE, "drake", [" no thanks ", "yes please", ""])
+    assert made.boxes == ["no thanks", "yes please"]
+    expected = Renderer(service.config.template_images_dir).render(made.template, ["no thanks", "yes please"])
+    assert made.image.data == expected.data
+    blank = Renderer(service.config.template_images_dir).render(made.template, [])
+    assert made.image.data != blank.data
+
+
+async def test_caption_input_is_checked(service: MemeService):
+    with pytest.raises(BadInputError, match="Give me some text"):
+        await service.caption(ALICE, "drake", ["", "  "])
+    with pytest.raises(BadInputError, match="too long"):
+        await service.caption(ALICE, "drake", ["x" * 400, "y" * 400])
+    with pytest.raises(BadInputError, match="Which template"):
+        await service.caption(ALICE, "", ["text"])
+    with pytest.raises(BadInputError, match="too long"):
+        await service.make_meme(ALICE, "drake", "p" * 1000)
+
+
+async def test_templates_search_is_typo_tolerant(service: MemeService):
+    assert service.templates("chnage my mind")[0].slug == "change-my-mind"
+    assert len(service.templates("", limit=1000)) == 100
+
+
+@asynccontextmanager
+async def limited_service(tmp_path: Path, clock: Clock, **limits: float) -> AsyncIterator[MemeService]:
+    """A service with an injected clock, to test flood control without waiting."""
+    config = config_for_tests(tmp_path, **limits)
+    pool = ModelPool([ScriptedCaptions])
+    await pool.start(warmup=False)
+    storage = await Storage.open(config.database_path, config.storage.user_hash_key)
+    try:
+        yield MemeService(
+            config=config,
+            catalog=load_catalog(config.catalog_path),
+            renderer=Renderer(config.template_images_dir),
+            storage=storage,
+            pool=pool,
+            clock=clock,
+        )
+    finally:
+        await storage.close()
+        await pool.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def test_a_user_over_the_burst_gets_a_cooldown_until_tokens_refill(tmp_path: Path, clock: Clock):
+    async with limited_service(tmp_path, clock, user_burst=2, user_rate_per_minute=6) as service:
+        await service.make_meme(ALICE, "drake")
+        await service.caption(ALICE, "drake", ["a", "b"])
+        with pytest.raises(CooldownError) as caught:
+            await service.make_meme(ALICE, "drake")
+        assert caught.value.retry_after == pytest.approx(10.0)
+        assert "10 s" in caught.value.user_message
+        await service.make_meme(BOB, "drake")  # others are not affected
+        clock.now += 10
+        await service.make_meme(ALICE, "drake")
+
+
+async def test_chat_cooldown_setting_spaces_one_persons_memes(tmp_path: Path, clock: Clock):
+    async with limited_service(tmp_path, clock, user_burst=50, chat_burst=50) as service:
+        await service.set_settings(ADMIN, {"cooldown": "30"})
+        await service.make_meme(ALICE, "drake")
+        clock.now += 5
+        with pytest.raises(CooldownError, match="25 s"):
+            await service.make_meme(ALICE, "drake")
+        await service.make_meme(BOB, "drake")
+        clock.now += 25
+        await service.make_meme(ALICE, "drake")
+
+
+async def test_unlimited_context_is_never_rate_limited(tmp_path: Path, clock: Clock):
+    async with limited_service(tmp_path, clock, user_burst=1) as service:
+        console = ChatContext("console", "console", "me", is_admin=True, rate_limited=False)
+        for _ in range(4):
+            await service.make_meme(console, "drake")
+
+
+async def test_model_failure_is_friendly_and_does_not_use_up_the_users_turn(tmp_path: Path):
+    model = ScriptedCaptions(fail=True)
+    async with scripted_service(config_for_tests(tmp_path, user_burst=1), model) as service:
+        for _ in range(3):  # a charged turn would make the second try a CooldownError
+            with pytest.raises(GenerationError) as caught:
+                await service.make_meme(ALICE, "drake")
+            assert "try again" in caught.value.user_message.lower()
+
+
+async def test_a_full_queue_is_a_busy_error(tmp_path: Path):
+    model = ScriptedCaptions(delay_s=0.3)
+    config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
+    async with scripted_service(config, model, queue_size=1, max_batch=1) as service:
+        users = [ChatContext("test", "chat-1", f"user{i}") for i in range(4)]
+        results = await asyncio.gather(
+            *(service.make_meme(u, "drake") for u in users), return_exceptions=True
+        )
+    busy = [r for r in results if isinstance(r, BusyError)]
+    assert busy and "busy" in busy[0].user_message
+    assert any(not isinstance(r, Exception) for r in results)

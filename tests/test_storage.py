@@ -1,0 +1,610 @@
+"""Storage on SQLite: concurrency, ratings, settings, migrations, crash safety, privacy, export."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import runpy
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.export import ExportError, ExportRow, read_export
+from bot.storage import (
+    SCHEMA_VERSION,
+    ChatSettings,
+    InvalidValue,
+    NewMeme,
+    Score,
+    Storage,
+    StorageError,
+    UnknownMeme,
+)
+
+KEY = "test-hash-key"
+WRITER = Path(__file__).parent / "helpers" / "storage_writer.py"
+
+
+def new_meme(
+    i: int = 0,
+    *,
+    platform: str = "telegram",
+    chat_id: str = "chat-1",
+    user_id: str = "user-1",
+    template: str = "drake",
+    boxes: list[str] | None = None,
+) -> NewMeme:
+    return NewMeme(
+        platform=platform,
+        chat_id=chat_id,
+        user_id=user_id,
+        template=template,
+        prefix=f"prefix {i}",
+        boxes=boxes if boxes is not None else [f"top {i}", f"bottom {i}"],
+        method="sample",
+        params={"temperature": 0.8, "seed": i},
+        model_id="transformer-test",
+    )
+
+
+@dataclass
+class FakeClock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    store = await Storage.open(tmp_path / "memebot.db", KEY)
+    yield store
+    await store.close()
+
+
+def integrity(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+async def hammer(storages: list[Storage], writers: int = 200) -> tuple[int, dict[int, int]]:
+    """`writers` concurrent tasks each record a meme, vote on it, and vote on one shared meme."""
+    shared = await storages[0].record_meme(new_meme(-1, user_id="author"))
+    own_votes: dict[int, int] = {}
+
+    async def writer(i: int) -> None:
+        store = storages[i % len(storages)]
+        meme_id = await store.record_meme(new_meme(i, user_id=f"user-{i}", chat_id=f"chat-{i % 5}"))
+        value = 1 if i % 3 else -1
+        await store.rate(meme_id, "telegram", f"user-{i}", value)
+        await store.rate(shared, "telegram", f"user-{i}", 1)
+        own_votes[meme_id] = value
+
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+    return shared, own_votes
+
+
+async def check_hammered(path: Path, shared: int, own_votes: dict[int, int], writers: int = 200) -> None:
+    assert integrity(path) == "ok"
+    async with await Storage.open(path, KEY) as fresh:
+        stats = await fresh.stats()
+        assert (stats.memes, stats.ratings) == (writers + 1, 2 * writers)
+        assert await fresh.score(shared) == Score(up=writers, down=0)
+        assert len(own_votes) == writers
+        for meme_id, value in own_votes.items():
+            meme = await fresh.get_meme(meme_id)
+            i = int(meme.prefix.split()[1])
+            assert meme.boxes == [f"top {i}", f"bottom {i}"]
+            assert meme.chat_id == f"chat-{i % 5}"
+            assert meme.score == (Score(1, 0) if value == 1 else Score(0, 1))
+
+
+async def test_200_concurrent_writers_on_one_storage_lose_nothing(storage: Storage) -> None:
+    shared, own_votes = await hammer([storage])
+    await check_hammered(storage.path, shared, own_votes)
+
+
+async def test_200_concurrent_writers_on_two_storages_sharing_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    first, second = await Storage.open(path, KEY), await Storage.open(path, KEY)
+    try:
+        shared, own_votes = await hammer([first, second])
+    finally:
+        await first.close()
+        await second.close()
+    await check_hammered(path, shared, own_votes)
+
+
+# --- ratings -----------------------------------------------------------------------------
+
+
+async def test_rating_toggles_withdraws_and_changes(storage: Storage) -> None:
+    meme_id = await storage.record_meme(new_meme())
+    assert await storage.rate(meme_id, "telegram", "alice", 1) == Score(1, 0)
+    assert await storage.rate(meme_id, "telegram", "alice", 1) == Score(0, 0)  # same press withdraws
+    assert await storage.rate(meme_id, "telegram", "alice", 1) == Score(1, 0)
+    assert await storage.rate(meme_id, "telegram", "alice", -1) == Score(0, 1)  # other press changes it
+    assert await storage.rate(meme_id, "telegram", "bob", 1) == Score(1, 1)
+    # The same id on another platform is another person.
+    assert await storage.rate(meme_id, "discord", "alice", -1) == Score(1, 2)
+    assert await storage.score(meme_id) == Score(1, 2)
+    assert (await storage.score(meme_id)).value == -1
+    assert (await storage.get_meme(meme_id)).score == Score(1, 2)
+    assert (await storage.stats()).ratings == 3
+
+
+async def test_rating_bad_value_or_unknown_meme_is_a_typed_error(storage: Storage) -> None:
+    meme_id = await storage.record_meme(new_meme())
+    for bad in (0, 2, True, "1"):
+        with pytest.raises(InvalidValue):
+            await storage.rate(meme_id, "telegram", "alice", bad)
+    with pytest.raises(UnknownMeme) as err:
+        await storage.rate(999, "telegram", "alice", 1)
+    assert err.value.meme_id == 999
+    with pytest.raises(UnknownMeme):
+        await storage.score(999)
+    with pytest.raises(UnknownMeme):
+        await storage.set_message_id(999, "m1")
+    assert await storage.get_meme(999) is None
+    # A failed call leaves the storage usable.
+    assert await storage.rate(meme_id, "telegram", "alice", 1) == Score(1, 0)
+
+
+async def test_record_meme_rejects_malformed_memes(storage: Storage) -> None:
+    good = new_meme()
+    bad_memes = [
+        NewMeme(**{**good.__dict__, "user_id": ""}),
+        NewMeme(**{**good.__dict__, "boxes": "not a list"}),
+        NewMeme(**{**good.__dict__, "boxes": ["ok", 3]}),
+        NewMeme(**{**good.__dict__, "params": {"x": object()}}),
+    ]
+    for meme in bad_memes:
+        with pytest.raises(InvalidValue):
+            await storage.record_meme(meme)
+    assert (await storage.stats()).memes == 0
+
+
+# --- queries -----------------------------------------------------------------------------
+
+
+async def test_history_is_the_users_newest_first_and_top_is_by_score(storage: Storage) -> None:
+    ids = [await storage.record_meme(new_meme(i, user_id="alice")) for i in range(5)]
+    await storage.record_meme(new_meme(99, user_id="bob"))
+    await storage.record_meme(new_meme(98, user_id="alice", platform="discord"))
+    history = await storage.user_history("telegram", "alice", n=3)
+    assert [m.id for m in history] == ids[:1:-1]
+    assert all(m.user_hash == storage.user_hash("telegram", "alice") for m in history)
+    assert await storage.user_history("telegram", "nobody") == []
+
+    other_chat = await storage.record_meme(new_meme(7, chat_id="chat-2"))
+    for voter in ("a", "b", "c"):
+        await storage.rate(other_chat, "telegram", voter, 1)
+    await storage.rate(ids[0], "telegram", "a", 1)
+    for voter in ("a", "b"):
+        await storage.rate(ids[2], "telegram", voter, 1)
+    await storage.rate(ids[3], "telegram", "a", -1)
+    await storage.rate(ids[4], "telegram", "a", 1)
+    top = await storage.top_memes("telegram", "chat-1", n=10)
+    # Best score first, newer first among equals; unrated and negative memes are not "top".
+    assert [m.id for m in top] == [ids[2], ids[4], ids[0]]
+    assert [m.score.value for m in top] == [2, 1, 1]
+    assert [m.id for m in await storage.top_memes("telegram", "chat-1", n=1)] == [ids[2]]
+    assert [m.id for m in await storage.top_memes("telegram", "chat-2")] == [other_chat]
+
+
+async def test_message_id_maps_a_button_press_back_to_its_meme(storage: Storage) -> None:
+    meme_id = await storage.record_meme(new_meme(boxes=["when the", "tests pass"]))
+    assert (await storage.get_meme(meme_id)).message_id is None
+    await storage.set_message_id(meme_id, "4242")
+    meme = await storage.get_meme(meme_id)
+    assert meme.message_id == "4242"
+    assert meme.boxes == ["when the", "tests pass"]
+    assert meme.params == {"temperature": 0.8, "seed": 0}
+    assert meme.created_at.tzinfo is not None
+    found = await storage.get_meme_by_message("telegram", "chat-1", "4242")
+    assert found is not None and found.id == meme_id
+    assert await storage.get_meme_by_message("telegram", "chat-2", "4242") is None
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+async def test_settings_unset_is_none_set_and_clear(storage: Storage) -> None:
+    assert await storage.get_settings("discord", "guild-1") == ChatSettings()
+    changed = await storage.set_settings(
+        "discord",
+        "guild-1",
+        temperature=0.5,
+        allowed_templates=["drake", "two-buttons"],
+        filter_enabled=False,
+    )
+    assert changed == ChatSettings(
+        temperature=0.5, allowed_templates=("drake", "two-buttons"), filter_enabled=False
+    )
+    assert await storage.get_settings("discord", "guild-1") == changed
+    # Another server, or the same id on another platform, is untouched.
+    assert await storage.get_settings("discord", "guild-2") == ChatSettings()
+    assert await storage.get_settings("telegram", "guild-1") == ChatSettings()
+
+    updated = await storage.set_settings("discord", "guild-1", beam_width=4, cooldown_s=30, temperature=None)
+    assert updated == ChatSettings(
+        beam_width=4, cooldown_s=30.0, allowed_templates=("drake", "two-buttons"), filter_enabled=False
+    )
+    assert (await storage.stats()).settings == 1
+    # An empty allow-list is a real setting (nothing allowed), distinct from unset.
+    assert (await storage.set_settings("discord", "guild-1", allowed_templates=[])).allowed_templates == ()
+
+    cleared = await storage.set_settings(
+        "discord", "guild-1", beam_width=None, cooldown_s=None, allowed_templates=None, filter_enabled=None
+    )
+    assert cleared == ChatSettings()
+    assert (await storage.stats()).settings == 0
+
+
+async def test_settings_reject_unknown_names_and_wrong_types(storage: Storage) -> None:
+    bad_changes = [
+        {"temprature": 0.5},
+        {"temperature": "hot"},
+        {"beam_width": 2.5},
+        {"beam_width": True},
+        {"filter_enabled": 1},
+        {"allowed_templates": "drake"},
+        {"method": ""},
+    ]
+    for changes in bad_changes:
+        with pytest.raises(InvalidValue):
+            await storage.set_settings("telegram", "chat-1", **changes)
+    assert await storage.get_settings("telegram", "chat-1") == ChatSettings()
+
+
+# --- schema versions ---------------------------------------------------------------------
+
+# The v1 schema exactly as the first release created it (frozen here on purpose: a change
+# to the migration list must still upgrade databases that release wrote).
+V1_SCHEMA = """
+CREATE TABLE memes (
+    id INTEGER PRIMARY KEY, platform TEXT NOT NULL, chat_id TEXT NOT NULL, user_hash TEXT NOT NULL,
+    template TEXT NOT NULL, prefix TEXT NOT NULL DEFAULT '', boxes TEXT NOT NULL, method TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}', model_id TEXT NOT NULL, created_at TEXT NOT NULL, message_id TEXT
+);
+CREATE TABLE ratings (
+    meme_id INTEGER NOT NULL REFERENCES memes (id) ON DELETE CASCADE, user_hash TEXT NOT NULL,
+    value INTEGER NOT NULL CHECK (value IN (-1, 1)), rated_at TEXT NOT NULL,
+    PRIMARY KEY (meme_id, user_hash)
+) WITHOUT ROWID;
+CREATE TABLE settings (
+    platform TEXT NOT NULL, scope_id TEXT NOT NULL, method TEXT, temperature REAL, beam_width INTEGER,
+    max_length INTEGER, filter_enabled INTEGER, PRIMARY KEY (platform, scope_id)
+);
+CREATE INDEX memes_by_user ON memes (platform, user_hash, id);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_v1_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.execute(
+            "INSERT INTO memes VALUES (7, 'telegram', 'chat-1', 'abc123', 'drake', 'when', "
+            "'[\"when the\", \"code works\"]', 'beam', '{\"beam_width\": 3}', 'lstm-v1', "
+            "'2024-05-01T12:00:00.000000Z', '555')"
+        )
+        conn.execute("INSERT INTO ratings VALUES (7, 'rater', 1, '2024-05-01T12:01:00.000000Z')")
+        conn.execute("INSERT INTO settings VALUES ('telegram', 'chat-1', 'greedy', NULL, NULL, 80, 1)")
+    conn.close()
+
+    async with await Storage.open(path, KEY) as store:
+        assert (await store.stats()).schema_version == SCHEMA_VERSION == 2
+        meme = await store.get_meme(7)
+        assert meme.boxes == ["when the", "code works"]
+        assert meme.params == {"beam_width": 3}
+        assert meme.created_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
+        assert (meme.message_id, meme.model_id, meme.score) == ("555", "lstm-v1", Score(1, 0))
+        settings = await store.get_settings("telegram", "chat-1")
+        assert settings == ChatSettings(method="greedy", max_length=80, filter_enabled=True)
+        # The v2 columns exist and work on the migrated file.
+        assert (await store.set_settings("telegram", "chat-1", cooldown_s=15)).cooldown_s == 15.0
+        assert await store.record_meme(new_meme()) == 8
+    assert integrity(path) == "ok"
+    with sqlite3.connect(path) as conn:
+        indices = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"memes_by_user", "memes_by_chat", "memes_by_message"} <= indices
+
+
+async def test_newer_schema_or_a_non_database_file_is_refused_with_advice(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StorageError, match="newer than this memebot"):
+        await Storage.open(newer, KEY)
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StorageError, match="not a usable memebot database"):
+        await Storage.open(junk, KEY)
+    with pytest.raises(StorageError, match="user_hash_key"):
+        await Storage.open(tmp_path / "x.db", "")
+    with pytest.raises(StorageError, match="no database"):
+        await Storage.open(tmp_path / "missing.db", KEY, create=False)
+    assert not (tmp_path / "missing.db").exists()
+
+
+# --- crash safety, privacy, backup --------------------------------------------------------
+
+
+def test_database_survives_sigkill_mid_write(tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    committed: list[int] = []
+    try:
+        while len(committed) < 40:
+            line = proc.stdout.readline()
+            assert line, f"writer died: {proc.stderr.read()}"
+            committed.append(int(line))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+    meme_for = runpy.run_path(str(WRITER))["meme_for"]
+    assert integrity(path) == "ok"
+
+    async def check() -> None:
+        async with await Storage.open(path, "kill-test-key") as store:
+            stats = await store.stats()
+            assert stats.memes >= len(committed)
+            for meme_id in range(1, stats.memes + 1):
+                meme = await store.get_meme(meme_id)
+                expected = meme_for(int(meme.prefix))
+                assert (meme.boxes, meme.params, meme.template) == (
+                    expected.boxes,
+                    expected.params,
+                    expected.template,
+                )
+                if meme_id in committed:
+                    assert meme.score == Score(1, 0)
+            assert stats.ratings >= len(committed)
+
+    asyncio.run(check())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
+
+
+async def test_no_raw_user_id_in_database_or_wal_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "private.db"
+    raw_ids = ["tg-user-8675309", "discord-998877665544"]
+
+    def file_bytes() -> bytes:
+        files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+        return b"".join(f.read_bytes() for f in files if f.exists())
+
+    def assert_private(blob: bytes) -> None:
+        for user in raw_ids:
+            assert user.encode() not in blob
+            # Not a plain (unkeyed) hash either, which anyone could recompute from the id.
+            assert hashlib.sha256(user.encode()).hexdigest()[:16].encode() not in blob
+
+    async with await Storage.open(path, KEY) as store:
+        for n, user in enumerate(raw_ids):
+            meme_id = await store.record_meme(new_meme(n, user_id=user))
+            for voter in raw_ids:
+                await store.rate(meme_id, "telegram", voter, 1)
+        history = await store.user_history("telegram", raw_ids[0])
+        assert len(history) == 1 and history[0].user_hash != raw_ids[0]
+        assert path.with_name(path.name + "-wal").exists()  # the live WAL is checked too
+        assert_private(file_bytes())
+    assert_private(file_bytes())
+    # Another key hashes the same user differently, so two exports cannot be cross-joined.
+    async with await Storage.open(tmp_path / "other.db", "another-key") as other:
+        assert other.user_hash("telegram", raw_ids[0]) != history[0].user_hash
+
+
+async def test_backup_while_another_connection_writes_is_a_readable_copy(
+    storage: Storage, tmp_path: Path
+) -> None:
+    for i in range(30):
+        await storage.rate(await storage.record_meme(new_meme(i)), "telegram", "alice", 1)
+    dest = tmp_path / "backups" / "copy.db"
+
+    async def keep_writing() -> None:
+        for i in range(30, 60):
+            await storage.record_meme(new_meme(i))
+
+    async with await Storage.open(storage.path, KEY) as second:
+        await asyncio.gather(second.backup(dest), keep_writing())
+    assert integrity(dest) == "ok"
+    assert not dest.with_name("copy.db-wal").exists() and not dest.with_name("copy.db.partial").exists()
+    with sqlite3.connect(dest) as conn:
+        memes = conn.execute("SELECT COUNT(*) FROM memes").fetchone()[0]
+        assert 30 <= memes <= 60
+        assert conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0] == 30
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+    with pytest.raises(StorageError, match="database itself"):
+        await storage.backup(storage.path)
+
+
+# --- export and the CLI ------------------------------------------------------------------
+
+DAY = {d: datetime(2024, m, dd, 9, 30, tzinfo=UTC) for d, (m, dd) in {
+    "jan01": (1, 1), "jan10": (1, 10), "feb01": (2, 1), "mar01": (3, 1), "mar15": (3, 15), "apr01": (4, 1)
+}.items()}  # fmt: skip
+
+# name -> (template, made on, votes by voter); a vote withdrawn leaves the meme unrated.
+DATASET = {
+    "A": ("drake", "jan01", {"u1": 1, "u2": 1, "u3": 1}),
+    "B": ("drake", "feb01", {"u1": 1, "u2": -1}),
+    "C": ("distracted-boyfriend", "mar01", {"u1": -1, "u2": -1}),
+    "D": ("distracted-boyfriend", "mar15", {"u3": 1}),
+    "E": ("drake", "apr01", {}),
+    "F": ("change-my-mind", "jan10", {"u1": 0}),  # 0 = voted then withdrawn
+}
+BOXES = {  # awkward text on purpose: CSV quoting, commas, unicode, a newline
+    "A": ['when "it" works, first try', "ünïcödé 😀"],
+    "B": ["a", "b"],
+    "C": ["line one\nline two", ""],
+    "D": ["d"],
+    "E": ["e"],
+    "F": ["f"],
+}
+
+
+def expected_rows(names: str) -> list[tuple]:
+    rows = []
+    for name in names:
+        template, _, votes = DATASET[name]
+        up = sum(v == 1 for v in votes.values())
+        down = sum(v == -1 for v in votes.values())
+        rows.append((template, BOXES[name], up, down, up - down, "transformer-test", DAY[DATASET[name][1]]))
+    return rows
+
+
+def as_tuples(rows: list[ExportRow]) -> list[tuple]:
+    return [(r.template, r.boxes, r.up, r.down, r.score, r.model_id, r.created_at) for r in rows]
+
+
+@pytest.fixture
+def export_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config file pointing at a database filled with DATASET."""
+    for name in ("MEMEBOT_DATABASE", "MEMEBOT_USER_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    db = tmp_path / "export.db"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndatabase = "{db}"\nuser_hash_key = "{KEY}"\n')
+
+    async def fill() -> None:
+        clock = FakeClock(DAY["jan01"])
+        async with await Storage.open(db, KEY, clock=clock) as store:
+            for name, (template, day, votes) in DATASET.items():
+                clock.now = DAY[day]
+                meme_id = await store.record_meme(
+                    new_meme(boxes=BOXES[name], template=template, user_id=name)
+                )
+                for voter, value in votes.items():
+                    if value == 0:
+                        await store.rate(meme_id, "telegram", voter, 1)
+                        await store.rate(meme_id, "telegram", voter, 1)
+                    else:
+                        await store.rate(meme_id, "telegram", voter, value)
+
+    asyncio.run(fill())
+    return config
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        ([], "ABCD"),
+        (["--min-score", "1"], "AD"),
+        (["--min-score", "-2"], "ABCD"),
+        (["--min-score", "4"], ""),
+        (["--since", "2024-02-01"], "BCD"),
+        (["--since", "2024-02-01T09:30"], "BCD"),  # inclusive, to the microsecond
+        (["--since", "2024-02-01T09:30:00.000001"], "CD"),
+        (["--since", "2024-02-01T10:30+01:00"], "BCD"),  # same instant in another zone
+        (["--template", "drake"], "AB"),
+        (["--template", "change-my-mind"], ""),
+        (["--min-score", "0", "--since", "2024-01-15", "--template", "drake"], "B"),
+    ],
+)
+def test_export_cli_filters_are_exact(
+    export_config: Path, tmp_path: Path, fmt: str, args: list, names: str
+) -> None:
+    out = tmp_path / f"out.{fmt}"
+    code = main(
+        ["--config", str(export_config), "export", *args, "--format", fmt, "-o", str(out), "--no-progress"]
+    )
+    assert code == 0
+    assert as_tuples(read_export(out)) == expected_rows(names)
+    text = out.read_text(encoding="utf-8")
+    assert "user_hash" not in text and "u1" not in text
+    if fmt == "csv":
+        assert text.splitlines()[0] == "template,boxes,up,down,score,model_id,created_at"
+    else:
+        assert all(json.loads(line)["template"] for line in text.splitlines())
+
+
+def test_export_format_follows_the_extension_and_shows_progress(
+    export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rated.csv"
+    assert main(["--config", str(export_config), "export", "-o", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").startswith("template,boxes,")
+    err = capsys.readouterr().err
+    assert "4/4" in err and "exported 4 rated memes" in err
+
+
+def test_export_cli_bad_input_is_a_clear_error(
+    export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(export_config), "export", "--since", "last tuesday", "-o", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+
+    missing = tmp_path / "missing.toml"
+    missing.write_text(f'[storage]\ndatabase = "{tmp_path / "nope.db"}"\n')
+    assert main(["--config", str(missing), "export", "-o", str(tmp_path / "x.jsonl")]) == 1
+    assert "no database" in capsys.readouterr().err
+    assert not (tmp_path / "nope.db").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+def test_read_export_rejects_files_that_are_not_exports(tmp_path: Path) -> None:
+    not_csv = tmp_path / "notes.csv"
+    not_csv.write_text("name,age\nbob,3\n")
+    with pytest.raises(ExportError, match="header lacks"):
+        read_export(not_csv)
+    bad_line = tmp_path / "bad.jsonl"
+    bad_line.write_text(
+        '{"template": "drake", "boxes": ["a"], "up": 1, "down": 0, "score": 1, "model_id": "m"}\n{oops\n'
+    )
+    with pytest.raises(ExportError, match="bad.jsonl:2"):
+        read_export(bad_line)
+    no_boxes = tmp_path / "nobox.jsonl"
+    no_boxes.write_text('{"template": "drake", "up": 1, "down": 0, "score": 1, "model_id": "m"}\n')
+    with pytest.raises(ExportError, match="missing field 'boxes'"):
+        read_export(no_boxes)
+    with pytest.raises(ExportError, match="cannot read"):
+        read_export(tmp_path / "absent.jsonl")
+
+
+def test_db_stats_and_backup_cli(
+    export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(export_config), "db", "stats"]) == 0
+    out = capsys.readouterr().out
+    stats = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    assert stats["schema version"] == str(SCHEMA_VERSION)
+    assert (stats["memes"], stats["ratings"], stats["up votes"], stats["down votes"]) == ("6", "8", "5", "3")
+    assert stats["settings rows"] == "0"
+    assert stats["file size"].endswith(("KiB", "MiB"))
+
+    dest = tmp_path / "backup.db"
+    assert main(["--config", str(export_config), "db", "backup", str(dest)]) == 0
+    assert integrity(dest) == "ok"
+    with sqlite3.connect(dest) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM memes").fetchone()[0] == 6
+    conn.close()
+    assert main(["--config", str(export_config), "db", "backup", str(dest)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["--config", str(export_config), "db", "backup", str(dest), "--force"]) == 0

@@ -1,0 +1,411 @@
+"""The Telegram bot end to end: the real python-telegram-bot against a fake Bot API server.
+
+In-process tests run the real TelegramFrontEnd on a real MemeService (catalog, renderer,
+SQLite, ModelPool) with a scripted caption model; the last tests run `memebot run` itself
+as a subprocess, configured like an operator would, with a tiny real model.
+The fake (tests/fakes/telegram_server.py) plays Telegram and its users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.config import ENV_OVERRIDES, Config, TelegramConfig
+from bot.render import Renderer
+from bot.service import MemeService
+from bot.storage import Score, Storage
+from bot.telegram_app import COMMANDS, HELP, SendRetry, TelegramFrontEnd, Timeouts
+from tests.fakes.caption_model import (
+    ScriptedCaptions,
+    config_for_tests,
+    scripted_service,
+    write_untrained_checkpoint,
+)
+from tests.fakes.telegram_server import GROUP_ID, Call, FakeTelegramServer
+
+pytestmark = pytest.mark.timeout(60)
+
+GROUP = GROUP_ID
+ALICE, BOB, ADMIN = 501, 502, 503
+# Short timeouts and back-off so failure paths take a second, not a minute.
+FAST_TIMEOUTS = Timeouts(connect_s=2.0, read_s=1.0, write_s=2.0, media_write_s=2.0, pool_s=1.0)
+FAST_RETRY = SendRetry(attempts=3, backoff_s=0.05)
+
+
+@dataclass
+class Harness:
+    server: FakeTelegramServer
+    config: Config
+    model: ScriptedCaptions
+    service: MemeService
+
+
+def telegram_config(server: FakeTelegramServer) -> TelegramConfig:
+    return TelegramConfig(
+        enabled=True,
+        api_url=server.base_url,
+        file_url=server.file_url,
+        token=server.token,
+        poll_timeout_s=1.0,
+    )
+
+
+@asynccontextmanager
+async def running_bot(server: FakeTelegramServer, service: MemeService) -> AsyncIterator[TelegramFrontEnd]:
+    bot = TelegramFrontEnd(service, telegram_config(server), timeouts=FAST_TIMEOUTS, retry=FAST_RETRY)
+    await bot.start()
+    try:
+        yield bot
+    finally:
+        await bot.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
+    model = ScriptedCaptions()
+    async with FakeTelegramServer() as server, scripted_service(config, model) as service:
+        async with running_bot(server, service):
+            yield Harness(server, config, model, service)
+
+
+def meme_id(call: Call) -> int:
+    """The meme id carried by the 👍 button of a sent meme."""
+    return int(call.keyboard[0][0]["callback_data"].split(":")[1])
+
+
+def button_texts(call: Call) -> list[str]:
+    return [button["text"] for row in call.keyboard for button in row]
+
+
+def replies(server: FakeTelegramServer, chat_id: int = GROUP) -> list[str]:
+    return [c.params["text"] for c in server.sent("sendMessage", chat_id)]
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_start_registers_the_command_menu(harness: Harness):
+    (call,) = await harness.server.wait_for("setMyCommands")
+    assert [c["command"] for c in call.params["commands"]] == [name for name, _ in COMMANDS]
+
+
+async def test_meme_in_a_group_is_a_photo_reply_with_rating_keyboard(harness: Harness):
+    server = harness.server
+    command = server.send_text("/meme change-my-mind pineapple on", chat_id=GROUP, user_id=ALICE)
+
+    (photo,) = await server.wait_for("sendPhoto")
+    assert server.sent("sendChatAction", GROUP)[0].params["action"] == "upload_photo"
+    assert photo.chat_id == GROUP
+    assert photo.params["reply_parameters"]["message_id"] == command["message_id"]
+    assert photo.params["caption"].startswith("pineapple on take 1\n")
+    assert "Change My Mind" in photo.params["caption"]
+    image = Image.open(io.BytesIO(photo.files["photo"]))
+    assert image.size[0] > 100 and image.size[1] > 100
+
+    meme = meme_id(photo)
+    assert photo.keyboard == [
+        [
+            {"text": "👍 0", "callback_data": f"v:{meme}:1"},
+            {"text": "👎 0", "callback_data": f"v:{meme}:-1"},
+            {"text": "🔁", "callback_data": f"r:{meme}"},
+        ]
+    ]
+    stored = await harness.service.storage.get_meme(meme)
+    assert (stored.template, stored.prefix, stored.platform, stored.chat_id) == (
+        "change-my-mind",
+        "pineapple on",
+        "telegram",
+        str(GROUP),
+    )
+
+    async def attached() -> bool:
+        stored = await harness.service.storage.get_meme(meme)
+        return stored.message_id == str(server.message_of(photo)["message_id"])
+
+    await until(attached)
+
+
+async def test_meme_forms_random_template_only_and_addressed_to_the_bot(harness: Harness):
+    server = harness.server
+    server.send_text("/meme", user_id=ALICE)
+    server.send_text("/meme change-my-mind", user_id=ALICE)
+    server.send_text("/meme@memebot_test_bot two-buttons tabs", user_id=ALICE)
+    server.send_text("/meme@some_other_bot drake", user_id=ALICE)  # not for us: ignored
+    photos = await server.wait_for("sendPhoto", 3)
+    templates = [(await harness.service.storage.get_meme(meme_id(p))).template for p in photos]
+    assert "change-my-mind" in templates and "two-buttons" in templates
+    assert harness.model.requests[-1].prefix in ("", "tabs")
+    # Every update is handled by now (replies come in order of handling only per update, so
+    # wait for one more reply) and the other bot's command got no answer.
+    server.send_text("/help", user_id=ALICE)
+    await server.wait_for("sendMessage")
+    assert len(server.sent("sendPhoto")) == 3
+
+
+async def test_thumbs_up_updates_counts_on_the_message_and_in_the_database(harness: Harness):
+    server = harness.server
+    server.send_text("/meme drake", user_id=ALICE)
+    (photo,) = await server.wait_for("sendPhoto")
+    meme, message = meme_id(photo), server.message_of(photo)
+
+    server.press(message, f"v:{meme}:1", user_id=BOB)
+    (edit,) = await server.wait_for("editMessageReplyMarkup")
+    assert edit.params["message_id"] == str(message["message_id"])
+    assert button_texts(edit) == ["👍 1", "👎 0", "🔁"]
+    (answer,) = await server.wait_for("answerCallbackQuery")
+    assert "👍 1" in answer.params["text"]
+    assert await harness.service.storage.score(meme) == Score(1, 0)
+
+    server.press(message, f"v:{meme}:-1", user_id=ALICE)
+    server.press(message, f"v:{meme}:1", user_id=BOB)  # the same press again withdraws the vote
+    await server.wait_for("editMessageReplyMarkup", 3)
+    await until(lambda: button_texts(server.sent("editMessageReplyMarkup")[-1]) == ["👍 0", "👎 1", "🔁"])
+    assert await harness.service.storage.score(meme) == Score(0, 1)
+    assert server.message_of(photo)["reply_markup"]["inline_keyboard"][0][1]["text"] == "👎 1"
+
+
+async def test_reroll_sends_a_new_meme_for_the_same_template_and_prefix(harness: Harness):
+    server = harness.server
+    server.send_text("/meme two-buttons tabs", user_id=ALICE)
+    (first,) = await server.wait_for("sendPhoto")
+    server.press(server.message_of(first), f"r:{meme_id(first)}", user_id=BOB)
+    first, second = await server.wait_for("sendPhoto", 2)
+    assert meme_id(second) != meme_id(first)
+    again = await harness.service.storage.get_meme(meme_id(second))
+    assert (again.template, again.prefix) == ("two-buttons", "tabs")
+    assert first.params["caption"] != second.params["caption"]
+    assert second.params["reply_parameters"]["message_id"] == server.message_of(first)["message_id"]
+    await server.wait_for("answerCallbackQuery")
+
+
+async def test_buttons_keep_working_after_a_restart(tmp_path: Path):
+    config = config_for_tests(tmp_path)
+    async with FakeTelegramServer() as server:
+        async with scripted_service(config, ScriptedCaptions()) as service, running_bot(server, service):
+            server.send_text("/meme drake", user_id=ALICE)
+            (photo,) = await server.wait_for("sendPhoto")
+        # A new process: new service, new bot, same database; the old message's button still works.
+        async with scripted_service(config, ScriptedCaptions()) as service, running_bot(server, service):
+            server.press(server.message_of(photo), f"v:{meme_id(photo)}:1", user_id=BOB)
+            (edit,) = await server.wait_for("editMessageReplyMarkup")
+            assert button_texts(edit)[0] == "👍 1"
+            assert await service.storage.score(meme_id(photo)) == Score(1, 0)
+
+
+async def test_settings_are_refused_to_members_and_an_admins_change_applies(harness: Harness):
+    server = harness.server
+    server.send_text("/settings temperature 0.3", user_id=ALICE)
+    (refusal,) = await server.wait_for("sendMessage")
+    assert "Only the chat's admins" in refusal.params["text"]
+    assert server.sent("getChatMember")[0].params["user_id"] == str(ALICE)
+
+    server.set_member(GROUP, ADMIN, "administrator")
+    server.send_text("/settings temperature 0.3", user_id=ADMIN)
+    _, saved = await server.wait_for("sendMessage", 2)
+    assert "Saved" in saved.params["text"] and "temperature: 0.3" in saved.params["text"]
+
+    server.send_text("/meme drake", user_id=ALICE)
+    await server.wait_for("sendPhoto")
+    assert harness.model.last.temperature == 0.3
+
+    server.send_text("/settings", user_id=ALICE)  # anyone may look
+    await server.wait_for("sendMessage", 3)
+    assert "temperature: 0.3" in replies(server)[-1]
+
+
+async def test_group_owner_and_private_chat_users_may_change_settings(harness: Harness):
+    server = harness.server
+    server.set_member(GROUP, ADMIN, "creator")
+    server.send_text("/settings method=beam beam_width=4", user_id=ADMIN)
+    await server.wait_for("sendMessage")
+    assert "method: beam" in replies(server)[-1] and "beam_width: 4" in replies(server)[-1]
+
+    calls = len(server.sent("getChatMember"))
+    server.send_text("/settings cooldown 5", chat_id=ALICE, user_id=ALICE)
+    await server.wait_for("sendMessage", 2)
+    assert "cooldown_s: 5" in replies(server, ALICE)[-1]
+    assert len(server.sent("getChatMember")) == calls  # no need to ask Telegram in a private chat
+    assert "reply_parameters" not in server.sent("sendMessage", ALICE)[-1].params
+
+
+async def test_unknown_template_gets_suggestions(harness: Harness):
+    harness.server.send_text("/meme drakkar pineapple", user_id=ALICE)
+    (reply,) = await harness.server.wait_for("sendMessage")
+    assert 'No template "drakkar"' in reply.params["text"]
+    assert "drake-hotline-bling" in reply.params["text"]
+    assert not harness.server.sent("sendPhoto")
+
+
+async def test_caption_renders_the_given_text(harness: Harness):
+    harness.server.send_text("/caption drake no thanks | yes please", user_id=ALICE)
+    (photo,) = await harness.server.wait_for("sendPhoto")
+    stored = await harness.service.storage.get_meme(meme_id(photo))
+    assert stored.boxes == ["no thanks", "yes please"] and stored.method == "caption"
+    template = harness.service.catalog.get("drake-hotline-bling")
+    expected = Renderer(harness.config.template_images_dir).render(template, ["no thanks", "yes please"])
+    assert photo.files["photo"] == expected.data
+    assert photo.params["caption"].startswith("no thanks | yes please")
+
+
+async def test_templates_history_help_and_bad_caption(harness: Harness):
+    server = harness.server
+    server.send_text("/templates change mind", user_id=ALICE)
+    await server.wait_for("sendMessage")
+    assert replies(server)[-1].splitlines()[0] == "change-my-mind — Change My Mind"
+
+    server.send_text("/history", user_id=ALICE)
+    await server.wait_for("sendMessage", 2)
+    assert "haven't made any memes" in replies(server)[-1]
+    server.send_text("/caption two-buttons tabs | spaces", user_id=ALICE)
+    await server.wait_for("sendPhoto")
+    server.send_text("/history", user_id=ALICE)
+    await server.wait_for("sendMessage", 3)
+    assert "two-buttons: tabs | spaces" in replies(server)[-1]
+
+    server.send_text("/caption drake", user_id=ALICE)
+    await server.wait_for("sendMessage", 4)
+    assert "Give me some text" in replies(server)[-1]
+
+    server.send_text("/start", chat_id=BOB, user_id=BOB)
+    await server.wait_for("sendMessage", where=lambda c: c.chat_id == BOB)
+    assert replies(server, BOB) == [HELP]
+
+
+async def test_bot_survives_server_errors_and_timeouts(harness: Harness):
+    server = harness.server
+    server.fail_next("getUpdates", status=500)
+    server.stall_next("getUpdates", 3.0)  # longer than the client's read timeout
+    await server.faults_used()
+    # Polling carried on; now the upload fails once with a 500 and once with a timeout.
+    server.fail_next("sendPhoto", status=502)
+    server.stall_next("sendPhoto", 1.5)
+    server.send_text("/meme drake", user_id=ALICE)
+    (photo,) = await server.wait_for("sendPhoto", timeout=15)
+    assert meme_id(photo) > 0
+    # Flood control: the bot waits as told, then sends.
+    server.fail_next("sendMessage", status=429, retry_after=1)
+    server.send_text("/help", user_id=ALICE)
+    (reply,) = await server.wait_for("sendMessage", timeout=15)
+    assert reply.params["text"] == HELP
+
+
+# --- `memebot run` as an operator runs it ---------------------------------------------------------
+
+
+def operator_env(**extra: str) -> dict[str, str]:
+    """This environment without memebot overrides (they would beat the test's config file)."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    return {**env, **extra}
+
+
+def write_config(path: Path, server: FakeTelegramServer, tmp_path: Path, checkpoint: Path) -> Path:
+    path.write_text(
+        f"""
+[telegram]
+enabled = true
+api_url = "{server.base_url}"
+file_url = "{server.file_url}"
+poll_timeout_s = 1.0
+
+[storage]
+database = "{tmp_path / "bot.db"}"
+user_hash_key = "operator-test-key"
+
+[model]
+checkpoint = "{checkpoint}"
+device = "cpu"
+threads = 1
+
+[generation]
+method = "greedy"
+max_length = 20
+"""
+    )
+    return path
+
+
+async def memebot(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_untrained_checkpoint(tmp_path_factory.mktemp("model") / "untrained.pt")
+
+
+async def test_memebot_run_serves_telegram_and_stops_cleanly_on_sigterm(tmp_path: Path, checkpoint: Path):
+    async with FakeTelegramServer() as server:
+        config = write_config(tmp_path / "config.toml", server, tmp_path, checkpoint)
+        proc = await memebot("--config", str(config), "run", env=operator_env(TELEGRAM_TOKEN=server.token))
+        try:
+            await server.wait_for("setMyCommands", timeout=45)
+            server.send_text("/meme change-my-mind pineapple on", user_id=ALICE)
+            (photo,) = await server.wait_for("sendPhoto", timeout=20)
+            # The untrained model writes gibberish, but after the user's words.
+            assert photo.params["caption"].startswith("pineapple on")
+            Image.open(io.BytesIO(photo.files["photo"])).verify()
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, stderr.decode()
+    assert "stopping" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+    async with await Storage.open(tmp_path / "bot.db", "operator-test-key") as storage:
+        stored = await storage.get_meme(meme_id(photo))
+        assert stored.model_id.startswith("transformer-") and stored.method == "greedy"
+        assert stored.message_id is not None
+
+
+async def test_memebot_run_without_a_token_is_a_clear_startup_error(tmp_path: Path):
+    async with FakeTelegramServer() as server:
+        config = write_config(tmp_path / "config.toml", server, tmp_path, tmp_path / "absent.pt")
+        proc = await memebot("--config", str(config), "run", env=operator_env())
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "TELEGRAM_TOKEN is not set" in stderr.decode()
+    assert not server.calls  # it gave up before connecting
+
+
+async def test_memebot_run_with_a_rejected_token_says_so(tmp_path: Path):
+    async with FakeTelegramServer() as server:
+        config = write_config(tmp_path / "config.toml", server, tmp_path, tmp_path / "absent.pt")
+        proc = await memebot("--config", str(config), "run", env=operator_env(TELEGRAM_TOKEN="999:WRONG"))
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    text = stderr.decode()
+    assert "rejected the bot token" in text and "no model yet" in text
+    assert "Traceback" not in text
