@@ -81,10 +81,27 @@ class LimitsConfig:
     max_caption_chars: int = 500
 
 
+# Words better-profanity's list bans that are everyday meme language (insults, exclamations,
+# drinks, body parts in a medical sense): refusing "stupid" or "hell" would make the bot useless.
+EVERYDAY_WORDS = (
+    "god hell damn crap kill murder stupid ugly fat moron dummy dopey doofus weirdo jerk nimrod"
+    " ninny prude drunk vodka rum pot weed hemp stoned toke lmao lmfao omg wtf stfu gtfo fubar"
+    " foobar suck sucked screw pee poop fart potty gay gays queer organ revue strip stroke thrust"
+    " seaman seamen maxi pawn slave sniper virgin gringo hiv junkie junky leper napalm opium meth"
+    " heroin facial flange hookah hump loin loins lust racy sissy steamy tramp trashy urinal urine"
+    " uterus uzi valium viagra vomit vulgar womb wedgie whiz willy herpes homey nude naked hooch"
+    " paddy pasty pastie tinkle undies unwed vixen wad scum thug ovary ovum ovums menses sadist"
+    " sadism snuff souse soused erect lech dink knob nob rump tush teste testes testis spunk sleaze"
+    " sleazy toots woody xx"
+).split()
+
+
 @dataclass
 class FilterConfig:
     enabled: bool = True
     extra_words: list[str] = field(default_factory=list)
+    # Taken off the maintained list (whole words; extra_words still wins over this).
+    allowed_words: list[str] = field(default_factory=lambda: list(EVERYDAY_WORDS))
 
 
 @dataclass

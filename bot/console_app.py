@@ -111,11 +111,11 @@ class ConsoleFrontEnd:
     # --- commands ---
 
     async def meme(self, argument: str) -> None:
-        template, _, prefix = argument.partition(" ")
-        self.show(await self.service.make_meme(self.ctx, template or None, prefix.strip()))
+        template, prefix = first_word(argument)
+        self.show(await self.service.make_meme(self.ctx, template or None, prefix))
 
     async def caption(self, argument: str) -> None:
-        template, _, text = argument.partition(" ")
+        template, text = first_word(argument)
         self.show(await self.service.caption(self.ctx, template, text.split("|")))
 
     async def reroll(self, argument: str) -> None:
@@ -152,7 +152,7 @@ class ConsoleFrontEnd:
 
     async def settings(self, argument: str) -> None:
         if argument:
-            name, _, value = argument.partition(" ")
+            name, value = first_word(argument)
             values = await self.service.set_settings(self.ctx, {name: value})
             self.say("Saved.")
         else:
@@ -171,6 +171,11 @@ class ConsoleFrontEnd:
         path.write_bytes(made.image.data)
         self.say(f"#{made.id} {made.template.name}: {made.text or '(empty)'}")
         self.say(f"saved {display_path(path)}")
+
+
+def first_word(text: str) -> tuple[str, str]:
+    parts = text.split(maxsplit=1)
+    return (parts[0] if parts else ""), (parts[1].strip() if len(parts) > 1 else "")
 
 
 def display_path(path: Path) -> str:

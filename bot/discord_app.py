@@ -15,6 +15,7 @@ import asyncio
 import io
 import logging
 import re
+import sys
 from collections.abc import Awaitable
 from typing import Any
 
@@ -25,7 +26,16 @@ from discord import app_commands
 from bot.app import StartError
 from bot.catalog import Template
 from bot.config import DiscordConfig
-from bot.service import SETTINGS, ChatContext, MadeMeme, MemeError, MemeOptions, MemeService, format_settings
+from bot.service import (
+    SETTINGS,
+    ChatContext,
+    MadeMeme,
+    MemeError,
+    MemeOptions,
+    MemeService,
+    format_settings,
+    report_unexpected,
+)
 from bot.storage import Score, StoredMeme
 
 _log = logging.getLogger(__name__)
@@ -155,6 +165,11 @@ class MemeClient(discord.Client):
 
     async def setup_hook(self) -> None:
         await self.front_end.setup()
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        # An event handler failed: no interaction to answer, but one line with an id, not a
+        # bare traceback, and the client keeps running.
+        report_unexpected(_log, f"Discord event {event_method}", sys.exc_info()[1])
 
 
 class DiscordFrontEnd:
@@ -325,6 +340,14 @@ class DiscordFrontEnd:
         await interaction.followup.send(text, ephemeral=True)
 
     async def on_button(self, interaction: discord.Interaction, action: str, meme_id: int) -> None:
+        # discord.py only logs a failing button callback; the presser would see "interaction
+        # failed" with no word from us. So buttons get the same treatment as commands.
+        try:
+            await self._press(interaction, action, meme_id)
+        except Exception as exc:
+            await self._fail(interaction, report_unexpected(_log, f"Discord button {action}", exc))
+
+    async def _press(self, interaction: discord.Interaction, action: str, meme_id: int) -> None:
         ctx = chat_context(interaction)
         if action == "again":
             await interaction.response.defer(thinking=True)
@@ -340,8 +363,11 @@ class DiscordFrontEnd:
     async def on_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
-        _log.error("Discord command failed", exc_info=error)
+        name = interaction.command.name if interaction.command else "?"
+        await self._fail(interaction, report_unexpected(_log, f"Discord command /{name}", error))
+
+    async def _fail(self, interaction: discord.Interaction, text: str) -> None:
         try:
-            await self._reply_error(interaction, "Sorry, something went wrong on my side. Please try again.")
+            await self._reply_error(interaction, text)
         except discord.HTTPException:
             pass  # the interaction may have expired; the log has the cause

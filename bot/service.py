@@ -9,8 +9,11 @@ and every refusal is a `MemeError` whose `user_message` a front end can show as 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +22,8 @@ from typing import Any
 
 from bot.catalog import Catalog, Template, UnknownTemplate
 from bot.config import Config
+from bot.content_filter import ContentFilter
+from bot.inputs import clean_boxes, clean_text
 from bot.ratelimit import Cooldown, TokenBucket
 from bot.render import RenderedMeme, Renderer
 from bot.storage import ChatSettings, NewMeme, Score, Storage, StoredMeme, UnknownMeme
@@ -28,6 +33,9 @@ from model.requests import METHODS, GenerationRequest
 HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
 MAX_HISTORY = 50
+logger = logging.getLogger(__name__)
+MAX_MEME_ID = 2**63 - 1  # SQLite's largest integer: a bigger id from a button is forged
+UNEXPECTED = "Something went wrong on my side (error {request_id}). Please try again in a moment."
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -97,9 +105,13 @@ class BusyError(MemeError):
 
 
 class CooldownError(MemeError):
-    def __init__(self, retry_after: float) -> None:
+    def __init__(self, retry_after: float, whole_chat: bool = False) -> None:
         seconds = max(1, math.ceil(retry_after))
-        super().__init__(f"Slow down a little: you can make another meme in {seconds} s.")
+        if whole_chat:
+            text = f"This chat is making memes faster than I can keep up: try again in {seconds} s."
+        else:
+            text = f"Slow down a little: you can make another meme in {seconds} s."
+        super().__init__(text)
         self.retry_after = retry_after
 
 
@@ -131,6 +143,18 @@ class GenerationError(MemeError):
     """The model failed on this request (not the user's fault; trying again may work)."""
 
 
+def new_request_id() -> str:
+    """A short id that ties a user's error reply to its log line."""
+    return secrets.token_hex(4)
+
+
+def report_unexpected(logger: logging.Logger, what: str, error: BaseException | None) -> str:
+    """Log an unexpected failure with a fresh request id; returns the reply for the user."""
+    request_id = new_request_id()
+    logger.error("%s failed (request %s)", what, request_id, exc_info=error)
+    return UNEXPECTED.format(request_id=request_id)
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 
@@ -160,25 +184,32 @@ def _method(text: str, catalog: Catalog) -> str:
     return text.lower()
 
 
+SWITCH_WORDS = {
+    "on": True,
+    "yes": True,
+    "true": True,
+    "1": True,
+    "off": False,
+    "no": False,
+    "false": False,
+    "0": False,
+}
+
+
 def _switch(text: str, catalog: Catalog) -> bool:
-    words = {
-        "on": True,
-        "true": True,
-        "yes": True,
-        "1": True,
-        "off": False,
-        "false": False,
-        "no": False,
-        "0": False,
-    }
-    if text.lower() not in words:
+    if text.lower() not in SWITCH_WORDS:
         raise ValueError("on or off")
-    return words[text.lower()]
+    return SWITCH_WORDS[text.lower()]
 
 
 def _templates(text: str, catalog: Catalog) -> tuple[str, ...]:
+    # Commas separate names that may contain spaces ("change my mind, drake"); without
+    # commas every word is a name ("drake two-buttons").
+    names = text.split(",") if "," in text else text.split()
     slugs: list[str] = []
-    for name in text.replace(",", " ").split():
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
         slug = catalog.lookup(name).slug  # UnknownTemplate names the bad one, with suggestions
         if slug not in slugs:
             slugs.append(slug)
@@ -259,6 +290,7 @@ class MemeService:
         self._user_limit = TokenBucket(limits.user_rate_per_minute, limits.user_burst, clock)
         self._chat_limit = TokenBucket(limits.chat_rate_per_minute, limits.chat_burst, clock)
         self._cooldown = Cooldown(clock)
+        self.filter = ContentFilter.from_config(config.filter)
 
     @property
     def has_model(self) -> bool:
@@ -271,17 +303,20 @@ class MemeService:
     ) -> MadeMeme:
         """A model-captioned meme; `template` None (or "") picks a random one."""
         options = options or MemeOptions()
+        prefix = clean_text(prefix)
         if len(prefix) > self.config.limits.max_prefix_chars:
             raise BadInputError(
                 f"That start of a caption is too long: keep it under {self.config.limits.max_prefix_chars} characters."
             )
-        settings = await self.storage.get_settings(ctx.platform, ctx.settings_scope)
-        chosen = self._choose_template(template, settings)
         if self.pool is None:
             raise NoModelError()
+        settings = await self._settings(ctx)
+        chosen = self._choose_template(template, settings)
         request = self._request(chosen, prefix, settings, options)
+        if request.banned_words:
+            self._refuse_banned(prefix, "That start of a caption")
         with self._turn(ctx, settings):
-            boxes = await self._generate(request)
+            boxes = await self._generate_clean(request)
         params = {
             "temperature": request.temperature,
             "top_k": request.top_k,
@@ -296,16 +331,14 @@ class MemeService:
     async def reroll(self, ctx: ChatContext, meme_id: int) -> MadeMeme:
         """A new meme on the same template and prefix. It always samples: greedy or beam
         search would only repeat the caption being rerolled."""
-        stored = await self.storage.get_meme(meme_id)
+        stored = await self.storage.get_meme(meme_id) if 0 < meme_id <= MAX_MEME_ID else None
         if stored is None:
             raise UnknownMemeError(meme_id)
         return await self.make_meme(ctx, stored.template, stored.prefix, MemeOptions(method="sample"))
 
     async def caption(self, ctx: ChatContext, template: str, boxes: list[str]) -> MadeMeme:
         """A meme with the user's own text in its boxes; needs no model."""
-        boxes = [box.strip() for box in boxes]
-        while boxes and not boxes[-1]:
-            boxes.pop()
+        boxes = clean_boxes(boxes)
         if not boxes:
             raise BadInputError("Give me some text, e.g. /caption drake no thanks | yes please")
         if sum(len(box) for box in boxes) > self.config.limits.max_caption_chars:
@@ -314,8 +347,10 @@ class MemeService:
             )
         if not template or not template.strip():
             raise BadInputError("Which template? e.g. /caption drake no thanks | yes please")
-        settings = await self.storage.get_settings(ctx.platform, ctx.settings_scope)
+        settings = await self._settings(ctx)
         chosen = self._choose_template(template, settings)
+        if self._effective(settings)["filter_enabled"]:
+            self._refuse_banned(" | ".join(boxes), "That caption")
         with self._turn(ctx, settings):
             return await self._finish(ctx, chosen, boxes, "", HANDWRITTEN, {}, HANDWRITTEN, None)
 
@@ -323,6 +358,8 @@ class MemeService:
         """Vote +1 or -1; the same vote again withdraws it. Returns the meme's new score."""
         if isinstance(value, bool) or value not in (-1, 1):
             raise BadInputError("Rate with 👍 or 👎.")
+        if not 0 < meme_id <= MAX_MEME_ID:
+            raise UnknownMemeError(meme_id)
         try:
             return await self.storage.rate(meme_id, ctx.platform, ctx.user_id, value)
         except UnknownMeme:
@@ -330,6 +367,8 @@ class MemeService:
 
     async def attach_message(self, meme_id: int, message_id: str) -> None:
         """Remember which platform message shows the meme."""
+        if not 0 < meme_id <= MAX_MEME_ID:
+            raise UnknownMemeError(meme_id)
         try:
             await self.storage.set_message_id(meme_id, message_id)
         except UnknownMeme:
@@ -337,7 +376,8 @@ class MemeService:
 
     def templates(self, query: str = "", limit: int = 25) -> list[Template]:
         return self.catalog.search(
-            query[:MAX_TEMPLATE_QUERY], max(1, min(limit, len(self.catalog.templates)))
+            clean_text(query[: MAX_TEMPLATE_QUERY * 4])[:MAX_TEMPLATE_QUERY],
+            max(1, min(limit, len(self.catalog.templates))),
         )
 
     async def history(self, ctx: ChatContext, n: int = 10) -> list[StoredMeme]:
@@ -348,12 +388,13 @@ class MemeService:
 
     async def get_settings(self, ctx: ChatContext) -> dict[str, object]:
         """The settings in effect for this chat: its own where set, else the config's."""
-        return self._effective(await self.storage.get_settings(ctx.platform, ctx.settings_scope))
+        return self._effective(await self._settings(ctx))
 
     async def set_settings(self, ctx: ChatContext, changes: dict[str, str]) -> dict[str, object]:
         """Parse and store changes typed by a user; "default" clears a setting."""
         if not ctx.is_admin:
             raise NotAllowedError("Only the chat's admins can change its settings.")
+        changes = {clean_text(key): clean_text(value) for key, value in changes.items()}
         if not changes:
             raise BadInputError("Name a setting and a value, e.g. temperature 0.9")
         parsed: dict[str, Any] = {}
@@ -363,8 +404,21 @@ class MemeService:
                 known = ", ".join(SETTINGS)
                 raise BadInputError(f'There is no setting "{key[:40]}". Settings: {known}.')
             parsed[name] = self._parse_setting(name, text.strip())
-        stored = await self.storage.set_settings(ctx.platform, ctx.settings_scope, **parsed)
+        stored = await self.storage.set_settings(ctx.platform, self._stored_scope(ctx), **parsed)
         return self._effective(stored)
+
+    # --- privacy ---
+
+    def _stored_chat(self, ctx: ChatContext) -> str:
+        """The chat id as stored: a private chat's id is its user's id (on Telegram exactly),
+        so it gets the same keyed hash as user ids; nothing in the database names a person."""
+        return self.storage.user_hash(ctx.platform, ctx.chat_id) if ctx.is_private else ctx.chat_id
+
+    def _stored_scope(self, ctx: ChatContext) -> str:
+        return ctx.scope_id or self._stored_chat(ctx)
+
+    async def _settings(self, ctx: ChatContext) -> ChatSettings:
+        return await self.storage.get_settings(ctx.platform, self._stored_scope(ctx))
 
     def _parse_setting(self, name: str, text: str) -> Any:
         if not text:
@@ -398,15 +452,17 @@ class MemeService:
 
     def _choose_template(self, query: str | None, settings: ChatSettings) -> Template:
         allowed = settings.allowed_templates
-        if query is None or not query.strip():
-            # A random pick favours templates the model has seen captions for.
-            pool = [t for t in self.catalog.templates if t.has_data or self.pool is None]
-            pool = [t for t in pool if allowed is None or t.slug in allowed]
-            if not pool:
+        if query is not None:
+            query = clean_text(query[: MAX_TEMPLATE_QUERY * 4])
+        if query is None or not query:
+            candidates = [t for t in self.catalog.templates if allowed is None or t.slug in allowed]
+            if not candidates:
                 raise NotAllowedError(
                     "No templates are enabled in this chat; an admin can change that in the settings."
                 )
-            return self._rng.choice(pool)
+            # Prefer templates the model has seen captions for: its memes there are better.
+            known = [t for t in candidates if t.has_data]
+            return self._rng.choice(known or candidates)
         if len(query) > MAX_TEMPLATE_QUERY:
             raise BadInputError("That's not a template name. Try /templates to see them all.")
         try:
@@ -437,7 +493,7 @@ class MemeService:
             top_p=g.top_p,
             beam_width=int(chosen["beam_width"]),  # type: ignore[call-overload]
             max_length=int(chosen["max_length"]),  # type: ignore[call-overload]
-            banned_words=tuple(w.lower() for w in self.config.filter.extra_words) if filtered else (),
+            banned_words=self.filter.banned if filtered else (),
             n_boxes=len(template.boxes),
         )
 
@@ -452,13 +508,12 @@ class MemeService:
         chat_key = f"{ctx.platform}:{ctx.chat_id}"
         cooldown_key = f"{chat_key}:{ctx.user_id}"
         cooldown_s = settings.cooldown_s or 0.0
-        wait = max(
-            self._user_limit.wait_time(user_key),
-            self._chat_limit.wait_time(chat_key),
-            self._cooldown.wait_time(cooldown_key, cooldown_s),
+        user_wait = max(
+            self._user_limit.wait_time(user_key), self._cooldown.wait_time(cooldown_key, cooldown_s)
         )
-        if wait > 0:
-            raise CooldownError(wait)
+        chat_wait = self._chat_limit.wait_time(chat_key)
+        if user_wait > 0 or chat_wait > 0:
+            raise CooldownError(max(user_wait, chat_wait), whole_chat=chat_wait > user_wait)
         self._user_limit.spend(user_key)
         self._chat_limit.spend(chat_key)
         self._cooldown.spend(cooldown_key)
@@ -469,6 +524,27 @@ class MemeService:
             self._chat_limit.refund(chat_key)
             self._cooldown.refund(cooldown_key)
             raise
+
+    def _refuse_banned(self, text: str, what: str) -> None:
+        word = self.filter.find(text)
+        if word is not None:
+            hidden = word[0] + "*" * (len(word) - 1)
+            raise BadInputError(
+                f'{what} has a word I don\'t write ("{hidden}"). Try other words, '
+                "or ask an admin to switch the filter off for this chat."
+            )
+
+    async def _generate_clean(self, request: GenerationRequest) -> list[str]:
+        """Generate; the decoder already never completes a banned word, but a banned phrase
+        can still appear across words: then sample once more, and mask what is left."""
+        boxes = await self._generate(request)
+        if not request.banned_words or self.filter.find(" | ".join(boxes)) is None:
+            return boxes
+        logger.info("a generated caption hit the content filter; sampling again")
+        boxes = await self._generate(dataclasses.replace(request, method="sample", seed=None))
+        if self.filter.find(" | ".join(boxes)) is None:
+            return boxes
+        return [self.filter.mask(box) for box in boxes]
 
     async def _generate(self, request: GenerationRequest) -> list[str]:
         assert self.pool is not None
@@ -502,7 +578,7 @@ class MemeService:
         meme_id = await self.storage.record_meme(
             NewMeme(
                 platform=ctx.platform,
-                chat_id=ctx.chat_id,
+                chat_id=self._stored_chat(ctx),
                 user_id=ctx.user_id,
                 template=template.slug,
                 prefix=prefix,

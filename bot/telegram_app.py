@@ -48,6 +48,7 @@ from bot.service import (
     MemeService,
     UnknownTemplateError,
     format_settings,
+    report_unexpected,
 )
 from bot.storage import Score
 
@@ -144,8 +145,9 @@ def command_argument(message: Message) -> str:
 
 
 def split_first_word(text: str) -> tuple[str, str]:
-    first, _, rest = text.strip().partition(" ")
-    return first, rest.strip()
+    """ "drake no thanks | yes" -> ("drake", "no thanks | yes"); any whitespace separates."""
+    parts = text.split(maxsplit=1)
+    return (parts[0] if parts else ""), (parts[1].strip() if len(parts) > 1 else "")
 
 
 def parse_settings_changes(text: str) -> dict[str, str]:
@@ -363,7 +365,7 @@ class TelegramFrontEnd:
 
     async def answer(self, query: CallbackQuery, text: str, alert: bool = False) -> None:
         try:
-            await query.answer(text[:200], show_alert=alert)
+            await self.with_retries(lambda: query.answer(text[:200], show_alert=alert))
         except BadRequest as exc:  # too late (the query expired): the user already moved on
             logger.info("telegram: could not answer a button press: %s", exc)
 
@@ -457,13 +459,17 @@ class TelegramFrontEnd:
         return exc.user_message
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Anything unexpected: log it and tell the user something went wrong."""
-        logger.error("telegram: handling an update failed", exc_info=context.error)
-        if isinstance(update, Update) and update.effective_message is not None:
-            try:
+        """Anything unexpected: one log line with a request id, and a short reply that quotes
+        it, so the bot stays up and the user is not left waiting."""
+        text = report_unexpected(logger, "telegram: handling an update", context.error)
+        if not isinstance(update, Update):
+            return
+        try:
+            if update.callback_query is not None:
+                await update.callback_query.answer(text[:200], show_alert=True)
+            elif update.effective_message is not None:
                 await self.app.bot.send_message(
-                    update.effective_message.chat.id,
-                    "Something went wrong on my side. Please try again in a moment.",
+                    update.effective_message.chat.id, text, **reply_options(update.effective_message)
                 )
-            except TelegramError:
-                pass
+        except TelegramError as exc:  # the server is failing too: the log line is all we can do
+            logger.warning("telegram: could not send the error reply: %s", exc)

@@ -286,6 +286,15 @@ class CaptionGenerator:
         return row
 
 
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 weights for every Linear layer, activations quantised on the fly (CPU only)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager API's deprecation notice, not actionable here
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def load_generator(
     checkpoint: Path,
     device: str = "cpu",
@@ -299,7 +308,7 @@ def load_generator(
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build().eval()
     if quantize and str(device) == "cpu":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = quantize_int8(model)
     gen = CaptionGenerator(ckpt, device=device, model=model)
     if compile:
         gen.model.step = torch.compile(gen.model.step, dynamic=True)  # type: ignore[method-assign]

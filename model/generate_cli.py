@@ -35,7 +35,6 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.catalog import UnknownTemplate, load_catalog
     from bot.render_cli import OutputError, encoded_as, make_renderer, output_path
-
     from model.checkpoint import CheckpointError
     from model.generate import load_generator
     from model.requests import GenerationRequest

@@ -31,20 +31,45 @@ class TransformerConfig:
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer so far; each [B, n_head, S, head_dim]."""
+    """Keys and values of every layer so far, in buffers with room to grow, so a decoding step
+    writes one column instead of copying the whole cache. Each buffer [B, n_head, capacity, head_dim];
+    columns [0, length) are filled."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    valid: torch.Tensor  # bool [B, S]: False where a row was padded
+    valid: torch.Tensor  # bool [B, capacity]: False where a row was padded
     positions: torch.Tensor  # long [B]: position id the next token gets
+    length: int
+
+    @classmethod
+    def holding(cls, keys, values, valid, positions, room: int) -> KVCache:
+        """A cache for the given full keys/values [B, H, S, D] with `room` free columns."""
+
+        def widen(t: torch.Tensor, fill: bool | float) -> torch.Tensor:
+            shape = list(t.shape)
+            shape[2 if t.dim() == 4 else 1] = room
+            return torch.cat(
+                [t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=2 if t.dim() == 4 else 1
+            )
+
+        S = valid.shape[1]
+        return cls(
+            [widen(k, 0.0) for k in keys], [widen(v, 0.0) for v in values], widen(valid, False), positions, S
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
 
     def select(self, rows: torch.Tensor) -> KVCache:
-        """Reorder/select batch rows (beam search)."""
-        return KVCache(
-            [k[rows] for k in self.keys],
-            [v[rows] for v in self.values],
-            self.valid[rows],
+        """Reorder/select batch rows (beam search, finished rows leaving)."""
+        n = self.length
+        return KVCache.holding(
+            [k[rows, :, :n] for k in self.keys],
+            [v[rows, :, :n] for v in self.values],
+            self.valid[rows, :n],
             self.positions[rows],
+            room=max(16, self.capacity - n),
         )
 
 
@@ -57,15 +82,17 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None
+        self, x: torch.Tensor, mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor, int] | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # [B, T, C] -> [B, n_head, T, head_dim]
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
+            k_buf, v_buf, n = past  # write the new columns in place, attend over the filled part
+            k_buf[:, :, n : n + T] = k
+            v_buf[:, :, n : n + T] = v
+            k, v = k_buf[:, :, : n + T], v_buf[:, :, : n + T]
         dropout = self.dropout if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
@@ -175,19 +202,18 @@ class Transformer(nn.Module):
             keys.append(k)
             values.append(v)
         logits = self.head(self.ln_f(x[:, -1]))
-        return logits, KVCache(keys, values, valid, pos[:, -1] + 1)
+        return logits, KVCache.holding(keys, values, valid, pos[:, -1] + 1, room=64)
 
     def step(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """One new token per row: tokens [B] -> logits [B, V] and the grown cache."""
-        B = tokens.shape[0]
+        """One new token per row: tokens [B] -> logits [B, V]; the cache grows in place."""
+        if cache.length == cache.capacity:
+            cache = cache.select(torch.arange(tokens.shape[0], device=tokens.device))  # adds room
+        n = cache.length
         pos = cache.positions.clamp(max=self.config.block_size - 1)
         x = self.tok_emb(tokens)[:, None, :] + self.pos_emb(pos)[:, None, :]  # [B, 1, C]
-        valid = torch.cat([cache.valid, torch.ones(B, 1, dtype=torch.bool, device=tokens.device)], dim=1)
-        mask = valid[:, None, None, :]  # [B, 1, 1, S+1]
-        keys, values = [], []
+        cache.valid[:, n] = True
+        mask = cache.valid[:, None, None, : n + 1]  # [B, 1, 1, n+1]
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
-            x, (k, v) = block(x, mask, (k, v))
-            keys.append(k)
-            values.append(v)
+            x, _ = block(x, mask, (k, v, n))
         logits = self.head(self.ln_f(x[:, -1]))
-        return logits, KVCache(keys, values, valid, cache.positions + 1)
+        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + 1, n + 1)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bot.config import ENV_OVERRIDES, Config, TelegramConfig
 from bot.render import Renderer
-from bot.service import MemeService
+from bot.service import ChatContext, MemeService
 from bot.storage import Score, Storage
 from bot.telegram_app import COMMANDS, HELP, SendRetry, TelegramFrontEnd, Timeouts
 from tests.fakes.caption_model import (
@@ -150,16 +150,26 @@ async def test_meme_in_a_group_is_a_photo_reply_with_rating_keyboard(harness: Ha
 
 async def test_meme_forms_random_template_only_and_addressed_to_the_bot(harness: Harness):
     server = harness.server
-    server.send_text("/meme", user_id=ALICE)
-    server.send_text("/meme change-my-mind", user_id=ALICE)
-    server.send_text("/meme@memebot_test_bot two-buttons tabs", user_id=ALICE)
-    server.send_text("/meme@some_other_bot drake", user_id=ALICE)  # not for us: ignored
+    random_pick = server.send_text("/meme", user_id=ALICE)
+    no_prefix = server.send_text("/meme change-my-mind", user_id=ALICE)
+    addressed = server.send_text("/meme@memebot_test_bot two-buttons tabs", user_id=ALICE)
+    server.send_text("/meme@some_other_bot drake", user_id=ALICE)  # for another bot: ignored
     photos = await server.wait_for("sendPhoto", 3)
-    templates = [(await harness.service.storage.get_meme(meme_id(p))).template for p in photos]
-    assert "change-my-mind" in templates and "two-buttons" in templates
-    assert harness.model.requests[-1].prefix in ("", "tabs")
-    # Every update is handled by now (replies come in order of handling only per update, so
-    # wait for one more reply) and the other bot's command got no answer.
+    answered = {
+        p.params["reply_parameters"]["message_id"]: await harness.service.storage.get_meme(meme_id(p))
+        for p in photos
+    }
+    assert set(answered) == {random_pick["message_id"], no_prefix["message_id"], addressed["message_id"]}
+    assert answered[random_pick["message_id"]].template in {t.slug for t in harness.service.catalog.templates}
+    assert (answered[no_prefix["message_id"]].template, answered[no_prefix["message_id"]].prefix) == (
+        "change-my-mind",
+        "",
+    )
+    assert (answered[addressed["message_id"]].template, answered[addressed["message_id"]].prefix) == (
+        "two-buttons",
+        "tabs",
+    )
+    # A later command is answered, and still no photo for the other bot's command.
     server.send_text("/help", user_id=ALICE)
     await server.wait_for("sendMessage")
     assert len(server.sent("sendPhoto")) == 3
@@ -409,3 +419,75 @@ async def test_memebot_run_with_a_rejected_token_says_so(tmp_path: Path):
     text = stderr.decode()
     assert "rejected the bot token" in text and "no model yet" in text
     assert "Traceback" not in text
+
+
+# --- safety: privacy, errors, secrets -------------------------------------------------------------
+
+PRIVATE_USER = 987654321
+
+
+async def test_no_raw_user_id_reaches_the_database_file(harness: Harness):
+    server = harness.server
+    # In a private chat the chat id is the user's id: it must be stored hashed too.
+    server.send_text("/meme drake", chat_id=PRIVATE_USER, user_id=PRIVATE_USER)
+    (photo,) = await server.wait_for("sendPhoto")
+    server.send_text("/settings cooldown 1", chat_id=PRIVATE_USER, user_id=PRIVATE_USER)
+    server.press(server.message_of(photo), f"v:{meme_id(photo)}:1", user_id=PRIVATE_USER)
+    server.send_text("/caption drake hi | there", chat_id=GROUP, user_id=PRIVATE_USER)
+    await server.wait_for("sendPhoto", 2)
+    await server.wait_for("editMessageReplyMarkup")
+    await server.wait_for("sendMessage")
+    await until(lambda: harness.service.storage.score(meme_id(photo)))
+    private = ChatContext("telegram", str(PRIVATE_USER), str(PRIVATE_USER), is_private=True)
+    assert len(await harness.service.history(private)) == 2  # still the user's own history
+    assert (await harness.service.get_settings(private))["cooldown_s"] == 1
+    files = list(harness.config.database_path.parent.glob(harness.config.database_path.name + "*"))
+    data = b"".join(path.read_bytes() for path in files)
+    assert data and str(PRIVATE_USER).encode() not in data
+
+
+async def test_a_failing_handler_gets_a_reply_with_a_request_id_and_a_log_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+):
+    server = harness.server
+    server.fail_next("getChatMember", status=500, times=FAST_RETRY.attempts)
+    server.send_text("/settings temperature 0.5", user_id=ALICE)
+    (reply,) = await server.wait_for("sendMessage")
+    text = reply.params["text"]
+    assert "went wrong on my side (error " in text
+    request_id = text.split("(error ")[1].split(")")[0]
+    assert any(request_id in record.getMessage() for record in caplog.records if record.levelname == "ERROR")
+    server.send_text("/help", user_id=ALICE)  # and the bot carries on
+    await server.wait_for("sendMessage", 2)
+    assert replies(server)[-1] == HELP
+
+
+SECRET_TOKEN = "123456:SECRET-TOKEN-abc"
+
+
+async def test_the_token_never_appears_in_memebot_output(tmp_path: Path):
+    async with FakeTelegramServer(token=SECRET_TOKEN) as server:
+        config = write_config(tmp_path / "config.toml", server, tmp_path, tmp_path / "absent.pt")
+        proc = await memebot(
+            "--config", str(config), "run", "-v", env=operator_env(TELEGRAM_TOKEN=SECRET_TOKEN)
+        )
+        try:
+            await server.wait_for("setMyCommands", timeout=45)
+            server.fail_next("getUpdates", status=500)
+            server.send_text("/nonsense", user_id=ALICE)
+            server.send_text("/meme ../../etc/passwd", user_id=ALICE)
+            server.fail_next(
+                "sendPhoto", status=500, times=3
+            )  # every retry fails: an exception in the handler
+            server.send_text("/caption drake no | yes", user_id=ALICE)
+            server.fail_next("getChatMember", status=500, times=3)
+            server.send_text("/settings temperature 0.5", user_id=ALICE)
+            await server.wait_for("sendMessage", 3, timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    output = (stdout + stderr).decode()
+    assert "request " in output  # the handler errors were logged, with their ids
+    assert SECRET_TOKEN not in output and "SECRET-TOKEN-abc" not in output
+    assert proc.returncode == 0

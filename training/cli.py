@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--device", help="auto | cpu | cuda (default: from config)")
+    ev.add_argument("--quantize", action="store_true", help="score the int8 dynamically quantised model (CPU)")
+    ev.add_argument("--limit", type=int, default=0, help="score only the first N memes of a fixed shuffle (0 = all)")
     ev.set_defaults(handler=eval_command)
 
 
@@ -141,9 +143,15 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
         indices = np.arange(len(dataset))
     else:
         indices = dataset.split(val=args.split == "val")
+    if args.limit:
+        indices = np.random.default_rng(0).permutation(indices)[: args.limit]
     device = resolve_device(args.device or config.model.device)
     torch.set_num_threads(config.model.threads)
     model = ckpt.build().to(device)
+    if args.quantize:
+        from model.generate import quantize_int8
+
+        model = quantize_int8(model)
     report = evaluate(
         model, dataset, indices, ckpt.templates, args.batch_size, device, progress=not args.json
     )

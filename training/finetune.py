@@ -111,7 +111,6 @@ def finetune(
 
 def finetune_command(config: Config, args: argparse.Namespace) -> int:
     from bot.catalog import load_catalog
-
     from bot.export import ExportError, read_export
 
     base_path = Path(args.init_from) if args.init_from else config.checkpoint_path

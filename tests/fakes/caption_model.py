@@ -31,9 +31,15 @@ class ScriptedCaptions:
 
     model_id = "scripted-captions"
 
-    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        fail: bool = False,
+        sample_endings: Sequence[str] = (),
+    ) -> None:
         self.delay_s = delay_s  # simulated decoding time (time.sleep releases the GIL, like torch)
         self.fail = fail
+        self.sample_endings = list(sample_endings)  # sampled endings to use, in order, before "take N"
         self.requests: list[GenerationRequest] = []
         self._draws = itertools.count(1)
         self._lock = threading.Lock()
@@ -52,7 +58,12 @@ class ScriptedCaptions:
     def answer(self, request: GenerationRequest) -> GenerationResult:
         self.requests.append(request)
         boxes = normalize_user_text(request.prefix) if request.prefix.strip() else [""]
-        ending = FIXED_ENDING if request.method != "sample" else f"take {next(self._draws)}"
+        if request.method != "sample":
+            ending = FIXED_ENDING
+        elif self.sample_endings:
+            ending = self.sample_endings.pop(0)
+        else:
+            ending = f"take {next(self._draws)}"
         boxes[-1] = f"{boxes[-1].rstrip()} {ending}".strip()
         while len(boxes) < request.n_boxes:
             boxes.append(f"box {len(boxes) + 1}")

@@ -65,6 +65,7 @@ class ApiError(Exception):
 class Fault:
     status: int = 500  # HTTP status of the error reply
     stall_s: float = 0.0  # > 0: hold the request this long, then drop it unrecorded
+    delay_s: float = 0.0  # > 0: answer normally, but only after this long (a slow server)
     retry_after: int | None = None  # for 429 replies
 
 
@@ -99,6 +100,10 @@ class FakeTelegramServer:
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count] = defaultdict(lambda: itertools.count(1))
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
+        # The bot's answers by what they answer (see `answer_key`), for load tests that wait
+        # on hundreds of commands at once without rescanning `calls`.
+        self.answers: dict[str, list[Call]] = defaultdict(list)
+        self._answered: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._changed = asyncio.Event()  # set (and replaced) on every new update and every call
         self._runner: web.AppRunner | None = None
         self._closing = False
@@ -206,6 +211,9 @@ class FakeTelegramServer:
     def stall_next(self, method: str, seconds: float, times: int = 1) -> None:
         self._faults[method].extend(Fault(stall_s=seconds) for _ in range(times))
 
+    def delay_next(self, method: str, seconds: float, times: int = 1) -> None:
+        self._faults[method].extend(Fault(delay_s=seconds) for _ in range(times))
+
     async def faults_used(self, timeout: float = 10.0) -> None:
         """Wait until every injected fault has hit a request."""
         if not await self._wait_until(lambda: not any(self._faults.values()), timeout):
@@ -237,6 +245,34 @@ class FakeTelegramServer:
                 f"{timeout} s; calls seen: {seen}"
             )
         return matching()
+
+    @staticmethod
+    def message_key(message: dict[str, Any]) -> str:
+        """The `answers` key of the bot's replies to a user's message (in a group: quoted replies)."""
+        return f"message:{message['chat']['id']}:{message['message_id']}"
+
+    @staticmethod
+    def query_key(query_id: str) -> str:
+        """The `answers` key of the bot's answer to a button press."""
+        return f"query:{query_id}"
+
+    @staticmethod
+    def answer_key(call: Call) -> str | None:
+        if call.method == "answerCallbackQuery":
+            return FakeTelegramServer.query_key(str(call.params["callback_query_id"]))
+        reply = call.params.get("reply_parameters")
+        if call.method in ("sendMessage", "sendPhoto") and isinstance(reply, dict):
+            return f"message:{call.chat_id}:{reply['message_id']}"
+        return None
+
+    async def wait_answer(self, key: str, timeout: float = 10.0) -> list[Call] | None:
+        """The bot's answers to `key` (see `message_key`, `query_key`) once there is one;
+        None if there is none within `timeout`."""
+        try:
+            await asyncio.wait_for(self._answered[key].wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.answers[key]
 
     def message_of(self, call: Call) -> dict[str, Any]:
         """The message a sendPhoto/sendMessage call created (as the fake stores it now)."""
@@ -285,7 +321,10 @@ class FakeTelegramServer:
             if fault.stall_s:
                 await asyncio.sleep(fault.stall_s)  # the client gives up first: a lost request
                 return self._error(504, "Gateway Timeout")
-            return self._error(fault.status, "Injected failure", fault.retry_after)
+            if fault.delay_s:
+                await asyncio.sleep(fault.delay_s)
+            else:
+                return self._error(fault.status, "Injected failure", fault.retry_after)
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return self._error(404, f"Not Found: method {method} is not served by the fake")
@@ -296,6 +335,10 @@ class FakeTelegramServer:
             return self._error(exc.status, exc.description)
         if method != "getUpdates":  # polling is noise; tests wait on what the bot *sends*
             self.calls.append(call)
+            key = self.answer_key(call)
+            if key is not None:
+                self.answers[key].append(call)
+                self._answered[key].set()
             self._notify()
         return web.json_response({"ok": True, "result": result})
 

@@ -1,0 +1,382 @@
+"""Load and fault test: the whole bot under a crowd, through the fake Telegram server.
+
+    .venv/bin/python -m bench.load [--commands 1000] [--users 100] [--chats 20] [--concurrency 50]
+                                    [--checkpoint PATH] [--no-faults]
+
+The real python-telegram-bot front end, the real MemeService, ModelPool and SQLite serve
+`/meme` commands from simulated users in group chats, mixed with 👍/👎 presses, bad input
+and a burst of commands from one user. By default the model is the scripted test double
+(tests/fakes/caption_model.py); `--checkpoint` decodes with a real one. The run is done
+twice: clean, then with faults injected (model batches raising, Bot API 500s and slow
+replies, the database locked by another connection). Each prints p50/p95 latency, memes/s
+and the accounting: every command answered (meme, busy or cooldown; never silence, never
+"something went wrong"), and the database's meme and rating counts equal to what was sent
+and accepted. tests/test_load.py runs a small version of the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.app import open_service
+from bot.config import Config, TelegramConfig
+from bot.service import MemeService
+from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
+from model.pool import BatchGenerator, ModelPool
+from model.requests import GenerationRequest, GenerationResult
+from tests.fakes.caption_model import ScriptedCaptions, config_for_tests
+from tests.fakes.telegram_server import Call, FakeTelegramServer
+
+FIRST_USER = 10_001
+FIRST_CHAT = -100_001
+# What users type that the bot must refuse politely (each answered, none a meme).
+BAD_INPUTS = (
+    "/meme ../../../etc/passwd",
+    "/meme drake " + "x" * 400,
+    "/meme " + "y" * 5000,
+    "/meme drake \u200bsh1t\u200b happens",
+    "/caption drake what the fuck | no",
+    "/caption",
+    "/caption drake \x00\x01\u202e",
+    "/meme nosuchtemplatezzz",
+    "/settings temperature 99",
+)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    commands: int = 1000  # /meme commands, spread over users and chats
+    users: int = 100
+    chats: int = 20
+    concurrency: int = 50  # commands in flight at once
+    ratings: int = 300  # 👍/👎 presses on memes already sent
+    bad_inputs: int = 60
+    burst: int = 30  # extra /meme commands sent at once by one user (most hit the rate limit)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    model_fail_every: int = 0  # every n-th model batch raises (0: never)
+    api_errors: int = 0  # Bot API 500 replies, spread over the run
+    slow_replies: int = 0  # Bot API replies held back `slow_s` each
+    slow_s: float = 0.5
+    db_locks: int = 0  # times another connection holds the database's write lock
+    db_lock_s: float = 0.5
+    interval_s: float = 0.25  # between two injections
+
+    @property
+    def any(self) -> bool:
+        return bool(self.model_fail_every or self.api_errors or self.slow_replies or self.db_locks)
+
+
+FULL_FAULTS = FaultPlan(model_fail_every=25, api_errors=20, slow_replies=20, db_locks=4)
+
+
+@dataclass
+class LoadReport:
+    sent: Counter[str] = field(default_factory=Counter)  # what was sent, by kind
+    answers: Counter[str] = field(default_factory=Counter)  # first answer of each command, by kind
+    latencies_s: list[float] = field(default_factory=list)  # /meme command -> first answer
+    wall_s: float = 0.0
+    meme_ids: set[int] = field(default_factory=set)  # memes the users received
+    accepted_ratings: int = 0
+    db_memes: int = 0
+    db_ratings: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def problems(self) -> list[str]:
+        """What breaks the promise: silence, crashes, lost or phantom memes and ratings."""
+        found = []
+        if self.answers["silence"]:
+            found.append(f"{self.answers['silence']} commands got no answer")
+        if self.answers["crash"]:
+            found.append(f"{self.answers['crash']} commands ended in 'something went wrong'")
+        if self.answers["other"]:
+            found.append(f"{self.answers['other']} /meme commands got an unexpected reply")
+        if self.db_memes != len(self.meme_ids):
+            found.append(f"database has {self.db_memes} memes, users received {len(self.meme_ids)}")
+        if self.db_ratings != self.accepted_ratings:
+            found.append(f"database has {self.db_ratings} ratings, {self.accepted_ratings} were accepted")
+        return found
+
+    def summary(self, title: str) -> str:
+        lat = sorted(self.latencies_s)
+        p50 = statistics.median(lat) * 1000 if lat else 0.0
+        p95 = lat[int(0.95 * (len(lat) - 1))] * 1000 if lat else 0.0
+        lines = [
+            f"== {title}",
+            f"sent: {dict(self.sent)}",
+            f"answers: {dict(self.answers)}",
+            f"latency /meme: p50 {p50:.0f} ms, p95 {p95:.0f} ms; {len(self.meme_ids) / self.wall_s:.1f} memes/s"
+            f" ({len(self.meme_ids)} memes in {self.wall_s:.1f} s)",
+            f"database: {self.db_memes} memes (received {len(self.meme_ids)}), {self.db_ratings} ratings"
+            f" (accepted {self.accepted_ratings})",
+        ]
+        if self.faults:
+            lines.append(f"faults injected: {dict(self.faults)}")
+        lines.append("accounting: OK" if not self.problems else "PROBLEMS: " + "; ".join(self.problems))
+        return "\n".join(lines)
+
+
+class FlakyGenerator:
+    """Wraps a BatchGenerator so every n-th batch raises, as a crashing worker would."""
+
+    def __init__(self, inner: BatchGenerator, fail_every: int) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.fail_every = fail_every
+        self.failures = 0
+        self._batches = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        with self._lock:
+            fail = self.fail_every > 0 and next(self._batches) % self.fail_every == 0
+            self.failures += fail
+        if fail:
+            raise RuntimeError("injected model failure")
+        return self.inner.generate_batch(requests)
+
+
+def classify(call: Call) -> str:
+    """What a user got back for a command."""
+    if call.method == "sendPhoto":
+        return "meme"
+    text = str(call.params.get("text", ""))
+    if "went wrong on my side" in text:
+        return "crash"
+    if "Slow down" in text or "faster than I can" in text:
+        return "cooldown"
+    if "busy" in text or "try again" in text.lower():
+        return "busy"
+    return "other"
+
+
+def load_config(workdir: Path) -> Config:
+    # Limits a busy group could live with: a user's ~10 memes fit, the burst user's 30 do not.
+    return config_for_tests(
+        workdir, user_rate_per_minute=60, user_burst=15, chat_rate_per_minute=3000, chat_burst=200
+    )
+
+
+@asynccontextmanager
+async def running_bot(
+    config: Config, generator: BatchGenerator, server: FakeTelegramServer
+) -> AsyncIterator[MemeService]:
+    pool = ModelPool([lambda: generator], queue_size=config.model.queue_size, timeout_s=30.0)
+    await pool.start(warmup=False)
+    telegram = TelegramConfig(
+        enabled=True,
+        api_url=server.base_url,
+        file_url=server.file_url,
+        token=server.token,
+        poll_timeout_s=1.0,
+    )
+    try:
+        async with open_service(config, pool=pool) as service:
+            bot = TelegramFrontEnd(
+                service,
+                telegram,
+                timeouts=Timeouts(connect_s=5.0, read_s=5.0, write_s=5.0, media_write_s=5.0, pool_s=5.0),
+                retry=SendRetry(attempts=4, backoff_s=0.1),
+            )
+            await bot.start()
+            try:
+                yield service
+            finally:
+                await bot.close()
+    finally:
+        await pool.close()
+
+
+def hold_write_lock(database: Path, seconds: float) -> None:
+    """Another process's long transaction: take the write lock, keep it, let go."""
+    conn = sqlite3.connect(database, timeout=10.0, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def inject_faults(
+    faults: FaultPlan, server: FakeTelegramServer, database: Path, report: LoadReport
+) -> None:
+    kinds = ["api_error"] * faults.api_errors + ["slow"] * faults.slow_replies + ["db_lock"] * faults.db_locks
+    random.Random(1).shuffle(kinds)
+    methods = itertools.cycle(("sendPhoto", "sendMessage", "answerCallbackQuery"))
+    for kind in kinds:
+        await asyncio.sleep(faults.interval_s)
+        if kind == "api_error":
+            server.fail_next(next(methods), status=500)
+        elif kind == "slow":
+            server.delay_next(next(methods), faults.slow_s)
+        else:
+            await asyncio.to_thread(hold_write_lock, database, faults.db_lock_s)
+        report.faults[kind] += 1
+
+
+async def run_load(
+    plan: LoadPlan,
+    faults: FaultPlan,
+    workdir: Path,
+    generator: BatchGenerator | None = None,
+) -> LoadReport:
+    """One run; `generator` defaults to the scripted caption model."""
+    config = load_config(workdir)
+    flaky = FlakyGenerator(generator or ScriptedCaptions(delay_s=0.005), faults.model_fail_every)
+    report = LoadReport()
+    rng = random.Random(plan.seed)
+    chats = [FIRST_CHAT - i for i in range(plan.chats)]
+    users = [FIRST_USER + i for i in range(plan.users)]
+    sent_memes: list[dict] = []  # the meme messages users can press buttons on
+    pressed: set[tuple[int, int]] = set()  # (meme id, user): each presses a meme once
+
+    async with FakeTelegramServer(token="123456:LOAD-TEST-TOKEN") as server:
+        async with running_bot(config, flaky, server) as service:
+            database = service.storage.path
+
+            async def command(text: str, kind: str, user: int, chat: int) -> None:
+                report.sent[kind] += 1
+                message = server.send_text(text, chat_id=chat, user_id=user)
+                start = time.monotonic()
+                answers = await server.wait_answer(server.message_key(message), timeout=30.0)
+                if answers is None:
+                    report.answers["silence"] += 1
+                    return
+                first = answers[0]
+                got = classify(first)
+                if kind != "meme" and got not in ("crash", "meme"):
+                    got = "refused"  # bad input: any polite reply is right
+                report.answers[got] += 1
+                if kind == "meme":
+                    report.latencies_s.append(first.at - start)
+                if first.method == "sendPhoto":
+                    meme = int(first.keyboard[0][0]["callback_data"].split(":")[1])
+                    report.meme_ids.add(meme)
+                    sent_memes.append(server.message_of(first))
+
+            async def press() -> None:
+                for _ in range(20):  # find a (meme, user) pair not pressed yet
+                    if not sent_memes:
+                        await asyncio.sleep(0.05)
+                        continue
+                    message, user = rng.choice(sent_memes), rng.choice(users)
+                    meme = int(
+                        message["reply_markup"]["inline_keyboard"][0][0]["callback_data"].split(":")[1]
+                    )
+                    if (meme, user) not in pressed:
+                        break
+                else:
+                    return
+                pressed.add((meme, user))
+                report.sent["rating"] += 1
+                vote = rng.choice((1, -1))
+                query = server.press(message, f"v:{meme}:{vote}", user_id=user)
+                answers = await server.wait_answer(server.query_key(query), timeout=30.0)
+                if answers is None:
+                    report.answers["silence"] += 1
+                elif "went wrong" in str(answers[0].params.get("text", "")):
+                    report.answers["crash"] += 1
+                else:
+                    report.answers["rated"] += 1
+                    # The answer shows the new counts; a refusal (an alert) does not.
+                    report.accepted_ratings += str(answers[0].params.get("text", "")).startswith("👍")
+
+            jobs = []
+            for i in range(plan.commands):
+                template = rng.choice(("", "drake", "change-my-mind", "two-buttons", "distracted boyfriend"))
+                prefix = rng.choice(("", "", "when the", "me | also me"))
+                jobs.append(
+                    lambda t=template, p=prefix, i=i: command(
+                        f"/meme {t} {p}".strip(), "meme", users[i % plan.users], chats[i % plan.chats]
+                    )
+                )
+            jobs += [press] * plan.ratings
+            jobs += [
+                lambda i=i: command(
+                    BAD_INPUTS[i % len(BAD_INPUTS)], "bad_input", rng.choice(users), rng.choice(chats)
+                )
+                for i in range(plan.bad_inputs)
+            ]
+            rng.shuffle(jobs)
+            # Ratings need memes to press on: hold them back a little.
+            jobs.sort(key=lambda job: job is press and rng.random() < 0.5)
+            burst_user, burst_chat = users[0], chats[0]
+            queue: asyncio.Queue = asyncio.Queue()
+            for job in jobs:
+                queue.put_nowait(job)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    await queue.get_nowait()()
+
+            started = time.monotonic()
+            injector = asyncio.create_task(inject_faults(faults, server, database, report))
+            burst = [command("/meme drake", "meme", burst_user, burst_chat) for _ in range(plan.burst)]
+            await asyncio.gather(*burst, *(worker() for _ in range(plan.concurrency)))
+            report.wall_s = time.monotonic() - started
+            injector.cancel()
+            # Answered is not finished: the last memes' message ids are written just after sending.
+            await asyncio.sleep(0.2)
+
+    conn = sqlite3.connect(database)
+    try:
+        report.db_memes = conn.execute("SELECT COUNT(*) FROM memes").fetchone()[0]
+        report.db_ratings = conn.execute("SELECT COUNT(*) FROM ratings").fetchone()[0]
+    finally:
+        conn.close()
+    report.faults["model_batches_failed"] = flaky.failures
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--chats", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--checkpoint", type=Path, help="decode with this real model instead of the scripted one"
+    )
+    parser.add_argument("--no-faults", action="store_true", help="skip the run with faults injected")
+    args = parser.parse_args()
+    plan = LoadPlan(commands=args.commands, users=args.users, chats=args.chats, concurrency=args.concurrency)
+
+    def generator() -> BatchGenerator | None:
+        if args.checkpoint is None:
+            return None
+        from model.generate import load_generator
+
+        return load_generator(args.checkpoint)
+
+    runs = [("clean", FaultPlan())] + ([] if args.no_faults else [("with faults", FULL_FAULTS)])
+    failed = False
+    for title, faults in runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = asyncio.run(run_load(plan, faults, Path(tmp), generator()))
+        print(report.summary(title), flush=True)
+        failed |= bool(report.problems)
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
