@@ -18,7 +18,7 @@ from typing import Protocol
 
 from bot.catalog import load_catalog
 from bot.config import Config
-from bot.redact import redact_logs
+from bot.redact import redacted_logs
 from bot.render import Renderer
 from bot.service import MemeService
 from bot.storage import Storage
@@ -125,7 +125,12 @@ async def run_bot(config: Config, stop: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
     check_front_ends(config)
-    redact_logs([config.telegram.token, config.discord.token, config.storage.user_hash_key])
+    secrets = [config.telegram.token, config.discord.token, config.storage.user_hash_key]
+    with redacted_logs(secrets):
+        await _serve(config, stop)
+
+
+async def _serve(config: Config, stop: asyncio.Event) -> None:
     started: list[FrontEnd] = []
     async with open_service(config) as service:
         ends = build_front_ends(service, config)

@@ -8,8 +8,9 @@ replaces every known secret in a log record, its arguments and its traceback tex
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_CHARS = 6  # shorter values would redact ordinary words
@@ -57,3 +58,16 @@ def redact_logs(secrets: Iterable[str], logger: logging.Logger | None = None) ->
     # httpx logs each request's URL, token included, at INFO: one line per Bot API call is noise anyway.
     logging.getLogger("httpx").setLevel(max(logging.getLogger("httpx").getEffectiveLevel(), logging.WARNING))
     return secret_filter
+
+
+@contextlib.contextmanager
+def redacted_logs(secrets: Iterable[str], logger: logging.Logger | None = None) -> Iterator[SecretFilter]:
+    """`redact_logs` for the length of a block; the filter leaves the handlers afterwards, so a
+    process that runs the bot more than once (the tests) does not stack filters."""
+    logger = logger or logging.getLogger()
+    secret_filter = redact_logs(secrets, logger)
+    try:
+        yield secret_filter
+    finally:
+        for handler in logger.handlers:
+            handler.removeFilter(secret_filter)
