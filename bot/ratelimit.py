@@ -34,29 +34,33 @@ class TokenBucket:
         self._clock = clock
         self._buckets: dict[str, Bucket] = {}
 
-    def _refilled(self, key: str) -> Bucket:
+    def _rate_per_s(self, rate_per_minute: float | None) -> float:
+        return self.rate_per_s if rate_per_minute is None else rate_per_minute / 60.0
+
+    def _refilled(self, key: str, rate_per_minute: float | None = None) -> Bucket:
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
             return Bucket(float(self.burst), now)
-        tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate_per_s)
-        return Bucket(tokens, now)
+        refill = (now - bucket.updated) * self._rate_per_s(rate_per_minute)
+        return Bucket(min(float(self.burst), bucket.tokens + refill), now)
 
-    def wait_time(self, key: str) -> float:
+    # `rate_per_minute` overrides the bucket's rate for one key (a chat's own setting).
+    def wait_time(self, key: str, rate_per_minute: float | None = None) -> float:
         """Seconds until `key` has a whole token (0.0: it has one now)."""
-        bucket = self._refilled(key)
-        return max(0.0, (1.0 - bucket.tokens) / self.rate_per_s)
+        bucket = self._refilled(key, rate_per_minute)
+        return max(0.0, (1.0 - bucket.tokens) / self._rate_per_s(rate_per_minute))
 
-    def spend(self, key: str) -> None:
-        bucket = self._refilled(key)
+    def spend(self, key: str, rate_per_minute: float | None = None) -> None:
+        bucket = self._refilled(key, rate_per_minute)
         bucket.tokens -= 1.0
         self._buckets[key] = bucket
         if len(self._buckets) > MAX_TRACKED_KEYS:
             self._forget_full()
 
-    def refund(self, key: str) -> None:
+    def refund(self, key: str, rate_per_minute: float | None = None) -> None:
         """Give back a token spent on an action that then failed through no fault of the user."""
-        bucket = self._refilled(key)
+        bucket = self._refilled(key, rate_per_minute)
         bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
         self._buckets[key] = bucket
 

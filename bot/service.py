@@ -228,6 +228,9 @@ SETTINGS: dict[str, SettingSpec] = {
         SettingSpec("filter_enabled", "on or off", _switch),
         SettingSpec("allowed_templates", 'template names separated by commas, or "all"', _templates),
         SettingSpec("cooldown_s", "0 to 3600 seconds between one person's memes", _number(float, 0, 3600)),
+        SettingSpec(
+            "chat_rate_per_minute", "1 to 600 memes a minute for the whole chat", _number(float, 1, 600)
+        ),
     )
 }
 # Short names people type for the long field names.
@@ -235,6 +238,7 @@ SETTING_ALIASES = {
     "filter": "filter_enabled",
     "templates": "allowed_templates",
     "cooldown": "cooldown_s",
+    "rate": "chat_rate_per_minute",
     "beam": "beam_width",
     "length": "max_length",
 }
@@ -446,6 +450,9 @@ class MemeService:
             "filter_enabled": pick(settings.filter_enabled, self.config.filter.enabled),
             "allowed_templates": settings.allowed_templates,  # None = every template
             "cooldown_s": pick(settings.cooldown_s, 0.0),
+            "chat_rate_per_minute": pick(
+                settings.chat_rate_per_minute, self.config.limits.chat_rate_per_minute
+            ),
         }
 
     # --- steps ---
@@ -511,17 +518,18 @@ class MemeService:
         user_wait = max(
             self._user_limit.wait_time(user_key), self._cooldown.wait_time(cooldown_key, cooldown_s)
         )
-        chat_wait = self._chat_limit.wait_time(chat_key)
+        chat_rate = settings.chat_rate_per_minute
+        chat_wait = self._chat_limit.wait_time(chat_key, chat_rate)
         if user_wait > 0 or chat_wait > 0:
             raise CooldownError(max(user_wait, chat_wait), whole_chat=chat_wait > user_wait)
         self._user_limit.spend(user_key)
-        self._chat_limit.spend(chat_key)
+        self._chat_limit.spend(chat_key, chat_rate)
         self._cooldown.spend(cooldown_key)
         try:
             yield
         except (BusyError, GenerationError):
             self._user_limit.refund(user_key)
-            self._chat_limit.refund(chat_key)
+            self._chat_limit.refund(chat_key, chat_rate)
             self._cooldown.refund(cooldown_key)
             raise
 

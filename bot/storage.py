@@ -76,6 +76,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX memes_by_chat ON memes (platform, chat_id, id)",
         "CREATE INDEX memes_by_message ON memes (platform, chat_id, message_id) WHERE message_id IS NOT NULL",
     ),
+    (  # v3: a chat's own meme rate limit
+        "ALTER TABLE settings ADD COLUMN chat_rate_per_minute REAL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -149,6 +152,7 @@ class ChatSettings:
     filter_enabled: bool | None = None
     allowed_templates: tuple[str, ...] | None = None
     cooldown_s: float | None = None
+    chat_rate_per_minute: float | None = None
 
 
 SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
@@ -235,6 +239,7 @@ def _settings_from_row(row: sqlite3.Row | None) -> ChatSettings:
         filter_enabled=None if row["filter_enabled"] is None else bool(row["filter_enabled"]),
         allowed_templates=None if allowed is None else tuple(json.loads(allowed)),
         cooldown_s=row["cooldown_s"],
+        chat_rate_per_minute=row["chat_rate_per_minute"],
     )
 
 
@@ -249,7 +254,7 @@ def _setting_to_column(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise wrong
         return value
-    if name in ("temperature", "cooldown_s"):
+    if name in ("temperature", "cooldown_s", "chat_rate_per_minute"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong
         return float(value)

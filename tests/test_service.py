@@ -299,6 +299,23 @@ async def test_chat_cooldown_setting_spaces_one_persons_memes(tmp_path: Path, cl
         await service.make_meme(ALICE, "drake")
 
 
+async def test_chat_rate_setting_overrides_the_configured_chat_limit(tmp_path: Path, clock: Clock):
+    async with limited_service(
+        tmp_path, clock, user_burst=50, chat_burst=2, chat_rate_per_minute=60
+    ) as service:
+        await service.set_settings(ADMIN, {"rate": "6"})  # one meme every 10 s for the whole chat
+        await service.make_meme(ALICE, "drake")
+        await service.make_meme(BOB, "drake")
+        with pytest.raises(CooldownError, match="10 s"):
+            await service.make_meme(ALICE, "drake")
+        clock.now += 5  # the config's 60/min would have refilled by now; the chat's 6/min has not
+        with pytest.raises(CooldownError):
+            await service.make_meme(BOB, "drake")
+        clock.now += 5
+        await service.make_meme(BOB, "drake")
+        assert (await service.get_settings(ALICE))["chat_rate_per_minute"] == 6
+
+
 async def test_unlimited_context_is_never_rate_limited(tmp_path: Path, clock: Clock):
     async with limited_service(tmp_path, clock, user_burst=1) as service:
         console = ChatContext("console", "console", "me", is_admin=True, rate_limited=False)
