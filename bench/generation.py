@@ -94,7 +94,10 @@ async def main() -> None:
     checkpoint = args.checkpoint or config.checkpoint_path
     torch.set_num_threads(args.threads)
     loader = GeneratorLoader(checkpoint, args.device, args.threads, quantize=args.quantize, compile=args.compile)
-    pool = ModelPool([loader], max_batch=config.model.max_batch, batch_wait_ms=config.model.batch_wait_ms)
+    # A long timeout: the benchmark measures slowness, it must not turn it into errors.
+    pool = ModelPool(
+        [loader], max_batch=config.model.max_batch, batch_wait_ms=config.model.batch_wait_ms, timeout_s=600
+    )
     await pool.start()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     print(f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} compile={args.compile}")

@@ -131,3 +131,16 @@ def test_eval_on_a_hand_computed_case(tmp_path: Path):
     assert report.overall.bits_per_char == pytest.approx(expected_bits, rel=1e-5)
     assert report.per_template["T1"].accuracy == pytest.approx(2 / 3)
     assert report.per_template["T2"].accuracy == pytest.approx(2 / 5)
+
+
+def test_fingerprint_follows_the_captions_not_the_file_times(messy_dataset: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(messy_dataset, copy, copy_function=shutil.copyfile)  # new file times
+    os.utime(copy / "memes" / "Good-Template.json", ns=(1, 1))
+    original, copied = load_dataset(messy_dataset, None), load_dataset(copy, None)
+    assert original.fingerprint == copied.fingerprint  # a checkpoint's provenance survives a copy
+    path = copy / "memes" / "Good-Template.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) + [_meme("u10", ["new caption"])]))
+    assert load_dataset(copy, None).fingerprint != original.fingerprint

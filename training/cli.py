@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", help="auto | cpu | cuda (default: from config)")
     ev.add_argument("--quantize", action="store_true", help="score the int8 dynamically quantised model (CPU)")
     ev.add_argument("--limit", type=int, default=0, help="score only the first N memes of a fixed shuffle (0 = all)")
+    ev.add_argument("--record", action="store_true", help="store the overall figures in the checkpoint file")
     ev.set_defaults(handler=eval_command)
 
 
@@ -155,6 +156,16 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
     report = evaluate(
         model, dataset, indices, ckpt.templates, args.batch_size, device, progress=not args.json
     )
+    if args.record:
+        from model.checkpoint import save_checkpoint
+
+        ckpt.metrics[f"eval_{args.split}"] = {
+            "data_fingerprint": dataset.fingerprint,
+            "memes_scored": len(indices),
+            "quantized": args.quantize,
+            **report.to_dict()["overall"],
+        }
+        save_checkpoint(ckpt, path)
     if args.json:
         print(
             json.dumps(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 MAX_SYMBOLS = 200  # joined caption length limit (exclusive), a <sep> counts as one
 VAL_PERCENT = 5  # share of memes in the validation split, chosen by URL hash
 # Bump when the filter or the packed layout changes, so old caches are not reused.
-LOADER_VERSION = 2
+LOADER_VERSION = 3
 
 # Why a meme was dropped; the order is the order of the checks.
 DROP_UNREADABLE = "unreadable file"
@@ -51,7 +51,7 @@ class PackedDataset:
     is_val: np.ndarray  # bool [n]
     votes: np.ndarray  # int64 [n] (imgflip "img-votes")
     views: np.ndarray  # int64 [n]
-    fingerprint: str  # of the source files, stored in checkpoints
+    fingerprint: str  # of the kept captions and their split: what a checkpoint was trained on
     stats: dict[str, TemplateStats]
 
     def __len__(self) -> int:
@@ -110,7 +110,8 @@ def meme_files(dataset_dir: Path) -> list[Path]:
 
 
 def source_fingerprint(dataset_dir: Path) -> str:
-    """Changes whenever a caption file is added, removed or modified."""
+    """Changes whenever a caption file is added, removed or modified (names, sizes, times: cheap,
+    so it keys the cache; the same data copied elsewhere gets another one)."""
     h = hashlib.sha256(f"v{LOADER_VERSION}".encode())
     for path in meme_files(dataset_dir):
         st = path.stat()
@@ -127,7 +128,15 @@ def iter_raw_memes(path: Path) -> Iterator[object]:
     yield from data
 
 
-def build_dataset(dataset_dir: Path, vocab: Vocab, fingerprint: str = "") -> PackedDataset:
+def content_fingerprint(templates: list[str], tokens: np.ndarray, offsets: np.ndarray, is_val: np.ndarray) -> str:
+    """Identical on every machine that holds the same captions, whatever the file times."""
+    h = hashlib.sha256("\0".join(templates).encode())
+    for array in (tokens, offsets, is_val):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def build_dataset(dataset_dir: Path, vocab: Vocab) -> PackedDataset:
     files = meme_files(dataset_dir)
     templates = [p.stem for p in files]
     stats = {name: TemplateStats() for name in templates}
@@ -160,15 +169,16 @@ def build_dataset(dataset_dir: Path, vocab: Vocab, fingerprint: str = "") -> Pac
     offsets = np.zeros(len(captions) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.fromiter((i for c in captions for i in c), dtype=np.uint8, count=int(offsets[-1]))
+    split = np.array(is_val, dtype=bool)
     return PackedDataset(
         templates=templates,
         tokens=tokens,
         offsets=offsets,
         template_index=np.array(template_index, dtype=np.int16),
-        is_val=np.array(is_val, dtype=bool),
+        is_val=split,
         votes=np.array(votes, dtype=np.int64),
         views=np.array(views, dtype=np.int64),
-        fingerprint=fingerprint,
+        fingerprint=content_fingerprint(templates, tokens, offsets, split),
         stats=stats,
     )
 
@@ -214,14 +224,14 @@ def load_dataset(
 ) -> PackedDataset:
     """Load (and cache) an ImgFlip575K-layout folder. The cache is keyed by the source fingerprint."""
     vocab = vocab or Vocab()
-    fingerprint = source_fingerprint(dataset_dir)
-    cache = Path(cache_dir) / f"dataset-{fingerprint[:20]}.npz" if cache_dir else None
+    source = source_fingerprint(dataset_dir)
+    cache = Path(cache_dir) / f"dataset-{source[:20]}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         try:
             return _load(cache)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring unreadable dataset cache %s: %s", cache, exc)
-    dataset = build_dataset(dataset_dir, vocab, fingerprint)
+    dataset = build_dataset(dataset_dir, vocab)
     if cache is not None:
         try:
             _save(dataset, cache)
