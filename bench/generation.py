@@ -41,7 +41,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def request(method: str, i: int) -> GenerationRequest:
-    return GenerationRequest(template=TEMPLATES[i % len(TEMPLATES)], max_length=120, seed=i, n_boxes=2, **METHODS[method])
+    return GenerationRequest(
+        template=TEMPLATES[i % len(TEMPLATES)], max_length=120, seed=i, n_boxes=2, **METHODS[method]
+    )
 
 
 async def single_latency(pool: ModelPool, method: str, reps: int) -> tuple[list[float], list[int]]:
@@ -80,7 +82,9 @@ def seed_cost(method: str, reps: int) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -93,17 +97,27 @@ async def main() -> None:
     config = load_config()
     checkpoint = args.checkpoint or config.checkpoint_path
     torch.set_num_threads(args.threads)
-    loader = GeneratorLoader(checkpoint, args.device, args.threads, quantize=args.quantize, compile=args.compile)
+    loader = GeneratorLoader(
+        checkpoint, args.device, args.threads, quantize=args.quantize, compile=args.compile
+    )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
     pool = ModelPool(
         [loader], max_batch=config.model.max_batch, batch_wait_ms=config.model.batch_wait_ms, timeout_s=600
     )
     await pool.start()
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
-    print(f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} compile={args.compile}")
+    device = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    )
+    print(
+        f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} compile={args.compile}"
+    )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
     ours_per_char = {}
-    print(f"\n{'method':<8} {'p50 ms':>8} {'p95 ms':>8} {'chars':>6} {'60-char ms':>11} " + " ".join(f"{'c=' + str(c):>8}" for c in levels) + "  (captions/s)")
+    print(
+        f"\n{'method':<8} {'p50 ms':>8} {'p95 ms':>8} {'chars':>6} {'60-char ms':>11} "
+        + " ".join(f"{'c=' + str(c):>8}" for c in levels)
+        + "  (captions/s)"
+    )
     for method in METHODS:
         reps = max(5, args.reps // (3 if args.quick else 1))
         times, lengths = await single_latency(pool, method, reps)
@@ -115,16 +129,21 @@ async def main() -> None:
             rates.append(await throughput(pool, method, c, total))
         print(
             f"{method:<8} {1000 * statistics.median(times):>8.1f} {1000 * pct(times, 0.95):>8.1f} "
-            f"{statistics.mean(lengths):>6.0f} {60000 * per_char:>11.1f} " + " ".join(f"{r:>8.1f}" for r in rates)
+            f"{statistics.mean(lengths):>6.0f} {60000 * per_char:>11.1f} "
+            + " ".join(f"{r:>8.1f}" for r in rates)
         )
     stats = pool.stats
     await pool.close()
-    print(f"\npool: {stats.batches} batches, mean batch {stats.mean_batch_size:.1f} requests, largest {stats.max_batch_size}")
+    print(
+        f"\npool: {stats.batches} batches, mean batch {stats.mean_batch_size:.1f} requests, largest {stats.max_batch_size}"
+    )
     print("\nseed CNN baseline (same machine, same process, random weights):")
     print(f"{'method':<8} {'60-char ms':>11} {'ours ms':>9} {'speed-up':>9}")
     for method in METHODS:
         seed = seed_cost(method if method != "sample" else "greedy", args.seed_reps)
-        print(f"{method:<8} {60000 * seed:>11.1f} {60000 * ours_per_char[method]:>9.1f} {seed / ours_per_char[method]:>8.1f}x")
+        print(
+            f"{method:<8} {60000 * seed:>11.1f} {60000 * ours_per_char[method]:>9.1f} {seed / ours_per_char[method]:>8.1f}x"
+        )
 
 
 if __name__ == "__main__":

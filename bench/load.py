@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.app import open_service
-from bot.config import Config, TelegramConfig
+from bot.config import Config
 from bot.service import MemeService
 from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
 from model.pool import BatchGenerator, ModelPool
@@ -180,13 +180,7 @@ async def running_bot(
 ) -> AsyncIterator[MemeService]:
     pool = ModelPool([lambda: generator], queue_size=config.model.queue_size, timeout_s=30.0)
     await pool.start(warmup=False)
-    telegram = TelegramConfig(
-        enabled=True,
-        api_url=server.base_url,
-        file_url=server.file_url,
-        token=server.token,
-        poll_timeout_s=1.0,
-    )
+    telegram = server.bot_config()
     try:
         async with open_service(config, pool=pool) as service:
             bot = TelegramFrontEnd(

@@ -30,7 +30,9 @@ class SeedCNN(nn.Module):
                 layers.append(nn.MaxPool1d(2))
             channels = 1024
         self.convs = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.BatchNorm1d(1024), nn.Linear(1024, vocab_size))
+        self.head = nn.Sequential(
+            nn.Linear(1024, 1024), nn.ReLU(), nn.BatchNorm1d(1024), nn.Linear(1024, vocab_size)
+        )
 
     def forward(self, template_ids: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         """template_ids [B], window [B, 128] -> next-character logits [B, V]."""

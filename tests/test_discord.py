@@ -22,7 +22,7 @@ from PIL import Image
 
 from bot.app import run_bot
 from bot.catalog import Catalog, load_catalog
-from bot.config import Config, DiscordConfig, RenderConfig, TelegramConfig
+from bot.config import Config, DiscordConfig, RenderConfig
 from bot.discord_app import DiscordFrontEnd, DiscordStartError
 from bot.service import MemeService
 from bot.storage import Score, Storage, StoredMeme
@@ -332,13 +332,7 @@ async def test_run_bot_serves_discord_and_telegram_side_by_side(fake: FakeDiscor
     async with FakeTelegramServer() as telegram:
         config = replace(
             config,
-            telegram=TelegramConfig(
-                enabled=True,
-                token=telegram.token,
-                api_url=telegram.base_url,
-                file_url=telegram.file_url,
-                poll_timeout_s=1.0,
-            ),
+            telegram=telegram.bot_config(),
         )
         stop = asyncio.Event()
         running = asyncio.create_task(run_bot(config, stop))

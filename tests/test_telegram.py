@@ -53,13 +53,7 @@ class Harness:
 
 
 def telegram_config(server: FakeTelegramServer) -> TelegramConfig:
-    return TelegramConfig(
-        enabled=True,
-        api_url=server.base_url,
-        file_url=server.file_url,
-        token=server.token,
-        poll_timeout_s=1.0,
-    )
+    return server.bot_config()
 
 
 @asynccontextmanager

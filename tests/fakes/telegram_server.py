@@ -26,6 +26,8 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.config import TelegramConfig
+
 BOT_ID = 7000001
 GROUP_ID = -1001  # the group chat `send_text` writes in unless told otherwise
 ADMIN_STATUSES = ("creator", "administrator")
@@ -141,6 +143,12 @@ class FakeTelegramServer:
     @property
     def file_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/file/bot"
+
+    def bot_config(self) -> TelegramConfig:
+        """The [telegram] settings an operator would write to point the bot at this server."""
+        return TelegramConfig(
+            enabled=True, api_url=self.base_url, file_url=self.file_url, token=self.token, poll_timeout_s=1.0
+        )
 
     # --- what a test injects ----------------------------------------------------------------
 
