@@ -25,6 +25,7 @@ import torch
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.requests import Caption, GenerationRequest, GenerationResult
+from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
 
 MAX_SYMBOLS = 199  # the data filter keeps captions under 200 symbols; the models never saw longer
@@ -66,6 +67,7 @@ class CaptionGenerator:
             device=self.device,
         )
         self._never = torch.tensor([PAD, START], device=self.device)
+        self._step = FrozenStep(self.model) if FrozenStep.supports(self.model) else self.model.step
 
     # ---- public -------------------------------------------------------------------------
 
@@ -169,45 +171,60 @@ class CaptionGenerator:
         while active:
             live = [rows[i] for i in active]
             logp = self._constrain(logits, live, requests)
-            tokens = torch.empty(len(live), dtype=torch.long)
-            for j, row in enumerate(live):
-                req = requests[row.request]
-                if req.method == "greedy" or req.temperature <= 0:
-                    tok = int(logp[j].argmax())
-                else:
-                    tok = self._draw(logp[j], req, generators[row.request])
-                tokens[j] = tok
-                self._advance(row, tok, float(logp[j, tok]), req)
+            tokens = self._choose(
+                logp, [requests[r.request] for r in live], [generators[r.request] for r in live]
+            )
+            chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+            for row, tok, lp in zip(live, tokens.tolist(), chosen, strict=True):
+                self._advance(row, tok, lp, requests[row.request])
             keep = [j for j, row in enumerate(live) if not row.done]
             if not keep:
                 break
             if len(keep) < len(live):
                 idx = torch.tensor(keep, device=self.device)
                 state = state.select(idx)
-                tokens = tokens[keep]
+                tokens = tokens[idx]
                 active = [active[j] for j in keep]
-            logits, state = self.model.step(tokens.to(self.device), state)
+            logits, state = self._step(tokens, state)
         out = [GenerationResult([]) for _ in requests]
         for row in rows:
             out[row.request].captions.append(self._caption(row, requests[row.request]))
         return out
 
+    def _choose(
+        self, logp: torch.Tensor, requests: list[GenerationRequest], generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """The next token of every row (logp [R, V] -> [R]): arg-max for greedy rows, a draw for sampled ones."""
+        tokens = logp.argmax(dim=1)
+        sampled = [j for j, r in enumerate(requests) if r.method == "sample" and r.temperature > 0]
+        if sampled:
+            idx = torch.tensor(sampled, device=logp.device)
+            tokens[idx] = self._draw(
+                logp[idx], [requests[j] for j in sampled], [generators[j] for j in sampled]
+            )
+        return tokens
+
     @staticmethod
-    def _draw(logp: torch.Tensor, req: GenerationRequest, generator: torch.Generator) -> int:
-        """One token from temperature / top-k / top-p filtered probabilities, using only this
-        request's generator, so a seeded request draws the same alone or inside any batch."""
-        logits = logp.cpu() / req.temperature
-        if req.top_k and req.top_k < logits.numel():
-            kth = torch.topk(logits, req.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        probs = torch.softmax(logits, dim=-1)
-        if req.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            cumulative = torch.cumsum(sorted_p, dim=0)
-            drop = cumulative - sorted_p > req.top_p  # keep the smallest set reaching top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        return int(torch.multinomial(probs, 1, generator=generator))
+    def _draw(
+        logp: torch.Tensor, requests: list[GenerationRequest], generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """One token per row from its temperature / top-k / top-p filtered distribution, all rows at
+        once by inverse CDF. Each row's uniform number comes from its own request's generator, so a
+        seeded request draws the same alone or inside any batch. logp [R, V] -> tokens [R]."""
+        R, V = logp.shape
+        dev = logp.device
+        temperature = torch.tensor([r.temperature for r in requests], device=dev)[:, None]
+        top_k = torch.tensor([r.top_k if 0 < r.top_k < V else V for r in requests], device=dev)[:, None]
+        top_p = torch.tensor([r.top_p for r in requests], device=dev)[:, None]
+        u = torch.cat([torch.rand(1, generator=g) for g in generators]).to(dev)[:, None]  # [R, 1]
+        ranked, order = (logp / temperature).sort(dim=1, descending=True)
+        ranked = ranked.masked_fill(torch.arange(V, device=dev)[None, :] >= top_k, -math.inf)
+        probs = ranked.softmax(dim=1)
+        # top-p keeps the smallest set of most likely tokens whose mass reaches top_p
+        probs = probs.masked_fill(probs.cumsum(dim=1) - probs > top_p, 0.0)
+        cdf = probs.cumsum(dim=1)
+        pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=V - 1)  # [R, 1]
+        return order.gather(1, pick)[:, 0]
 
     # ---- beam search --------------------------------------------------------------------
 
@@ -270,7 +287,7 @@ class CaptionGenerator:
                 break
             beams = next_beams
             state = state.select(torch.tensor(parents, device=self.device))
-            logits, state = self.model.step(torch.tensor(next_tokens, device=self.device), state)
+            logits, state = self._step(torch.tensor(next_tokens, device=self.device), state)
         out = []
         for q, req in enumerate(requests):
             if not finished[q]:  # nothing ended inside the width: fall back to the open beams

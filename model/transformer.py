@@ -62,14 +62,36 @@ class KVCache:
         return self.valid.shape[1]
 
     def select(self, rows: torch.Tensor) -> KVCache:
-        """Reorder/select batch rows (beam search, finished rows leaving)."""
+        """Reorder/select batch rows (beam search, finished rows leaving). Like a step, it reuses
+        the buffers where it can: the cache it was called on must not be used again."""
+        n = self.length
+        if rows.numel() == self.valid.shape[0]:
+            # Beam search reorders every step: copy only the rows that change, and only their
+            # filled columns (a full copy of a wide batch's cache costs more than the step).
+            moved = (rows != torch.arange(rows.numel(), device=rows.device)).nonzero()[:, 0]
+            if moved.numel():
+                sources = rows[moved]
+                for buf in (*self.keys, *self.values):
+                    buf[moved, :, :n] = buf[sources, :, :n]
+                self.valid[moved] = self.valid[sources]
+            return KVCache(self.keys, self.values, self.valid, self.positions[rows], n)
+        return KVCache(
+            [k.index_select(0, rows) for k in self.keys],
+            [v.index_select(0, rows) for v in self.values],
+            self.valid.index_select(0, rows),
+            self.positions.index_select(0, rows),
+            n,
+        )
+
+    def with_room(self, room: int = 64) -> KVCache:
+        """The same cache in buffers with `room` more free columns (when a step finds it full)."""
         n = self.length
         return KVCache.holding(
-            [k[rows, :, :n] for k in self.keys],
-            [v[rows, :, :n] for v in self.values],
-            self.valid[rows, :n],
-            self.positions[rows],
-            room=max(16, self.capacity - n),
+            [k[:, :, :n] for k in self.keys],
+            [v[:, :, :n] for v in self.values],
+            self.valid[:, :n],
+            self.positions,
+            room=room,
         )
 
 
@@ -207,7 +229,7 @@ class Transformer(nn.Module):
     def step(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """One new token per row: tokens [B] -> logits [B, V]; the cache grows in place."""
         if cache.length == cache.capacity:
-            cache = cache.select(torch.arange(tokens.shape[0], device=tokens.device))  # adds room
+            cache = cache.with_room()
         n = cache.length
         pos = cache.positions.clamp(max=self.config.block_size - 1)
         x = self.tok_emb(tokens)[:, None, :] + self.pos_emb(pos)[:, None, :]  # [B, 1, C]
@@ -216,4 +238,75 @@ class Transformer(nn.Module):
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _ = block(x, mask, (k, v, n))
         logits = self.head(self.ln_f(x[:, -1]))
+        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + 1, n + 1)
+
+
+class FrozenStep:
+    """`Transformer.step` for serving: the same arithmetic without nn.Module calls or autograd,
+    and with every weight pre-transposed to [in, out], which makes the batch-1 matrix-vector
+    products about twice as fast on CPU as F.linear's [out, in] layout. A decoding step at batch 1
+    is a few dozen tiny ops, so their fixed cost is what this removes.
+
+    A snapshot of the weights: build it once they are final (the caption generator does).
+    """
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Only plain float layers: an int8-quantised model keeps its modules' own step."""
+        return isinstance(model, Transformer) and all(
+            isinstance(layer, nn.Linear) for b in model.blocks for layer in (b.attn.qkv, b.mlp.fc)
+        )
+
+    def __init__(self, model: Transformer) -> None:
+        def t(linear: nn.Linear) -> torch.Tensor:
+            return linear.weight.detach().t().contiguous()
+
+        cfg = model.config
+        self.n_head, self.n_embd, self.block_size = cfg.n_head, cfg.n_embd, cfg.block_size
+        self.tok_emb = model.tok_emb.weight.detach()
+        self.pos_emb = model.pos_emb.weight.detach()
+        self.head = self.tok_emb.t().contiguous()  # tied output embedding, [C, V]
+        self.ln_f = (model.ln_f.weight.detach(), model.ln_f.bias.detach(), model.ln_f.eps)
+        self.layers = [
+            (
+                (b.ln_1.weight.detach(), b.ln_1.bias.detach(), b.ln_1.eps),
+                (t(b.attn.qkv), b.attn.qkv.bias.detach()),
+                (t(b.attn.proj), b.attn.proj.bias.detach()),
+                (b.ln_2.weight.detach(), b.ln_2.bias.detach(), b.ln_2.eps),
+                (t(b.mlp.fc), b.mlp.fc.bias.detach()),
+                (t(b.mlp.proj), b.mlp.proj.bias.detach()),
+            )
+            for b in model.blocks
+        ]
+
+    def _norm(self, x: torch.Tensor, ln: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
+        return F.layer_norm(x, (self.n_embd,), ln[0], ln[1], ln[2])
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """tokens [B] -> logits [B, V]; writes one column of the cache in place, like `step`."""
+        if cache.length == cache.capacity:
+            cache = cache.with_room()
+        n = cache.length
+        B, C, H = tokens.shape[0], self.n_embd, self.n_head
+        pos = cache.positions.clamp(max=self.block_size - 1)
+        x = self.tok_emb[tokens] + self.pos_emb[pos]  # [B, C]
+        cache.valid[:, n] = True
+        # Rows are left-padded only when prompts had different lengths; skip the mask otherwise.
+        visible = cache.valid[:, : n + 1]
+        mask = None if bool(visible.all()) else visible[:, None, None, :]  # [B, 1, 1, n+1]
+        for (ln_1, qkv, proj, ln_2, fc, fc_proj), k_buf, v_buf in zip(
+            self.layers, cache.keys, cache.values, strict=True
+        ):
+            q, k, v = torch.addmm(qkv[1], self._norm(x, ln_1), qkv[0]).view(B, 3, H, C // H).unbind(1)
+            k_buf[:, :, n] = k  # k_buf [B, H, capacity, head_dim]
+            v_buf[:, :, n] = v
+            y = F.scaled_dot_product_attention(
+                q[:, :, None, :], k_buf[:, :, : n + 1], v_buf[:, :, : n + 1], attn_mask=mask
+            ).view(B, C)  # [B, H, 1, head_dim] -> [B, C]
+            x = x + torch.addmm(proj[1], y, proj[0])
+            x = x + torch.addmm(
+                fc_proj[1], F.gelu(torch.addmm(fc[1], self._norm(x, ln_2), fc[0])), fc_proj[0]
+            )
+        logits = self._norm(x, self.ln_f) @ self.head
         return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + 1, n + 1)

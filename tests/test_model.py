@@ -10,6 +10,7 @@ import torch
 from model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.generate import CaptionGenerator, load_generator
 from model.requests import GenerationRequest
+from model.transformer import FrozenStep
 from model.vocab import END, PAD, START, Vocab, normalize_user_text
 from tests.conftest import SYNTHETIC_CAPTIONS
 
@@ -151,6 +152,40 @@ def test_incremental_decoding_matches_full_forward(arch):
         torch.testing.assert_close(
             logits, torch.stack([full[0, 4 + t], full[1, 2 + t]]), atol=1e-5, rtol=1e-4
         )
+
+
+def test_serving_step_matches_full_forward_through_cache_growth_and_row_selection():
+    """The generator decodes with FrozenStep, not model.step: same logits, padded rows included,
+    past the cache's first 64 free columns and after rows are reordered (beam search)."""
+    torch.manual_seed(0)
+    model = build_model("transformer", {"n_templates": 5, "n_layer": 2, "n_embd": 32, "n_head": 2}).eval()
+    assert FrozenStep.supports(model)
+    step = FrozenStep(model)
+    tokens = torch.randint(5, 60, (2, 100))
+    tokens[:, 0] = START
+    template_ids = torch.tensor([1, 3])
+    full = model(template_ids, tokens)
+    # Row 0 has a 4-token prompt, row 1 a 2-token prompt left-padded to 4.
+    prompt = torch.cat([tokens[:1, :4], torch.tensor([[PAD, PAD, START, tokens[1, 1]]])])
+    at = [4, 2]  # the position each row's next input token comes from
+    with torch.inference_mode():
+        logits, cache = model.prefill(template_ids, prompt)
+        for t in range(90):
+            if t == 70:  # the beams trade places
+                cache = cache.select(torch.tensor([1, 0]))
+                tokens, full, at = tokens.flip(0), full.flip(0), at[::-1]
+            logits, cache = step(torch.stack([tokens[0, at[0]], tokens[1, at[1]]]), cache)
+            torch.testing.assert_close(
+                logits, torch.stack([full[0, at[0]], full[1, at[1]]]), atol=1e-4, rtol=1e-4
+            )
+            at = [at[0] + 1, at[1] + 1]
+
+
+def test_int8_model_keeps_the_module_step(tiny_checkpoint):
+    generator = load_generator(tiny_checkpoint, quantize=True)
+    assert not isinstance(generator._step, FrozenStep)
+    greedy = generator.generate_batch([GenerationRequest("Ancient-Aliens", method="greedy")])[0]
+    assert greedy.captions[0].boxes == SYNTHETIC_CAPTIONS["Ancient-Aliens"]
 
 
 def test_cnn_sees_at_least_128_characters():
