@@ -50,8 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--device", help="auto | cpu | cuda (default: from config)")
-    ev.add_argument("--quantize", action="store_true", help="score the int8 dynamically quantised model (CPU)")
-    ev.add_argument("--limit", type=int, default=0, help="score only the first N memes of a fixed shuffle (0 = all)")
+    ev.add_argument(
+        "--quantize", action="store_true", help="score the int8 dynamically quantised model (CPU)"
+    )
+    ev.add_argument(
+        "--limit", type=int, default=0, help="score only the first N memes of a fixed shuffle (0 = all)"
+    )
     ev.add_argument("--record", action="store_true", help="store the overall figures in the checkpoint file")
     ev.set_defaults(handler=eval_command)
 

@@ -128,7 +128,9 @@ def iter_raw_memes(path: Path) -> Iterator[object]:
     yield from data
 
 
-def content_fingerprint(templates: list[str], tokens: np.ndarray, offsets: np.ndarray, is_val: np.ndarray) -> str:
+def content_fingerprint(
+    templates: list[str], tokens: np.ndarray, offsets: np.ndarray, is_val: np.ndarray
+) -> str:
     """Identical on every machine that holds the same captions, whatever the file times."""
     h = hashlib.sha256("\0".join(templates).encode())
     for array in (tokens, offsets, is_val):
