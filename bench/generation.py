@@ -1,6 +1,6 @@
 """Generation speed through the pool, against the seed's CNN decoding measured in the same run.
 
-    .venv/bin/python bench/generation.py [--checkpoint PATH] [--device cpu|cuda] [--quantize]
+    .venv/bin/python bench/generation.py [--checkpoint PATH] [--device cpu|cuda] [--quantize] [--no-draft] [--fp32]
 
 Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95 and
 captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
@@ -90,6 +90,8 @@ async def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantize", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-draft", action="store_true", help="plain steps, no speculative decoding")
+    parser.add_argument("--fp32", action="store_true", help="fp32 weights instead of [model] half_weights")
     parser.add_argument("--reps", type=int, default=30, help="single-request repetitions per method")
     parser.add_argument("--seed-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
@@ -97,8 +99,15 @@ async def main() -> None:
     config = load_config()
     checkpoint = args.checkpoint or config.checkpoint_path
     torch.set_num_threads(args.threads)
+    draft = None if args.no_draft else config.draft_path
     loader = GeneratorLoader(
-        checkpoint, args.device, args.threads, quantize=args.quantize, compile=args.compile
+        checkpoint,
+        args.device,
+        args.threads,
+        quantize=args.quantize,
+        compile=args.compile,
+        draft=draft,
+        half_weights=config.model.half_weights and not args.fp32,
     )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
     pool = ModelPool(
@@ -109,7 +118,9 @@ async def main() -> None:
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     )
     print(
-        f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} compile={args.compile}"
+        f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} "
+        f"compile={args.compile} speculative={draft is not None} "
+        f"half_weights={config.model.half_weights and not args.fp32}"
     )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
     ours_per_char = {}

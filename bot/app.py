@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol
 
 from bot.catalog import load_catalog
@@ -45,13 +46,23 @@ def warn(text: str) -> None:
     print(f"memebot: {text}", file=sys.stderr, flush=True)
 
 
+def usable_draft(config: Config, notice: Callable[[str], None] = warn) -> Path | None:
+    """The speculative decoding table to load, if it is on and present: it only makes captions
+    come faster, so a missing file is a notice, not a reason to stop."""
+    draft = config.draft_path
+    if draft is not None and not draft.exists():
+        notice(f"no draft table at {draft}: decoding without speculation (`memebot draft` builds one)")
+        return None
+    return draft
+
+
 async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | None:
     """The model pool, started; None (with a notice) when no checkpoint is installed."""
     checkpoint = config.checkpoint_path
     if not checkpoint.exists():
         notice(NO_MODEL.format(path=checkpoint))
         return None
-    pool = ModelPool.from_config(config.model, checkpoint)
+    pool = ModelPool.from_config(config.model, checkpoint, usable_draft(config, notice))
     try:
         await pool.start()
     except Exception as exc:

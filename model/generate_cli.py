@@ -33,9 +33,11 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import usable_draft
     from bot.catalog import UnknownTemplate, load_catalog
     from bot.render_cli import OutputError, encoded_as, make_renderer, output_path
     from model.checkpoint import CheckpointError
+    from model.draft import DraftTableError
     from model.generate import load_generator
     from model.requests import GenerationRequest
 
@@ -50,9 +52,19 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         return 2
     checkpoint = args.checkpoint or config.checkpoint_path
     try:
-        generator = load_generator(checkpoint, device="cpu", threads=config.model.threads)
+        draft = usable_draft(config, lambda text: print(f"memebot generate: {text}", file=sys.stderr))
+        generator = load_generator(
+            checkpoint,
+            device="cpu",
+            threads=config.model.threads,
+            draft=draft,
+            half_weights=config.model.half_weights,
+        )
     except CheckpointError as exc:
         print(f"memebot generate: no model yet ({exc})", file=sys.stderr)
+        return 1
+    except DraftTableError as exc:
+        print(f"memebot generate: {exc}", file=sys.stderr)
         return 1
     g = config.generation
     request = GenerationRequest(

@@ -178,10 +178,19 @@ class ModelPool:
         self._stats = PoolStats()
 
     @classmethod
-    def from_config(cls, config: ModelConfig, checkpoint: Path) -> ModelPool:
-        """One worker per device that `config.device` names; nothing is loaded until start()."""
+    def from_config(cls, config: ModelConfig, checkpoint: Path, draft: Path | None = None) -> ModelPool:
+        """One worker per device that `config.device` names; nothing is loaded until start().
+        `draft`: the speculative decoding table, if any."""
         loaders = [
-            GeneratorLoader(checkpoint, device, config.threads, config.quantize, config.compile)
+            GeneratorLoader(
+                checkpoint,
+                device,
+                config.threads,
+                config.quantize,
+                config.compile,
+                draft,
+                config.half_weights,
+            )
             for device in resolve_devices(config.device)
         ]
         return cls(
@@ -424,6 +433,8 @@ class GeneratorLoader:
     threads: int
     quantize: bool = False
     compile: bool = False
+    draft: Path | None = None
+    half_weights: bool = False
 
     def __call__(self) -> BatchGenerator:
         # Imported here so the pool (and its tests) do not need the model code loaded.
@@ -435,4 +446,6 @@ class GeneratorLoader:
             threads=self.threads,
             quantize=self.quantize,
             compile=self.compile,
+            draft=self.draft,
+            half_weights=self.half_weights,
         )

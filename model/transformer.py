@@ -9,6 +9,8 @@ padding mask keeps pad positions out of attention and positions count only real 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +47,23 @@ class KVCache:
     def holding(cls, keys, values, valid, positions, room: int) -> KVCache:
         """A cache for the given full keys/values [B, H, S, D] with `room` free columns."""
 
-        def widen(t: torch.Tensor, fill: bool | float) -> torch.Tensor:
+        def widen(t: torch.Tensor, fill: bool | None) -> torch.Tensor:
+            dim = 2 if t.dim() == 4 else 1
             shape = list(t.shape)
-            shape[2 if t.dim() == 4 else 1] = room
-            return torch.cat(
-                [t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], dim=2 if t.dim() == 4 else 1
-            )
+            shape[dim] += room
+            out = torch.empty(shape, dtype=t.dtype, device=t.device)
+            out.narrow(dim, 0, t.shape[dim]).copy_(t)
+            if fill is not None:  # keys and values past `length` are never read: no need to clear
+                out.narrow(dim, t.shape[dim], room).fill_(fill)
+            return out
 
         S = valid.shape[1]
         return cls(
-            [widen(k, 0.0) for k in keys], [widen(v, 0.0) for v in values], widen(valid, False), positions, S
+            [widen(k, None) for k in keys],
+            [widen(v, None) for v in values],
+            widen(valid, False),
+            positions,
+            S,
         )
 
     @property
@@ -64,24 +73,39 @@ class KVCache:
     def select(self, rows: torch.Tensor) -> KVCache:
         """Reorder/select batch rows (beam search, finished rows leaving). Like a step, it reuses
         the buffers where it can: the cache it was called on must not be used again."""
-        n = self.length
-        if rows.numel() == self.valid.shape[0]:
-            # Beam search reorders every step: copy only the rows that change, and only their
-            # filled columns (a full copy of a wide batch's cache costs more than the step).
-            moved = (rows != torch.arange(rows.numel(), device=rows.device)).nonzero()[:, 0]
-            if moved.numel():
-                sources = rows[moved]
-                for buf in (*self.keys, *self.values):
-                    buf[moved, :, :n] = buf[sources, :, :n]
-                self.valid[moved] = self.valid[sources]
-            return KVCache(self.keys, self.values, self.valid, self.positions[rows], n)
+        n, m = self.length, rows.numel()
+        if m > self.valid.shape[0]:  # more rows than before (beams fanning out): new buffers
+            return KVCache(
+                [k.index_select(0, rows) for k in self.keys],
+                [v.index_select(0, rows) for v in self.values],
+                self.valid.index_select(0, rows),
+                self.positions.index_select(0, rows),
+                n,
+            )
+        # Fewer or as many rows: move the kept rows' filled columns into the first m rows of the
+        # same buffers. Only rows that change are copied; a full copy of a wide batch's cache
+        # costs more than the decoding step itself.
+        moved = (rows != torch.arange(m, device=rows.device)).nonzero()[:, 0]
+        if moved.numel():
+            sources = rows[moved]
+            for buf in (*self.keys, *self.values):
+                buf[moved, :, :n] = buf[sources, :, :n]  # the right side is gathered first
+            self.valid[moved] = self.valid[sources]
         return KVCache(
-            [k.index_select(0, rows) for k in self.keys],
-            [v.index_select(0, rows) for v in self.values],
-            self.valid.index_select(0, rows),
-            self.positions.index_select(0, rows),
-            n,
+            [k[:m] for k in self.keys], [v[:m] for v in self.values], self.valid[:m], self.positions[rows], n
         )
+
+    def keep_columns(self, accepted: torch.Tensor, written: int) -> KVCache:
+        """After an `extend` of `written` tokens, keep only the first accepted[b] + 1 of them in
+        row b (its input token and the guesses the model agreed with). The rest become invisible
+        and the row's positions continue after what it kept; columns no row kept are reused."""
+        n0 = self.length - written
+        kept = accepted + 1  # [B]
+        longest = int(kept.max())
+        cols = torch.arange(written, device=accepted.device)[None, :]  # [1, written]
+        self.valid[:, n0 : n0 + written] = cols < kept[:, None]
+        positions = self.positions - written + kept
+        return KVCache(self.keys, self.values, self.valid, positions, n0 + longest)
 
     def with_room(self, room: int = 64) -> KVCache:
         """The same cache in buffers with `room` more free columns (when a step finds it full)."""
@@ -243,9 +267,10 @@ class Transformer(nn.Module):
 
 class FrozenStep:
     """`Transformer.step` for serving: the same arithmetic without nn.Module calls or autograd,
-    and with every weight pre-transposed to [in, out], which makes the batch-1 matrix-vector
-    products about twice as fast on CPU as F.linear's [out, in] layout. A decoding step at batch 1
-    is a few dozen tiny ops, so their fixed cost is what this removes.
+    with weights laid out for small matrix products (`_frozen_linear`: pre-transposed fp32, or
+    packed fp16 with `half_weights`). A decoding step at batch 1 is a few dozen tiny ops, so
+    their fixed cost is what this removes. `extend` also takes several tokens per row at once
+    (speculative decoding).
 
     A snapshot of the weights: build it once they are final (the caption generator does).
     """
@@ -257,11 +282,13 @@ class FrozenStep:
             isinstance(layer, nn.Linear) for b in model.blocks for layer in (b.attn.qkv, b.mlp.fc)
         )
 
-    def __init__(self, model: Transformer) -> None:
-        def t(linear: nn.Linear) -> torch.Tensor:
-            return linear.weight.detach().t().contiguous()
-
+    def __init__(self, model: Transformer, half_weights: bool = False) -> None:
         cfg = model.config
+        self.half_weights = half_weights and half_weights_available()
+
+        def linear(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+            return _frozen_linear(layer, self.half_weights)
+
         self.n_head, self.n_embd, self.block_size = cfg.n_head, cfg.n_embd, cfg.block_size
         self.tok_emb = model.tok_emb.weight.detach()
         self.pos_emb = model.pos_emb.weight.detach()
@@ -270,11 +297,11 @@ class FrozenStep:
         self.layers = [
             (
                 (b.ln_1.weight.detach(), b.ln_1.bias.detach(), b.ln_1.eps),
-                (t(b.attn.qkv), b.attn.qkv.bias.detach()),
-                (t(b.attn.proj), b.attn.proj.bias.detach()),
+                linear(b.attn.qkv),
+                linear(b.attn.proj),
                 (b.ln_2.weight.detach(), b.ln_2.bias.detach(), b.ln_2.eps),
-                (t(b.mlp.fc), b.mlp.fc.bias.detach()),
-                (t(b.mlp.proj), b.mlp.proj.bias.detach()),
+                linear(b.mlp.fc),
+                linear(b.mlp.proj),
             )
             for b in model.blocks
         ]
@@ -282,31 +309,78 @@ class FrozenStep:
     def _norm(self, x: torch.Tensor, ln: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
         return F.layer_norm(x, (self.n_embd,), ln[0], ln[1], ln[2])
 
-    @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """tokens [B] -> logits [B, V]; writes one column of the cache in place, like `step`."""
-        if cache.length == cache.capacity:
-            cache = cache.with_room()
+        logits, cache = self.extend(tokens[:, None], cache)
+        return logits[:, 0], cache
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """T new tokens per row: tokens [B, T] -> logits [B, T, V], writing T cache columns in place.
+        Speculative decoding checks a guess of T tokens this way for about the cost of one step;
+        the caller then hides the columns of rejected guesses (`KVCache.keep_columns`)."""
+        B, T = tokens.shape
+        if cache.length + T > cache.capacity:
+            cache = cache.with_room(max(64, T))
         n = cache.length
-        B, C, H = tokens.shape[0], self.n_embd, self.n_head
-        pos = cache.positions.clamp(max=self.block_size - 1)
-        x = self.tok_emb[tokens] + self.pos_emb[pos]  # [B, C]
-        cache.valid[:, n] = True
-        # Rows are left-padded only when prompts had different lengths; skip the mask otherwise.
-        visible = cache.valid[:, : n + 1]
-        mask = None if bool(visible.all()) else visible[:, None, None, :]  # [B, 1, 1, n+1]
+        C, H = self.n_embd, self.n_head
+        pos = (cache.positions[:, None] + torch.arange(T, device=tokens.device)).clamp(
+            max=self.block_size - 1
+        )  # [B, T]
+        x = self.tok_emb[tokens] + self.pos_emb[pos]  # [B, T, C]
+        cache.valid[:, n : n + T] = True
+        visible = cache.valid[:, : n + T]  # [B, n+T]
+        if T == 1:
+            # Rows are left-padded only when prompts had different lengths; skip the mask otherwise.
+            mask = None if bool(visible.all()) else visible[:, None, None, :]  # [B, 1, 1, n+1]
+        else:
+            causal = torch.ones(T, n + T, dtype=torch.bool, device=tokens.device).tril(
+                diagonal=n
+            )  # new token t sees <= n+t
+            mask = visible[:, None, None, :] & causal  # [B, 1, T, n+T]
         for (ln_1, qkv, proj, ln_2, fc, fc_proj), k_buf, v_buf in zip(
             self.layers, cache.keys, cache.values, strict=True
         ):
-            q, k, v = torch.addmm(qkv[1], self._norm(x, ln_1), qkv[0]).view(B, 3, H, C // H).unbind(1)
-            k_buf[:, :, n] = k  # k_buf [B, H, capacity, head_dim]
-            v_buf[:, :, n] = v
+            h = self._norm(x, ln_1).view(B * T, C)
+            q, k, v = qkv(h).view(B, T, 3, H, C // H).unbind(2)  # [B, T, H, hd]
+            k_buf[:, :, n : n + T] = k.transpose(1, 2)  # k_buf [B, H, capacity, head_dim]
+            v_buf[:, :, n : n + T] = v.transpose(1, 2)
             y = F.scaled_dot_product_attention(
-                q[:, :, None, :], k_buf[:, :, : n + 1], v_buf[:, :, : n + 1], attn_mask=mask
-            ).view(B, C)  # [B, H, 1, head_dim] -> [B, C]
-            x = x + torch.addmm(proj[1], y, proj[0])
-            x = x + torch.addmm(
-                fc_proj[1], F.gelu(torch.addmm(fc[1], self._norm(x, ln_2), fc[0])), fc_proj[0]
-            )
-        logits = self._norm(x, self.ln_f) @ self.head
-        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + 1, n + 1)
+                q.transpose(1, 2), k_buf[:, :, : n + T], v_buf[:, :, : n + T], attn_mask=mask
+            )  # [B, H, T, head_dim]
+            y = y.transpose(1, 2).reshape(B * T, C)
+            x = x + proj(y).view(B, T, C)
+            h = F.gelu(fc(self._norm(x, ln_2).view(B * T, C)))
+            x = x + fc_proj(h).view(B, T, C)
+        logits = self._norm(x, self.ln_f) @ self.head  # [B, T, V]
+        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + T, n + T)
+
+
+def half_weights_available() -> bool:
+    """FBGEMM's fp16-weight matrix product: x86 CPUs with AVX2, in torch builds that have it."""
+    try:
+        _frozen_linear(nn.Linear(8, 8), half_weights=True)(torch.zeros(1, 8))
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _frozen_linear(layer: nn.Linear, half_weights: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [M, in] -> [M, out] with the layer's current weights.
+
+    fp32: weights pre-transposed to [in, out] (addmm's fast layout for one row). half: weights
+    stored as fp16 in FBGEMM's packed layout and multiplied in fp32, which halves the bytes read
+    per step and is 2-3x faster for 1 to 4 rows on AVX2 CPUs (bench/generation.py --fp32 is the comparison);
+    the scores move by about 1e-3 (`memebot eval --half-weights` measures the accuracy).
+    """
+    bias = layer.bias.detach()
+    if half_weights:
+        with warnings.catch_warnings():
+            # Marked deprecated in favour of the quantisation APIs, which have no fp16 CPU
+            # kernel as fast; half_weights_available() keeps the fp32 path if it goes away.
+            warnings.simplefilter("ignore")
+            packed = torch.fbgemm_pack_gemm_matrix_fp16(layer.weight.detach())
+            torch.fbgemm_linear_fp16_weight(torch.zeros(1, layer.in_features), packed, bias)  # warns once
+        return lambda x: torch.fbgemm_linear_fp16_weight(x, packed, bias)
+    weight = layer.weight.detach().t().contiguous()
+    return lambda x: torch.addmm(bias, x, weight)

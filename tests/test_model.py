@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from model.generate import CaptionGenerator, load_generator
+from model.generate import CaptionGenerator, load_generator, round_weights_to_half
 from model.requests import GenerationRequest
-from model.transformer import FrozenStep
+from model.transformer import FrozenStep, half_weights_available
 from model.vocab import END, PAD, START, Vocab, normalize_user_text
 from tests.conftest import SYNTHETIC_CAPTIONS
 
@@ -179,6 +179,31 @@ def test_serving_step_matches_full_forward_through_cache_growth_and_row_selectio
                 logits, torch.stack([full[0, at[0]], full[1, at[1]]]), atol=1e-4, rtol=1e-4
             )
             at = [at[0] + 1, at[1] + 1]
+
+
+@pytest.mark.skipif(not half_weights_available(), reason="FBGEMM fp16 kernels need an x86 CPU with AVX2")
+def test_half_weights_serve_what_eval_half_weights_scores(tiny_checkpoint):
+    """Served with fp16 weights, the step's logits are those of the model with its weights rounded
+    to fp16 (what `memebot eval --half-weights` scores), and the memorised captions still come out."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    model = ckpt.build().eval()
+    step = FrozenStep(model, half_weights=True)
+    assert step.half_weights
+    tokens = torch.tensor([[START, 5, 9, 14, 20, 7]])
+    template_ids = torch.tensor([2])
+    rounded = ckpt.build().eval()
+    round_weights_to_half(rounded)
+    full = rounded(template_ids, tokens)
+    exact = model(template_ids, tokens)
+    assert (full - exact).abs().max() > 1e-4  # the rounding is real
+    with torch.inference_mode():
+        logits, cache = rounded.prefill(template_ids, tokens[:, :2])
+        logits, cache = step.extend(tokens[:, 2:], cache)
+    torch.testing.assert_close(logits[0], full[0, 2:], atol=2e-5, rtol=1e-5)
+    generator = load_generator(tiny_checkpoint, half_weights=True)
+    for template, boxes in SYNTHETIC_CAPTIONS.items():
+        req = GenerationRequest(template, method="greedy", n_boxes=len(boxes))
+        assert generator.generate_batch([req])[0].captions[0].boxes == boxes
 
 
 def test_int8_model_keeps_the_module_step(tiny_checkpoint):

@@ -1,4 +1,4 @@
-"""`memebot data stats`, `memebot train`, `memebot eval`."""
+"""`memebot data stats`, `memebot train`, `memebot eval`, `memebot draft`."""
 
 from __future__ import annotations
 
@@ -54,10 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--quantize", action="store_true", help="score the int8 dynamically quantised model (CPU)"
     )
     ev.add_argument(
+        "--half-weights",
+        action="store_true",
+        help="score with the Linear weights rounded to fp16, as [model] half_weights serves them",
+    )
+    ev.add_argument(
         "--limit", type=int, default=0, help="score only the first N memes of a fixed shuffle (0 = all)"
     )
     ev.add_argument("--record", action="store_true", help="store the overall figures in the checkpoint file")
     ev.set_defaults(handler=eval_command)
+
+    draft = sub.add_parser("draft", help="build the n-gram table that speeds up decoding (speculation)")
+    draft.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
+    draft.add_argument("--output", "-o", type=Path, help="default: the configured [model] draft path")
+    draft.add_argument("--min-count", type=int, default=3, help="leave out contexts seen fewer times")
+    draft.set_defaults(handler=draft_command)
 
 
 def _dataset(config: Config, data: Path | None):
@@ -157,6 +168,10 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
         from model.generate import quantize_int8
 
         model = quantize_int8(model)
+    if args.half_weights:
+        from model.generate import round_weights_to_half
+
+        round_weights_to_half(model)
     report = evaluate(
         model, dataset, indices, ckpt.templates, args.batch_size, device, progress=not args.json
     )
@@ -167,6 +182,7 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
             "data_fingerprint": dataset.fingerprint,
             "memes_scored": len(indices),
             "quantized": args.quantize,
+            "half_weights": args.half_weights,
             **report.to_dict()["overall"],
         }
         save_checkpoint(ckpt, path)
@@ -187,4 +203,20 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
         f"\n{ckpt.model_id} on {args.split}: {o.memes} memes, {o.positions} positions, "
         f"accuracy {100 * o.accuracy:.2f}%, {o.bits_per_char:.3f} bits/char"
     )
+    return 0
+
+
+def draft_command(config: Config, args: argparse.Namespace) -> int:
+    from model.draft import build_draft_table
+    from model.vocab import Vocab
+
+    if args.min_count < 1:
+        print("memebot draft: --min-count must be at least 1", file=sys.stderr)
+        return 2
+    dataset = _dataset(config, args.data)
+    train_memes = dataset.split(val=False)  # never the validation split: eval stays honest
+    table = build_draft_table([dataset.caption(i) for i in train_memes], Vocab().symbols, args.min_count)
+    output = args.output or config.resolve(config.model.draft)
+    table.save(output)
+    print(f"{table.size} contexts from {len(train_memes)} training memes: {output}")
     return 0
