@@ -6,7 +6,9 @@ Prints, for greedy, sampling and beam-3 on the model: single-request latency p50
 captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
 methods (its CNN re-reading a 128-character window for every character) and the ratio.
 Latencies are also given per character, because captions end when the model says so: the
-"60-char" column is 60 x the median time per character, the targets' unit.
+"60-char" column is 60 x the median time per character, the targets' unit. On the CPU it
+also times this release's speed-ups (fp16 weights, speculative guesses) against plain fp32
+decoding, taking turns on the same requests.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.seed_cnn import SeedCNN, seed_decode  # noqa: E402
 from bot.config import load_config  # noqa: E402
+from model.generate import load_generator  # noqa: E402
 from model.pool import GeneratorLoader, ModelPool  # noqa: E402
 from model.requests import GenerationRequest  # noqa: E402
 
@@ -66,6 +70,36 @@ async def throughput(pool: ModelPool, method: str, concurrency: int, total: int)
     t = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return total / (time.perf_counter() - t)
+
+
+def variant_costs(checkpoint: Path, draft: Path | None, reps: int) -> dict[str, dict[str, float]]:
+    """Seconds per character of one request at a time, for the decoding variants of this release,
+    taking turns on the same requests so that machine noise hits them alike."""
+    variants = {
+        "plain fp32": {"draft": None, "half_weights": False},
+        "fp16 weights": {"draft": None, "half_weights": True},
+        "fp16 + guesses": {"draft": draft, "half_weights": True},
+    }
+    # Built and run on one worker thread, as the pool does: a generator built on the main
+    # thread and used from another measured up to 2x slower here (OpenMP thread state).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        gens = {
+            name: thread.submit(load_generator, checkpoint, "cpu", torch.get_num_threads(), **kw).result()
+            for name, kw in variants.items()
+        }
+        out: dict[str, dict[str, float]] = {}
+        for method in METHODS:
+            spent = dict.fromkeys(gens, 0.0)
+            chars = dict.fromkeys(gens, 0)
+            for i in range(reps):
+                for name, gen in gens.items():
+                    req = request(method, i)
+                    t = time.perf_counter()
+                    result = thread.submit(gen.generate_batch, [req]).result()[0]
+                    spent[name] += time.perf_counter() - t
+                    chars[name] += max(1, len(" ".join(result.captions[0].boxes)))
+            out[method] = {name: spent[name] / chars[name] for name in gens}
+    return out
 
 
 def seed_cost(method: str, reps: int) -> float:
@@ -148,6 +182,17 @@ async def main() -> None:
     print(
         f"\npool: {stats.batches} batches, mean batch {stats.mean_batch_size:.1f} requests, largest {stats.max_batch_size}"
     )
+    if args.device == "cpu" and not (args.quantize or args.compile):
+        print("\nthis release's speed-ups, one request at a time, taking turns (60-char ms):")
+        costs = variant_costs(checkpoint, config.draft_path, 8 if args.quick else 20)
+        names = list(next(iter(costs.values())))
+        print(f"{'method':<8} " + " ".join(f"{n:>15}" for n in names) + f" {'speed-up':>9}")
+        for method, cost in costs.items():
+            print(
+                f"{method:<8} "
+                + " ".join(f"{60000 * cost[n]:>15.1f}" for n in names)
+                + f" {cost[names[0]] / cost[names[-1]]:>8.1f}x"
+            )
     print("\nseed CNN baseline (same machine, same process, random weights):")
     print(f"{'method':<8} {'60-char ms':>11} {'ours ms':>9} {'speed-up':>9}")
     for method in METHODS:
