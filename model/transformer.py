@@ -370,7 +370,7 @@ def _frozen_linear(layer: nn.Linear, half_weights: bool) -> Callable[[torch.Tens
 
     fp32: weights pre-transposed to [in, out] (addmm's fast layout for one row). half: weights
     stored as fp16 in FBGEMM's packed layout and multiplied in fp32, which halves the bytes read
-    per step and is 2-3x faster for 1 to 4 rows on AVX2 CPUs (bench/generation.py --fp32 is the comparison);
+    per step and is 2-3x faster for 1 to 4 rows on AVX2 CPUs (bench/generation.py compares);
     the scores move by about 1e-3 (`memebot eval --half-weights` measures the accuracy).
     """
     bias = layer.bias.detach()

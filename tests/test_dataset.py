@@ -144,3 +144,24 @@ def test_fingerprint_follows_the_captions_not_the_file_times(messy_dataset: Path
     path = copy / "memes" / "Good-Template.json"
     path.write_text(json.dumps(json.loads(path.read_text()) + [_meme("u10", ["new caption"])]))
     assert load_dataset(copy, None).fingerprint != original.fingerprint
+
+
+def test_packed_file_trains_and_evaluates_without_the_folder(messy_dataset: Path, tmp_path: Path, capsys):
+    """`memebot data pack` is how the data travels to a machine without the folder (a lent GPU):
+    the packed file loads to the same memes, split and fingerprint, with the folder gone."""
+    import shutil
+
+    from bot.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ncache_dir = "{tmp_path / "cache"}"\n')
+    folder = tmp_path / "copy"
+    shutil.copytree(messy_dataset, folder)
+    original = load_dataset(folder)
+    packed = tmp_path / "pack" / "memes.npz"
+    assert main(["--config", str(config), "data", "pack", "--data", str(folder), "-o", str(packed)]) == 0
+    assert str(packed) in capsys.readouterr().out
+    shutil.rmtree(folder)
+    again = load_dataset(packed)
+    assert again.fingerprint == original.fingerprint and again.templates == original.templates
+    assert np.array_equal(again.tokens, original.tokens) and np.array_equal(again.is_val, original.is_val)

@@ -15,8 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     stats = data_sub.add_parser("stats", help="memes kept and dropped per template, and why")
-    stats.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
+    stats.add_argument(
+        "--data", type=Path, help="ImgFlip575K-layout folder or packed file (default: from config)"
+    )
     stats.set_defaults(handler=data_stats)
+    pack = data_sub.add_parser(
+        "pack", help="write the kept memes as one file that --data accepts (to train on another machine)"
+    )
+    pack.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
+    pack.add_argument("--output", "-o", type=Path, default=Path("pack/imgflip575k.npz"))
+    pack.set_defaults(handler=data_pack)
 
     train = sub.add_parser("train", help="train a caption model (resumes an interrupted run)")
     train.add_argument("--recipe", type=Path, help="recipe TOML (e.g. training/recipes/transformer.toml)")
@@ -90,6 +98,17 @@ def data_stats(config: Config, args: argparse.Namespace) -> int:
     print(
         f"\n{kept} memes kept, {sum(dropped.values())} dropped; split: {kept - n_val} train / {n_val} validation"
     )
+    return 0
+
+
+def data_pack(config: Config, args: argparse.Namespace) -> int:
+    from training.dataset import save_packed
+
+    dataset = _dataset(config, args.data)
+    save_packed(dataset, args.output)
+    size = args.output.stat().st_size / 2**20
+    print(f"{len(dataset)} memes ({dataset.fingerprint[:12]}), {size:.0f} MiB: {args.output}")
+    print(f"train anywhere with: memebot train --data {args.output} ...")
     return 0
 
 

@@ -185,6 +185,11 @@ def build_dataset(dataset_dir: Path, vocab: Vocab) -> PackedDataset:
     )
 
 
+def save_packed(dataset: PackedDataset, path: Path) -> None:
+    """Write the packed form that load_dataset reads back from a `.npz` path (~30 MB)."""
+    _save(dataset, path)
+
+
 def _save(dataset: PackedDataset, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     stats = {k: {"kept": v.kept, "dropped": dict(v.dropped)} for k, v in dataset.stats.items()}
@@ -224,7 +229,11 @@ def _load(path: Path) -> PackedDataset:
 def load_dataset(
     dataset_dir: Path, cache_dir: Path | None = None, vocab: Vocab | None = None
 ) -> PackedDataset:
-    """Load (and cache) an ImgFlip575K-layout folder. The cache is keyed by the source fingerprint."""
+    """Load (and cache) an ImgFlip575K-layout folder. The cache is keyed by the source fingerprint.
+    `dataset_dir` may also be a packed file (`memebot data pack`): the way to take the data to a
+    machine that has no copy of the folder, such as a lent GPU machine."""
+    if dataset_dir.suffix == ".npz" and dataset_dir.is_file():
+        return _load(dataset_dir)
     vocab = vocab or Vocab()
     source = source_fingerprint(dataset_dir)
     cache = Path(cache_dir) / f"dataset-{source[:20]}.npz" if cache_dir else None
