@@ -275,6 +275,31 @@ async def test_buttons_on_a_message_from_before_a_restart_still_work(fake: FakeD
     ).template
 
 
+async def test_memes_votes_and_rerolls_work_in_direct_messages(fake: FakeDiscord, start_bot) -> None:
+    """A DM with the bot has no server: no member, no guild id, the user's own settings."""
+    bot = await start_bot()
+    interaction = await fake.run_command("meme", ALICE, dm=True, template="drake", prefix="dm life")
+    message = await final_message(fake, interaction)
+    assert not message.ephemeral and message.attachments
+    up, _, again = (b["custom_id"] for b in message.buttons)
+    meme_id = int(up.rsplit(":", 1)[1])
+    stored = await bot.storage.get_meme(meme_id)
+    assert stored is not None and stored.boxes[0].startswith("dm life")
+    # A DM's chat identifies the user: like the user id, it is stored only as a keyed hash.
+    assert stored.chat_id != str(fake.dm_channel_id) and len(stored.chat_id) == 32
+
+    press = await fake.press_button(message, up, ALICE, dm=True)
+    await fake.wait_until(lambda: press.acknowledged)
+    assert message.button_texts() == ["👍 1", "👎 0", "🔁"]
+    assert await bot.storage.score(meme_id) == Score(up=1, down=0)
+    new = await final_message(fake, await fake.press_button(message, again, ALICE, dm=True))
+    assert new.id != message.id and new.attachments
+
+    # Server settings make no sense in a DM: Discord does not offer /memeconfig there.
+    with pytest.raises(AssertionError, match="not offered in direct messages"):
+        await fake.run_command("memeconfig", ALICE, dm=True, setting="cooldown_s", value="60")
+
+
 # ---- settings ---------------------------------------------------------------------------------
 
 

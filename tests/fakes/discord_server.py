@@ -55,6 +55,13 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _allowed_in_dms(command: dict[str, Any]) -> bool:
+    contexts = command.get("contexts")
+    if contexts is not None:
+        return 1 in contexts  # InteractionContextType.BOT_DM
+    return command.get("dm_permission", True) is not False
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py only parses a body as JSON when Content-Type is exactly application/json;
     # aiohttp's json_response would add "; charset=utf-8".
@@ -186,7 +193,7 @@ class FakeInteraction:
     type: int
     user: FakeUser
     channel_id: int
-    guild_id: int
+    guild_id: int | None  # None: in the user's direct messages with the bot
     dispatched_at: float
     message: FakeMessage | None = None  # the message a pressed button is on
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # {"type", "data", "at"}
@@ -231,6 +238,7 @@ class FakeDiscord:
         self.application_id = application_id
         self.guild_id = guild_id
         self.channel_id = channel_id
+        self.dm_channel_id = channel_id + 1  # every user's DM channel with the bot, in this fake
         self.bot_user = {
             "id": str(application_id),
             "username": "memebot",
@@ -323,11 +331,14 @@ class FakeDiscord:
         """Wait until the bot's gateway connection number `sessions` has identified."""
         await self.wait_until(lambda: self.sessions >= sessions and self._ws is not None, timeout)
 
-    async def run_command(self, name: str, user: FakeUser, **options: Any) -> FakeInteraction:
-        """A user runs slash command `name` with `options`, checked against what the bot synced."""
-        command = self._command(name)
+    async def run_command(
+        self, name: str, user: FakeUser, *, dm: bool = False, **options: Any
+    ) -> FakeInteraction:
+        """A user runs slash command `name` with `options`, checked against what the bot synced;
+        `dm`: in their direct messages with the bot, where only global commands that allow DMs exist."""
+        command = self._command(name, dm=dm)
         data = {**self._command_data(command), "options": self._options(command, options)}
-        return await self._dispatch_interaction(APPLICATION_COMMAND, data, user)
+        return await self._dispatch_interaction(APPLICATION_COMMAND, data, user, dm=dm)
 
     async def autocomplete(
         self, name: str, user: FakeUser, focused: str, **options: Any
@@ -347,12 +358,14 @@ class FakeDiscord:
         assert callback["type"] == AUTOCOMPLETE_RESULT, callback
         return callback["data"]["choices"]
 
-    async def press_button(self, message: FakeMessage, custom_id: str, user: FakeUser) -> FakeInteraction:
+    async def press_button(
+        self, message: FakeMessage, custom_id: str, user: FakeUser, *, dm: bool = False
+    ) -> FakeInteraction:
         """A user presses the button `custom_id` on a message the bot posted earlier."""
         if not any(b.get("custom_id") == custom_id for b in message.buttons):
             raise AssertionError(f"message {message.id} has no button {custom_id!r}: {message.buttons}")
         data = {"custom_id": custom_id, "component_type": 2}
-        return await self._dispatch_interaction(MESSAGE_COMPONENT, data, user, message=message)
+        return await self._dispatch_interaction(MESSAGE_COMPONENT, data, user, message=message, dm=dm)
 
     def visible_commands(self, user: FakeUser) -> list[str]:
         """The command names Discord would list for `user` (default_member_permissions applied)."""
@@ -366,10 +379,12 @@ class FakeDiscord:
 
     # ---- interaction building -----------------------------------------------------------------
 
-    def _command(self, name: str) -> dict[str, Any]:
-        for scope in (self.guild_id, None):
+    def _command(self, name: str, dm: bool = False) -> dict[str, Any]:
+        for scope in (None,) if dm else (self.guild_id, None):
             for cmd in self.commands.get(scope, []):
                 if cmd["name"] == name:
+                    if dm and not _allowed_in_dms(cmd):
+                        raise AssertionError(f"/{name} is not offered in direct messages")
                     return cmd
         synced = sorted(c["name"] for cmds in self.commands.values() for c in cmds)
         raise AssertionError(f"the bot never synced a command {name!r} (synced: {synced})")
@@ -412,7 +427,12 @@ class FakeDiscord:
         return options
 
     async def _dispatch_interaction(
-        self, type_: int, data: dict[str, Any], user: FakeUser, message: FakeMessage | None = None
+        self,
+        type_: int,
+        data: dict[str, Any],
+        user: FakeUser,
+        message: FakeMessage | None = None,
+        dm: bool = False,
     ) -> FakeInteraction:
         if self._ws is None:
             raise AssertionError("no bot is connected to the fake gateway")
@@ -423,8 +443,8 @@ class FakeDiscord:
             token=token,
             type=type_,
             user=user,
-            channel_id=self.channel_id,
-            guild_id=self.guild_id,
+            channel_id=self.dm_channel_id if dm else self.channel_id,
+            guild_id=None if dm else self.guild_id,
             dispatched_at=time.monotonic(),
             message=message,
         )
@@ -457,6 +477,14 @@ class FakeDiscord:
             "context": 0,
             "data": data,
         }
+        if dm:  # what Discord sends from a bot DM: no guild, no member, the user and a DM channel
+            for key in ("guild_id", "member", "guild_locale"):
+                del payload[key]
+            payload["user"] = user.user_json()
+            payload["channel_id"] = str(self.dm_channel_id)
+            payload["channel"] = {"id": str(self.dm_channel_id), "type": 1, "recipients": [user.user_json()]}
+            payload["authorizing_integration_owners"] = {"0": "0"}
+            payload["context"] = 1  # BOT_DM
         if message is not None:
             payload["message"] = message.to_json(self)
         await self.dispatch("INTERACTION_CREATE", payload)
