@@ -197,8 +197,8 @@ class CaptionGenerator:
             g = torch.Generator()
             g.manual_seed(req.seed if req.seed is not None else random.getrandbits(63))
             prompt = self.prompt_ids(req)
+            sampled = req.method == "sample" and req.temperature > 0
             for _ in range(max(1, req.n)):
-                sampled = req.method == "sample" and req.temperature > 0
                 noise = torch.rand(req.max_length, generator=g).tolist() if sampled else None
                 rows.append(Row(q, prompt, noise=noise))
         logits, state = self._start(requests, rows)
@@ -214,25 +214,19 @@ class CaptionGenerator:
                 state, logits = state.select(idx), logits[idx]
                 slots, drafts = [slots[j] for j in live], [drafts[j] for j in live]
                 live = list(range(len(slots)))
-            accepted = self._verify(logits, live, [rows[i] for i in slots], drafts, requests)
-            if all(rows[slots[j]].done for j in live):
+            slot_rows = [rows[i] for i in slots]
+            accepted = self._verify(logits, live, slot_rows, drafts, requests)
+            if all(slot_rows[j].done for j in live):
                 break
             if logits.size(1) > 1:
                 state = state.keep_columns(torch.tensor(accepted, device=self.device), logits.size(1))
             speculate = self.draft is not None and len(live) <= SPECULATE_MAX_ROWS
-            drafts = [
-                self.draft.guess(
-                    rows[i].prompt + rows[i].generated, DRAFT_LENGTH[requests[rows[i].request].method]
-                )
-                if speculate and not rows[i].done and self.draft is not None
-                else []
-                for i in slots
-            ]
+            drafts = self._guesses(slot_rows, requests) if speculate else [[] for _ in slot_rows]
             T = 1 + max(len(d) for d in drafts)
             tokens = torch.full((len(slots), T), END, dtype=torch.long)
-            for j, i in enumerate(slots):
-                if not rows[i].done:
-                    tokens[j, : 1 + len(drafts[j])] = torch.tensor([rows[i].generated[-1], *drafts[j]])
+            for j, row in enumerate(slot_rows):
+                if not row.done:  # its last token is the next input, then its guesses
+                    tokens[j, : 1 + len(drafts[j])] = torch.tensor([row.generated[-1], *drafts[j]])
             tokens = tokens.to(self.device)
             if T == 1:
                 step_logits, state = self._step(tokens[:, 0], state)
@@ -243,6 +237,16 @@ class CaptionGenerator:
         for row in rows:
             out[row.request].captions.append(self._caption(row, requests[row.request]))
         return out
+
+    def _guesses(self, rows: list[Row], requests: list[GenerationRequest]) -> list[list[int]]:
+        """Each unfinished row's guess of its next characters."""
+        assert self.draft is not None
+        return [
+            []
+            if row.done
+            else self.draft.guess(row.prompt + row.generated, DRAFT_LENGTH[requests[row.request].method])
+            for row in rows
+        ]
 
     def _verify(
         self,
