@@ -14,6 +14,7 @@ left out, which keeps the file a few MB.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,6 @@ class DraftTable:
     def guess(self, history: Sequence[int], length: int) -> list[int]:
         """Up to `length` likely next symbols after `history` (the caption so far, without
         <start>); stops early where no context matches or at <end>."""
-        from bisect import bisect_left
-
         context = [START] * max(ORDERS) + list(history[-max(ORDERS) :])
         out: list[int] = []
         while len(out) < length:
