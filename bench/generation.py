@@ -5,8 +5,9 @@
 Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95 and
 captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
 methods (its CNN re-reading a 128-character window for every character) and the ratio.
-Latencies are also given per character, because captions end when the model says so: the
-"60-char" column is 60 x the median time per character, the targets' unit. On the CPU it
+Captions end when the model says so, so a 60-character caption is estimated from the
+single requests: a straight line fitted to (length, time) gives the fixed cost (prefill,
+the hop through the pool) plus 60 x the cost per character, the targets' unit. On the CPU it
 also times this release's speed-ups (fp16 weights, speculative guesses) against plain fp32
 decoding, taking turns on the same requests.
 """
@@ -37,6 +38,14 @@ METHODS = {
     "sample": {"method": "sample", "temperature": 0.8, "top_p": 0.95},
     "beam-3": {"method": "beam", "beam_width": 3},
 }
+
+
+def sixty_chars(times: list[float], lengths: list[int]) -> float:
+    """Seconds for a 60-character caption: least-squares line through (length, time)."""
+    if len(set(lengths)) < 2:
+        return 60 * statistics.median(t / n for t, n in zip(times, lengths, strict=True))
+    slope, intercept = statistics.linear_regression(lengths, times)
+    return intercept + 60 * slope
 
 
 def pct(values: list[float], q: float) -> float:
@@ -72,13 +81,16 @@ async def throughput(pool: ModelPool, method: str, concurrency: int, total: int)
     return total / (time.perf_counter() - t)
 
 
-def variant_costs(checkpoint: Path, draft: Path | None, reps: int) -> dict[str, dict[str, float]]:
+def variant_costs(
+    checkpoint: Path, draft: Path | None, kernel_dir: Path, reps: int
+) -> dict[str, dict[str, float]]:
     """Seconds per character of one request at a time, for the decoding variants of this release,
     taking turns on the same requests so that machine noise hits them alike."""
     variants = {
         "plain fp32": {"draft": None, "half_weights": False},
         "fp16 weights": {"draft": None, "half_weights": True},
         "fp16 + guesses": {"draft": draft, "half_weights": True},
+        "+ fused kernel": {"draft": draft, "half_weights": True, "kernel_dir": kernel_dir},
     }
     # Built and run on one worker thread, as the pool does: a generator built on the main
     # thread and used from another measured up to 2x slower here (OpenMP thread state).
@@ -89,16 +101,16 @@ def variant_costs(checkpoint: Path, draft: Path | None, reps: int) -> dict[str, 
         }
         out: dict[str, dict[str, float]] = {}
         for method in METHODS:
-            spent = dict.fromkeys(gens, 0.0)
-            chars = dict.fromkeys(gens, 0)
+            times: dict[str, list[float]] = {name: [] for name in gens}
+            lengths: dict[str, list[int]] = {name: [] for name in gens}
             for i in range(reps):
                 for name, gen in gens.items():
                     req = request(method, i)
                     t = time.perf_counter()
                     result = thread.submit(gen.generate_batch, [req]).result()[0]
-                    spent[name] += time.perf_counter() - t
-                    chars[name] += max(1, len(" ".join(result.captions[0].boxes)))
-            out[method] = {name: spent[name] / chars[name] for name in gens}
+                    times[name].append(time.perf_counter() - t)
+                    lengths[name].append(max(1, len(" ".join(result.captions[0].boxes))))
+            out[method] = {name: sixty_chars(times[name], lengths[name]) / 60 for name in gens}
     return out
 
 
@@ -126,6 +138,7 @@ async def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-draft", action="store_true", help="plain steps, no speculative decoding")
     parser.add_argument("--fp32", action="store_true", help="fp32 weights instead of [model] half_weights")
+    parser.add_argument("--no-fused", action="store_true", help="PyTorch ops instead of the fused kernel")
     parser.add_argument("--reps", type=int, default=30, help="single-request repetitions per method")
     parser.add_argument("--seed-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
@@ -142,6 +155,7 @@ async def main() -> None:
         compile=args.compile,
         draft=draft,
         half_weights=config.model.half_weights and not args.fp32,
+        kernel_dir=None if args.no_fused else config.kernel_dir,
     )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
     pool = ModelPool(
@@ -154,7 +168,8 @@ async def main() -> None:
     print(
         f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} "
         f"compile={args.compile} speculative={draft is not None} "
-        f"half_weights={config.model.half_weights and not args.fp32}"
+        f"half_weights={config.model.half_weights and not args.fp32} "
+        f"fused_kernel={loader.kernel_dir is not None}"
     )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
     ours_per_char = {}
@@ -166,7 +181,7 @@ async def main() -> None:
     for method in METHODS:
         reps = max(5, args.reps // (3 if args.quick else 1))
         times, lengths = await single_latency(pool, method, reps)
-        per_char = statistics.median(t / n for t, n in zip(times, lengths, strict=True))
+        per_char = sixty_chars(times, lengths) / 60
         ours_per_char[method] = per_char
         rates = []
         for c in levels:
@@ -184,7 +199,9 @@ async def main() -> None:
     )
     if args.device == "cpu" and not (args.quantize or args.compile):
         print("\nthis release's speed-ups, one request at a time, taking turns (60-char ms):")
-        costs = variant_costs(checkpoint, config.draft_path, 8 if args.quick else 20)
+        costs = variant_costs(
+            checkpoint, config.draft_path, config.cache_dir / "kernels", 8 if args.quick else 20
+        )
         names = list(next(iter(costs.values())))
         print(f"{'method':<8} " + " ".join(f"{n:>15}" for n in names) + f" {'speed-up':>9}")
         for method, cost in costs.items():

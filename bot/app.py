@@ -62,7 +62,7 @@ async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> Mo
     if not checkpoint.exists():
         notice(NO_MODEL.format(path=checkpoint))
         return None
-    pool = ModelPool.from_config(config.model, checkpoint, usable_draft(config, notice))
+    pool = ModelPool.from_config(config.model, checkpoint, usable_draft(config, notice), config.kernel_dir)
     try:
         await pool.start()
     except Exception as exc:

@@ -19,29 +19,32 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.draft import DraftTable, load_draft_table
+from model.fused import load_fused_kernel
 from model.requests import Caption, GenerationRequest, GenerationResult
-from model.transformer import FrozenStep, KVCache
+from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
 
 MAX_SYMBOLS = 199  # the data filter keeps captions under 200 symbols; the models never saw longer
 LENGTH_PENALTY = 0.7  # beam scores are logprob / length**alpha, so short captions do not always win
 # Speculative decoding (see model/draft.py) checks a few guessed characters per pass. A longer
 # guess costs more per pass and pays only while guesses are kept: greedy decoding keeps about
-# three in four, sampling fewer. Measured on the shipped model with fp16 weights, one request at
-# a time, taking turns, ms per character: sampling 2.39 plain, 1.48 guessing 3, 1.44 guessing 8;
-# greedy 0.93 guessing 7, 0.95 guessing 9.
-DRAFT_LENGTH = {"greedy": 7, "sample": 3}
+# three in four, sampling fewer. Measured on the shipped model with fp16 weights and the fused
+# kernel, one request at a time, 60-character caption in ms (greedy / sampling): plain steps
+# 46 / 43, guessing 2: 24 / 32, 3: 22 / 29, 4: 25 / 28, 6: 31 / 41, 8: 33 / 45.
+DRAFT_LENGTH = {"greedy": 3, "sample": 3}
 # It pays while a pass costs about as much as a single step, that is at small batches; a wide
 # batch is limited by arithmetic, which checking guesses multiplies. Measured speed-up over
-# plain steps (greedy / sampling): 1.9 / 1.5x at 2 rows, 1.4 / 1.25x at 6, 1.1 / 1.05x at 8,
-# 0.9 / 1.0x at 12.
-SPECULATE_MAX_ROWS = 8
+# plain steps with the fused kernel: greedy 1.3x at 2 rows, 1.16x at 4, 0.96x at 8; sampling
+# (fewer guesses kept) 1.2x at 2 rows, 0.74x at 4. A batch guesses while it has at most the
+# smallest limit among its live rows' methods.
+SPECULATE_MAX_ROWS = {"greedy": 6, "sample": 2}
 
 
 @dataclass
@@ -72,6 +75,7 @@ class CaptionGenerator:
         model: torch.nn.Module | None = None,
         draft: DraftTable | None = None,
         half_weights: bool = False,
+        kernel: ModuleType | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
@@ -88,8 +92,9 @@ class CaptionGenerator:
             device=self.device,
         )
         self._never = torch.tensor([PAD, START], device=self.device)
+        on_cpu = self.device.type == "cpu"
         self._step = (
-            FrozenStep(self.model, half_weights=half_weights and self.device.type == "cpu")
+            FrozenStep(self.model, half_weights=half_weights and on_cpu, kernel=kernel if on_cpu else None)
             if FrozenStep.supports(self.model)
             else self.model.step
         )
@@ -138,12 +143,13 @@ class CaptionGenerator:
             row.seps = row.prompt.count(SEP)
             row.word = self._last_word(row.prompt)
         template_ids = torch.tensor([self.checkpoint.template_id(requests[r.request].template) for r in rows])
-        logits, state = self.model.prefill(template_ids.to(self.device), tokens.to(self.device))
-        if isinstance(state, KVCache):
-            # Room for the longest caption up front: growing the cache mid-decoding copies it.
+        template_ids, tokens = template_ids.to(self.device), tokens.to(self.device)
+        if isinstance(self._step, FrozenStep):
+            # Room for the longest caption and a last guess up front: growing the cache
+            # mid-decoding copies it.
             longest = min(max(r.max_length for r in requests), MAX_SYMBOLS)
-            state = state.with_room(max(0, longest + 1 - (state.capacity - state.length)))
-        return logits, state
+            return self._step.prefill(template_ids, tokens, room=longest + 1 + max(DRAFT_LENGTH.values()))
+        return self.model.prefill(template_ids, tokens)
 
     def _last_word(self, ids: list[int]) -> str:
         word = ""
@@ -158,15 +164,23 @@ class CaptionGenerator:
         """Mask what a row must not produce next. logits [R, V] -> log-probabilities [R, V]."""
         logits = logits.float().clone()
         logits[:, self._never] = -math.inf
+        # Row lists per rule, then one tensor op per rule: a wide batch has dozens of rows.
+        no_sep, in_banned, at_cap = [], [], []
         for i, row in enumerate(rows):
             req = requests[row.request]
             if req.n_boxes and row.seps >= req.n_boxes - 1:
-                logits[i, SEP] = -math.inf
+                no_sep.append(i)
             if req.banned_words and row.word and row.word in req.banned_words:
-                logits[i, self._word_end] = -math.inf
+                in_banned.append(i)
             if len(row.prompt) + len(row.generated) >= MAX_SYMBOLS - 1:
-                logits[i, :] = -math.inf  # only <end> is left
-                logits[i, END] = 0.0
+                at_cap.append(i)
+        if no_sep:
+            logits[no_sep, SEP] = -math.inf
+        if in_banned:
+            logits[torch.tensor(in_banned)[:, None], self._word_end[None, :]] = -math.inf
+        if at_cap:
+            logits[at_cap] = -math.inf  # only <end> is left
+            logits[at_cap, END] = 0.0
         return torch.log_softmax(logits, dim=-1)
 
     def _advance(self, row: Row, token: int, logprob: float, request: GenerationRequest) -> None:
@@ -220,14 +234,19 @@ class CaptionGenerator:
                 break
             if logits.size(1) > 1:
                 state = state.keep_columns(torch.tensor(accepted, device=self.device), logits.size(1))
-            speculate = self.draft is not None and len(live) <= SPECULATE_MAX_ROWS
+            speculate = self.draft is not None and len(live) <= min(
+                SPECULATE_MAX_ROWS[requests[slot_rows[j].request].method] for j in live
+            )
             drafts = self._guesses(slot_rows, requests) if speculate else [[] for _ in slot_rows]
             T = 1 + max(len(d) for d in drafts)
-            tokens = torch.full((len(slots), T), END, dtype=torch.long)
-            for j, row in enumerate(slot_rows):
-                if not row.done:  # its last token is the next input, then its guesses
-                    tokens[j, : 1 + len(drafts[j])] = torch.tensor([row.generated[-1], *drafts[j]])
-            tokens = tokens.to(self.device)
+            # A live row's inputs: its last token, then its guesses; finished rows ride along.
+            tokens = torch.tensor(
+                [
+                    [END] * T if row.done else [row.generated[-1], *d, *[END] * (T - 1 - len(d))]
+                    for row, d in zip(slot_rows, drafts, strict=True)
+                ],
+                device=self.device,
+            )
             if T == 1:
                 step_logits, state = self._step(tokens[:, 0], state)
                 logits = step_logits[:, None, :]
@@ -297,8 +316,10 @@ class CaptionGenerator:
 
     def _choose(self, logp: torch.Tensor, rows: list[Row], requests: list[GenerationRequest]) -> torch.Tensor:
         """The next token of every row (logp [R, V] -> [R]): arg-max for greedy rows, a draw for sampled ones."""
-        tokens = logp.argmax(dim=1)
         sampled = [j for j, r in enumerate(rows) if r.noise is not None]
+        if len(sampled) == len(rows):
+            return self._draw(logp, [requests[r.request] for r in rows], [_uniform(r) for r in rows])
+        tokens = logp.argmax(dim=1)
         if sampled:
             idx = torch.tensor(sampled, device=logp.device)
             u = [_uniform(rows[j]) for j in sampled]
@@ -312,14 +333,18 @@ class CaptionGenerator:
         R, V = logp.shape
         dev = logp.device
         temperature = torch.tensor([r.temperature for r in requests], device=dev)[:, None]
-        top_k = torch.tensor([r.top_k if 0 < r.top_k < V else V for r in requests], device=dev)[:, None]
-        top_p = torch.tensor([r.top_p for r in requests], device=dev)[:, None]
+        top_ks = [r.top_k if 0 < r.top_k < V else V for r in requests]
+        top_ps = [r.top_p for r in requests]
         u = torch.tensor(uniforms, device=dev)[:, None]  # [R, 1]
         ranked, order = (logp / temperature).sort(dim=1, descending=True)
-        ranked = ranked.masked_fill(torch.arange(V, device=dev)[None, :] >= top_k, -math.inf)
+        if min(top_ks) < V:
+            top_k = torch.tensor(top_ks, device=dev)[:, None]
+            ranked = ranked.masked_fill(torch.arange(V, device=dev)[None, :] >= top_k, -math.inf)
         probs = ranked.softmax(dim=1)
-        # top-p keeps the smallest set of most likely tokens whose mass reaches top_p
-        probs = probs.masked_fill(probs.cumsum(dim=1) - probs > top_p, 0.0)
+        if min(top_ps) < 1.0:
+            # top-p keeps the smallest set of most likely tokens whose mass reaches top_p
+            top_p = torch.tensor(top_ps, device=dev)[:, None]
+            probs = probs.masked_fill(probs.cumsum(dim=1) - probs > top_p, 0.0)
         cdf = probs.cumsum(dim=1)
         pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=V - 1)  # [R, 1]
         return order.gather(1, pick)[:, 0]
@@ -444,8 +469,10 @@ def load_generator(
     compile: bool = False,
     draft: Path | None = None,
     half_weights: bool = False,
+    kernel_dir: Path | None = None,
 ) -> CaptionGenerator:
-    """The pool's factory: load a checkpoint onto a device, with optional CPU speed-ups."""
+    """The pool's factory: load a checkpoint onto a device, with optional CPU speed-ups.
+    `kernel_dir`: build (once) and use the fused decoding kernel there (CPU transformers)."""
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
@@ -453,7 +480,12 @@ def load_generator(
     if quantize and str(device) == "cpu":
         model = quantize_int8(model)
     table = load_draft_table(draft, ckpt.vocab) if draft else None
-    gen = CaptionGenerator(ckpt, device=device, model=model, draft=table, half_weights=half_weights)
+    kernel = None
+    if kernel_dir is not None and str(device) == "cpu" and FrozenStep.supports(model):
+        kernel = load_fused_kernel(kernel_dir)
+    gen = CaptionGenerator(
+        ckpt, device=device, model=model, draft=table, half_weights=half_weights, kernel=kernel
+    )
     if compile:
         # Measured off by default: the cache length is specialised on, so it recompiles for
         # minutes and then decodes slower than FrozenStep (README, "Speed").

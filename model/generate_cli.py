@@ -59,6 +59,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
             threads=config.model.threads,
             draft=draft,
             half_weights=config.model.half_weights,
+            kernel_dir=config.kernel_dir,
         )
     except CheckpointError as exc:
         print(f"memebot generate: no model yet ({exc})", file=sys.stderr)

@@ -178,9 +178,12 @@ class ModelPool:
         self._stats = PoolStats()
 
     @classmethod
-    def from_config(cls, config: ModelConfig, checkpoint: Path, draft: Path | None = None) -> ModelPool:
+    def from_config(
+        cls, config: ModelConfig, checkpoint: Path, draft: Path | None = None, kernel_dir: Path | None = None
+    ) -> ModelPool:
         """One worker per device that `config.device` names; nothing is loaded until start().
-        `draft`: the speculative decoding table, if any."""
+        `draft`: the speculative decoding table, if any; `kernel_dir`: where to build the fused
+        CPU decoding kernel, if wanted."""
         loaders = [
             GeneratorLoader(
                 checkpoint,
@@ -190,6 +193,7 @@ class ModelPool:
                 config.compile,
                 draft,
                 config.half_weights,
+                kernel_dir,
             )
             for device in resolve_devices(config.device)
         ]
@@ -435,6 +439,7 @@ class GeneratorLoader:
     compile: bool = False
     draft: Path | None = None
     half_weights: bool = False
+    kernel_dir: Path | None = None
 
     def __call__(self) -> BatchGenerator:
         # Imported here so the pool (and its tests) do not need the model code loaded.
@@ -448,4 +453,5 @@ class GeneratorLoader:
             compile=self.compile,
             draft=self.draft,
             half_weights=self.half_weights,
+            kernel_dir=self.kernel_dir,
         )

@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from types import ModuleType
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from model.fused import FusedLayers
 from model.vocab import PAD
 
 
@@ -35,36 +37,48 @@ class TransformerConfig:
 class KVCache:
     """Keys and values of every layer so far, in buffers with room to grow, so a decoding step
     writes one column instead of copying the whole cache. Each buffer [B, n_head, capacity, head_dim];
-    columns [0, length) are filled."""
+    columns [0, length) are filled. All buffers are views of one tensor `kv`
+    [2 * n_layer, B, n_head, capacity, head_dim], so moving batch rows (beam search) is one copy."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     valid: torch.Tensor  # bool [B, capacity]: False where a row was padded
     positions: torch.Tensor  # long [B]: position id the next token gets
     length: int
+    kv: torch.Tensor  # keys then values of all layers
+
+    @classmethod
+    def allocate(
+        cls,
+        valid: torch.Tensor,
+        positions: torch.Tensor,
+        n_layer: int,
+        n_head: int,
+        head_dim: int,
+        room: int,
+        like: torch.Tensor,
+    ) -> KVCache:
+        """An empty cache (length 0) for rows whose first columns' validity is `valid` [B, S],
+        with capacity S + room; columns past S start invisible."""
+        B, S = valid.shape
+        kv = like.new_empty(2 * n_layer, B, n_head, S + room, head_dim)  # never read before written
+        visible = torch.cat([valid, valid.new_zeros(B, room)], dim=1)
+        return cls(
+            [kv[i] for i in range(n_layer)],
+            [kv[n_layer + i] for i in range(n_layer)],
+            visible,
+            positions,
+            0,
+            kv,
+        )
 
     @classmethod
     def holding(cls, keys, values, valid, positions, room: int) -> KVCache:
         """A cache for the given full keys/values [B, H, S, D] with `room` free columns."""
-
-        def widen(t: torch.Tensor, fill: bool | None) -> torch.Tensor:
-            dim = 2 if t.dim() == 4 else 1
-            shape = list(t.shape)
-            shape[dim] += room
-            out = torch.empty(shape, dtype=t.dtype, device=t.device)
-            out.narrow(dim, 0, t.shape[dim]).copy_(t)
-            if fill is not None:  # keys and values past `length` are never read: no need to clear
-                out.narrow(dim, t.shape[dim], room).fill_(fill)
-            return out
-
-        S = valid.shape[1]
-        return cls(
-            [widen(k, None) for k in keys],
-            [widen(v, None) for v in values],
-            widen(valid, False),
-            positions,
-            S,
-        )
+        B, H, S, D = keys[0].shape
+        cache = cls.allocate(valid, positions, len(keys), H, D, room, like=keys[0])
+        cache.kv[:, :, :, :S] = torch.stack([*keys, *values])
+        return replace(cache, length=S)
 
     @property
     def capacity(self) -> int:
@@ -74,13 +88,16 @@ class KVCache:
         """Reorder/select batch rows (beam search, finished rows leaving). Like a step, it reuses
         the buffers where it can: the cache it was called on must not be used again."""
         n, m = self.length, rows.numel()
+        L = len(self.keys)
         if m > self.valid.shape[0]:  # more rows than before (beams fanning out): new buffers
+            kv = self.kv.index_select(1, rows)
             return KVCache(
-                [k.index_select(0, rows) for k in self.keys],
-                [v.index_select(0, rows) for v in self.values],
+                [kv[i] for i in range(L)],
+                [kv[L + i] for i in range(L)],
                 self.valid.index_select(0, rows),
                 self.positions.index_select(0, rows),
                 n,
+                kv,
             )
         # Fewer or as many rows: move the kept rows' filled columns into the first m rows of the
         # same buffers. Only rows that change are copied; a full copy of a wide batch's cache
@@ -88,11 +105,16 @@ class KVCache:
         moved = (rows != torch.arange(m, device=rows.device)).nonzero()[:, 0]
         if moved.numel():
             sources = rows[moved]
-            for buf in (*self.keys, *self.values):
-                buf[moved, :, :n] = buf[sources, :, :n]  # the right side is gathered first
+            self.kv[:, moved, :, :n] = self.kv[:, sources, :, :n]  # the right side is gathered first
             self.valid[moved] = self.valid[sources]
+        kv = self.kv[:, :m]
         return KVCache(
-            [k[:m] for k in self.keys], [v[:m] for v in self.values], self.valid[:m], self.positions[rows], n
+            [kv[i] for i in range(L)],
+            [kv[L + i] for i in range(L)],
+            self.valid[:m],
+            self.positions[rows],
+            n,
+            kv,
         )
 
     def keep_columns(self, accepted: torch.Tensor, written: int) -> KVCache:
@@ -105,7 +127,7 @@ class KVCache:
         cols = torch.arange(written, device=accepted.device)[None, :]  # [1, written]
         self.valid[:, n0 : n0 + written] = cols < kept[:, None]
         positions = self.positions - written + kept
-        return KVCache(self.keys, self.values, self.valid, positions, n0 + longest)
+        return replace(self, positions=positions, length=n0 + longest)
 
     def with_room(self, room: int = 64) -> KVCache:
         """The same cache in buffers with `room` more free columns (when a step finds it full)."""
@@ -117,6 +139,27 @@ class KVCache:
             self.positions,
             room=room,
         )
+
+
+def lay_out_prompts(
+    tpl_emb: torch.Tensor, tok_emb: torch.Tensor, template_ids: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded prompts tokens [B, T] (each row <start> after its padding) -> the embedded
+    sequence [pad..., template, <start>, ...] without positions [B, T+1, C], which of its
+    columns are real (valid, bool [B, T+1]) and their position ids [B, T+1]."""
+    B, T = tokens.shape
+    valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=tokens.device), tokens != PAD], dim=1)
+    # Positions count real tokens only, so a padded row sees the same positions as an unpadded one.
+    pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, T+1]
+    x = torch.cat([F.embedding(template_ids, tpl_emb)[:, None, :], F.embedding(tokens, tok_emb)], dim=1)
+    # The template token sits before the padding in the tensor; move it next to the text so
+    # that the layout is [pad..., template, <start>, ...] and the mask stays simple.
+    n_pad = (~valid).sum(dim=1)  # [B]
+    order = torch.arange(T + 1, device=tokens.device)[None, :].expand(B, -1)
+    shifted = torch.where(order < n_pad[:, None], order + 1, order)
+    shifted = torch.where(order == n_pad[:, None], torch.zeros_like(order), shifted)
+    x = torch.gather(x, 1, shifted[:, :, None].expand(-1, -1, x.size(-1)))
+    return x, torch.gather(valid, 1, shifted), torch.gather(pos, 1, shifted)
 
 
 class SelfAttention(nn.Module):
@@ -223,20 +266,8 @@ class Transformer(nn.Module):
         tokens [B, T], left-padded with <pad>, each row starting with <start> after its padding.
         Returns the logits of the last position [B, V] and the cache.
         """
-        B, T = tokens.shape
-        valid = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=tokens.device), tokens != PAD], dim=1)
-        # Positions count real tokens only, so a padded row sees the same positions as an unpadded one.
-        pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, T+1]
-        x = torch.cat([self.tpl_emb(template_ids)[:, None, :], self.tok_emb(tokens)], dim=1)
-        # The template token sits before the padding in the tensor; move it next to the text so
-        # that the layout is [pad..., template, <start>, ...] and the mask stays simple.
-        n_pad = (~valid).sum(dim=1)  # [B]
-        order = torch.arange(T + 1, device=tokens.device)[None, :].expand(B, -1)
-        shifted = torch.where(order < n_pad[:, None], order + 1, order)
-        shifted = torch.where(order == n_pad[:, None], torch.zeros_like(order), shifted)
-        x = torch.gather(x, 1, shifted[:, :, None].expand(-1, -1, x.size(-1)))
-        valid = torch.gather(valid, 1, shifted)
-        pos = torch.gather(pos, 1, shifted)
+        T = tokens.size(1)
+        x, valid, pos = lay_out_prompts(self.tpl_emb.weight, self.tok_emb.weight, template_ids, tokens)
         x = x + self.pos_emb(pos)
         causal = torch.ones(T + 1, T + 1, dtype=torch.bool, device=tokens.device).tril()
         mask = causal[None, None] & valid[:, None, None, :]  # [B, 1, T+1, T+1]
@@ -262,7 +293,7 @@ class Transformer(nn.Module):
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _ = block(x, mask, (k, v, n))
         logits = self.head(self.ln_f(x[:, -1]))
-        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + 1, n + 1)
+        return logits, replace(cache, positions=cache.positions + 1, length=n + 1)
 
 
 class FrozenStep:
@@ -282,15 +313,21 @@ class FrozenStep:
             isinstance(layer, nn.Linear) for b in model.blocks for layer in (b.attn.qkv, b.mlp.fc)
         )
 
-    def __init__(self, model: Transformer, half_weights: bool = False) -> None:
+    def __init__(
+        self, model: Transformer, half_weights: bool = False, kernel: ModuleType | None = None
+    ) -> None:
         cfg = model.config
         self.half_weights = half_weights and half_weights_available()
+        # The fused kernel (model/fused.py) runs all blocks of a pass in one call; without it,
+        # `_blocks` does the same in PyTorch ops.
+        self.fused = FusedLayers(kernel, model, self.half_weights) if kernel is not None else None
 
         def linear(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
             return _frozen_linear(layer, self.half_weights)
 
         self.n_head, self.n_embd, self.block_size = cfg.n_head, cfg.n_embd, cfg.block_size
         self.tok_emb = model.tok_emb.weight.detach()
+        self.tpl_emb = model.tpl_emb.weight.detach()
         self.pos_emb = model.pos_emb.weight.detach()
         self.head = self.tok_emb.t().contiguous()  # tied output embedding, [C, V]
         self.ln_f = (model.ln_f.weight.detach(), model.ln_f.bias.detach(), model.ln_f.eps)
@@ -309,6 +346,23 @@ class FrozenStep:
     def _norm(self, x: torch.Tensor, ln: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
         return F.layer_norm(x, (self.n_embd,), ln[0], ln[1], ln[2])
 
+    @torch.inference_mode()
+    def prefill(
+        self, template_ids: torch.Tensor, tokens: torch.Tensor, room: int = 64
+    ) -> tuple[torch.Tensor, KVCache]:
+        """`Transformer.prefill` through the serving path: left-padded prompts tokens [B, T] ->
+        logits of the last position [B, V] and a cache with `room` free columns."""
+        x, valid, pos = lay_out_prompts(self.tpl_emb, self.tok_emb, template_ids, tokens)
+        x = x + self.pos_emb[pos]  # [B, S, C], S = T + 1
+        S, H = x.size(1), self.n_head
+        cache = KVCache.allocate(valid, pos[:, -1] + 1, len(self.layers), H, self.n_embd // H, room, like=x)
+        if self.fused is not None:
+            x = self.fused(x, cache.keys, cache.values, valid, 0)
+        else:
+            x = self._blocks(x, cache, valid, 0)
+        logits = self._norm(x[:, -1], self.ln_f) @ self.head  # [B, V]
+        return logits, replace(cache, length=S)
+
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """tokens [B] -> logits [B, V]; writes one column of the cache in place, like `step`."""
         logits, cache = self.extend(tokens[:, None], cache)
@@ -323,21 +377,33 @@ class FrozenStep:
         if cache.length + T > cache.capacity:
             cache = cache.with_room(max(64, T))
         n = cache.length
-        C, H = self.n_embd, self.n_head
         pos = (cache.positions[:, None] + torch.arange(T, device=tokens.device)).clamp(
             max=self.block_size - 1
         )  # [B, T]
         x = self.tok_emb[tokens] + self.pos_emb[pos]  # [B, T, C]
         cache.valid[:, n : n + T] = True
         visible = cache.valid[:, : n + T]  # [B, n+T]
+        if self.fused is not None:
+            x = self.fused(x, cache.keys, cache.values, visible, n)
+        else:
+            x = self._blocks(x, cache, visible, n)
+        logits = self._norm(x, self.ln_f) @ self.head  # [B, T, V]
+        return logits, replace(cache, positions=cache.positions + T, length=n + T)
+
+    def _blocks(self, x: torch.Tensor, cache: KVCache, visible: torch.Tensor, n: int) -> torch.Tensor:
+        """The blocks in PyTorch ops: x [B, T, C] -> [B, T, C], writing cache columns n .. n+T-1."""
+        B, T, C = x.shape
+        H = self.n_head
         if T == 1:
             # Rows are left-padded only when prompts had different lengths; skip the mask otherwise.
             mask = None if bool(visible.all()) else visible[:, None, None, :]  # [B, 1, 1, n+1]
         else:
-            causal = torch.ones(T, n + T, dtype=torch.bool, device=tokens.device).tril(
+            causal = torch.ones(T, n + T, dtype=torch.bool, device=x.device).tril(
                 diagonal=n
             )  # new token t sees <= n+t
-            mask = visible[:, None, None, :] & causal  # [B, 1, T, n+T]
+            # ... and itself even where it is padding: a query that sees nothing makes NaNs.
+            own = torch.eye(T, n + T, dtype=torch.bool, device=x.device).roll(n, dims=1)
+            mask = (visible[:, None, None, :] & causal) | own  # [B, 1, T, n+T]
         for (ln_1, qkv, proj, ln_2, fc, fc_proj), k_buf, v_buf in zip(
             self.layers, cache.keys, cache.values, strict=True
         ):
@@ -352,8 +418,7 @@ class FrozenStep:
             x = x + proj(y).view(B, T, C)
             h = F.gelu(fc(self._norm(x, ln_2).view(B * T, C)))
             x = x + fc_proj(h).view(B, T, C)
-        logits = self._norm(x, self.ln_f) @ self.head  # [B, T, V]
-        return logits, KVCache(cache.keys, cache.values, cache.valid, cache.positions + T, n + T)
+        return x
 
 
 def half_weights_available() -> bool:

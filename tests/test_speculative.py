@@ -13,7 +13,7 @@ from bot.cli import main
 from bot.config import load_config
 from model.checkpoint import build_model, load_checkpoint
 from model.draft import DraftTableError, build_draft_table, load_draft_table
-from model.generate import CaptionGenerator, load_generator
+from model.generate import SPECULATE_MAX_ROWS, CaptionGenerator, load_generator
 from model.requests import GenerationRequest
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, START, Vocab
@@ -69,8 +69,11 @@ def test_guessing_gives_exactly_the_captions_of_plain_decoding(plain, guessing):
         assert ours.logprob == pytest.approx(theirs.logprob, abs=1e-3)
 
 
-def test_guessing_in_a_batch_matches_each_request_alone(guessing):
-    reqs = requests_to_compare()[:4]  # at most SPECULATE_MAX_ROWS rows: the batch guesses too
+@pytest.mark.parametrize("method", ["greedy", "sample"])
+def test_guessing_in_a_batch_matches_each_request_alone(guessing, method):
+    # Within SPECULATE_MAX_ROWS rows, so that the batch guesses too.
+    reqs = [r for r in requests_to_compare() if r.method == method][: SPECULATE_MAX_ROWS[method]]
+    assert len(reqs) > 1
     together = [r.captions[0].boxes for r in guessing.generate_batch(reqs)]
     alone = [guessing.generate_batch([r])[0].captions[0].boxes for r in reqs]
     assert together == alone
