@@ -57,7 +57,11 @@ def load_fused_kernel(kernel_dir: Path, source: Path = SOURCE) -> ModuleType | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return cpp_extension.load(
-                name=name, sources=[str(source)], build_directory=str(build_dir), extra_cflags=flags, verbose=False
+                name=name,
+                sources=[str(source)],
+                build_directory=str(build_dir),
+                extra_cflags=flags,
+                verbose=False,
             )
     except Exception as exc:  # no compiler, no ninja, a build error: the plain path still works
         logger.warning(
