@@ -139,6 +139,7 @@ async def main() -> None:
     parser.add_argument("--no-draft", action="store_true", help="plain steps, no speculative decoding")
     parser.add_argument("--fp32", action="store_true", help="fp32 weights instead of [model] half_weights")
     parser.add_argument("--no-fused", action="store_true", help="PyTorch ops instead of the fused kernel")
+    parser.add_argument("--batch-wait-ms", type=float, help="the pool's batch window (default: [model])")
     parser.add_argument("--reps", type=int, default=30, help="single-request repetitions per method")
     parser.add_argument("--seed-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
@@ -158,9 +159,8 @@ async def main() -> None:
         kernel_dir=None if args.no_fused else config.kernel_dir,
     )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
-    pool = ModelPool(
-        [loader], max_batch=config.model.max_batch, batch_wait_ms=config.model.batch_wait_ms, timeout_s=600
-    )
+    batch_wait_ms = config.model.batch_wait_ms if args.batch_wait_ms is None else args.batch_wait_ms
+    pool = ModelPool([loader], max_batch=config.model.max_batch, batch_wait_ms=batch_wait_ms, timeout_s=600)
     await pool.start()
     device = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
@@ -169,7 +169,7 @@ async def main() -> None:
         f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} "
         f"compile={args.compile} speculative={draft is not None} "
         f"half_weights={config.model.half_weights and not args.fp32} "
-        f"fused_kernel={loader.kernel_dir is not None}"
+        f"fused_kernel={loader.kernel_dir is not None} batch_wait_ms={batch_wait_ms:g}"
     )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
     ours_per_char = {}
