@@ -102,11 +102,16 @@ class KVCache:
         # Fewer or as many rows: move the kept rows' filled columns into the first m rows of the
         # same buffers. Only rows that change are copied; a full copy of a wide batch's cache
         # costs more than the decoding step itself.
-        moved = (rows != torch.arange(m, device=rows.device)).nonzero()[:, 0]
-        if moved.numel():
-            sources = rows[moved]
-            self.kv[:, moved, :, :n] = self.kv[:, sources, :, :n]  # the right side is gathered first
-            self.valid[moved] = self.valid[sources]
+        targets = [i for i, r in enumerate(rows.tolist()) if r != i]
+        if targets:
+            sources = [int(rows[i]) for i in targets]
+            # A row that is read after being overwritten is read from a copy; every other move is
+            # one strided copy (advanced indexing gathers everything first: 2-3x slower here).
+            kept = {r: self.kv[:, r, :, :n].clone() for r in set(sources) & set(targets)}
+            for t, s in zip(targets, sources, strict=True):
+                self.kv[:, t, :, :n].copy_(kept[s] if s in kept else self.kv[:, s, :, :n])
+            moved = torch.tensor(targets, device=rows.device)
+            self.valid[moved] = self.valid[rows[moved]]
         kv = self.kv[:, :m]
         return KVCache(
             [kv[i] for i in range(L)],
