@@ -6,7 +6,7 @@ Prints, for greedy, sampling and beam-3 on the model: single-request latency p50
 captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
 methods (its CNN re-reading a 128-character window for every character) and the ratio.
 Captions end when the model says so, so a 60-character caption is estimated from the
-single requests: a straight line fitted to (length, time) gives the fixed cost (prefill,
+single requests: a line fitted to (length, time) by medians gives the fixed cost (prefill,
 the hop through the pool) plus 60 x the cost per character, the targets' unit. On the CPU it
 also times this release's speed-ups (fp16 weights, speculative guesses) against plain fp32
 decoding, taking turns on the same requests.
@@ -41,10 +41,16 @@ METHODS = {
 
 
 def sixty_chars(times: list[float], lengths: list[int]) -> float:
-    """Seconds for a 60-character caption: least-squares line through (length, time)."""
-    if len(set(lengths)) < 2:
-        return 60 * statistics.median(t / n for t, n in zip(times, lengths, strict=True))
-    slope, intercept = statistics.linear_regression(lengths, times)
+    """Seconds for a 60-character caption, from a line through (length, time) fitted by medians
+    (Theil-Sen): one request slowed down by the machine must not tilt it."""
+    pairs = list(zip(lengths, times, strict=True))
+    slopes = [
+        (tb - ta) / (lb - la) for i, (la, ta) in enumerate(pairs) for lb, tb in pairs[i + 1 :] if lb != la
+    ]
+    if not slopes:
+        return 60 * statistics.median(t / n for n, t in pairs)
+    slope = statistics.median(slopes)
+    intercept = statistics.median(t - slope * n for n, t in pairs)
     return intercept + 60 * slope
 
 

@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "decode_layers.cpp"
 # Up to this many rows per pass the fp16 FBGEMM product is faster than BLAS fp32 on the same
-# (fp16-rounded) weights; above it BLAS wins (bench/kernels.py measures the crossover).
-HALF_MAX_ROWS = 16
+# (fp16-rounded) weights: half the bytes to read matters more inside a whole pass than products
+# timed alone suggest (bench/decode_pass.py, ms per pass, fp16 / BLAS: 1 row 0.79 / 1.52,
+# 32 rows 4.64 / 5.52, 64 rows 7.94 / 8.07). The pool's batches stay within it by default.
+HALF_MAX_ROWS = 64
 _SLOTS = 16  # tensors per layer, in the order of the kernel's Slot enum
 
 

@@ -89,6 +89,9 @@ class KVCache:
         the buffers where it can: the cache it was called on must not be used again."""
         n, m = self.length, rows.numel()
         L = len(self.keys)
+        order = rows.tolist()
+        if order == list(range(self.valid.shape[0])):
+            return self  # every row stays where it is (beams that kept their places)
         if m > self.valid.shape[0]:  # more rows than before (beams fanning out): new buffers
             kv = self.kv.index_select(1, rows)
             return KVCache(
@@ -102,9 +105,9 @@ class KVCache:
         # Fewer or as many rows: move the kept rows' filled columns into the first m rows of the
         # same buffers. Only rows that change are copied; a full copy of a wide batch's cache
         # costs more than the decoding step itself.
-        targets = [i for i, r in enumerate(rows.tolist()) if r != i]
+        targets = [i for i, r in enumerate(order) if r != i]
         if targets:
-            sources = [int(rows[i]) for i in targets]
+            sources = [order[i] for i in targets]
             # A row that is read after being overwritten is read from a copy; every other move is
             # one strided copy (advanced indexing gathers everything first: 2-3x slower here).
             kept = {r: self.kv[:, r, :, :n].clone() for r in set(sources) & set(targets)}
