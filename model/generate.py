@@ -378,7 +378,7 @@ class CaptionGenerator:
             next_tokens: list[int] = []
             for q, req in enumerate(requests):
                 width = max(1, req.beam_width)
-                chosen: list[tuple[int, int, float]] = []
+                chosen: list[tuple[int, int, Row]] = []
                 if q in open_requests:
                     # fairseq's rule: an ending candidate counts only if it ranks within the
                     # width; the request is done once `width` captions have ended. Width 1 is
@@ -392,14 +392,14 @@ class CaptionGenerator:
                             if rank < width:
                                 finished[q].append((s / max(1, len(cand.generated)) ** LENGTH_PENALTY, cand))
                         else:
-                            chosen.append((parent, tok, s))
+                            chosen.append((parent, tok, cand))
                     if len(finished[q]) >= width or not chosen:
                         open_requests.discard(q)
                         chosen = []
                 for k in range(K):
                     if k < len(chosen):
-                        parent, tok, s = chosen[k]
-                        next_beams.append(self._extend(beams[parent], tok, s, req))
+                        parent, tok, cand = chosen[k]
+                        next_beams.append(cand)
                         parents.append(parent)
                         next_tokens.append(tok)
                     else:
