@@ -62,15 +62,13 @@ class KVCache:
         with capacity S + room; columns past S start invisible."""
         B, S = valid.shape
         kv = like.new_empty(2 * n_layer, B, n_head, S + room, head_dim)  # never read before written
-        visible = torch.cat([valid, valid.new_zeros(B, room)], dim=1)
-        return cls(
-            [kv[i] for i in range(n_layer)],
-            [kv[n_layer + i] for i in range(n_layer)],
-            visible,
-            positions,
-            0,
-            kv,
-        )
+        return cls.viewing(kv, torch.cat([valid, valid.new_zeros(B, room)], dim=1), positions, 0)
+
+    @classmethod
+    def viewing(cls, kv: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, length: int) -> KVCache:
+        """The cache whose buffers are the layers of `kv` [2 * n_layer, B, H, capacity, D]."""
+        L = kv.size(0) // 2
+        return cls([kv[i] for i in range(L)], [kv[L + i] for i in range(L)], valid, positions, length, kv)
 
     @classmethod
     def holding(cls, keys, values, valid, positions, room: int) -> KVCache:
@@ -88,19 +86,15 @@ class KVCache:
         """Reorder/select batch rows (beam search, finished rows leaving). Like a step, it reuses
         the buffers where it can: the cache it was called on must not be used again."""
         n, m = self.length, rows.numel()
-        L = len(self.keys)
         order = rows.tolist()
         if order == list(range(self.valid.shape[0])):
             return self  # every row stays where it is (beams that kept their places)
         if m > self.valid.shape[0]:  # more rows than before (beams fanning out): new buffers
-            kv = self.kv.index_select(1, rows)
-            return KVCache(
-                [kv[i] for i in range(L)],
-                [kv[L + i] for i in range(L)],
+            return KVCache.viewing(
+                self.kv.index_select(1, rows),
                 self.valid.index_select(0, rows),
                 self.positions.index_select(0, rows),
                 n,
-                kv,
             )
         # Fewer or as many rows: move the kept rows' filled columns into the first m rows of the
         # same buffers. Only rows that change are copied; a full copy of a wide batch's cache
@@ -115,15 +109,7 @@ class KVCache:
                 self.kv[:, t, :, :n].copy_(kept[s] if s in kept else self.kv[:, s, :, :n])
             moved = torch.tensor(targets, device=rows.device)
             self.valid[moved] = self.valid[rows[moved]]
-        kv = self.kv[:, :m]
-        return KVCache(
-            [kv[i] for i in range(L)],
-            [kv[L + i] for i in range(L)],
-            self.valid[:m],
-            self.positions[rows],
-            n,
-            kv,
-        )
+        return KVCache.viewing(self.kv[:, :m], self.valid[:m], self.positions[rows], n)
 
     def keep_columns(self, accepted: torch.Tensor, written: int) -> KVCache:
         """After an `extend` of `written` tokens, keep only the first accepted[b] + 1 of them in
@@ -364,10 +350,7 @@ class FrozenStep:
         x = x + self.pos_emb[pos]  # [B, S, C], S = T + 1
         S, H = x.size(1), self.n_head
         cache = KVCache.allocate(valid, pos[:, -1] + 1, len(self.layers), H, self.n_embd // H, room, like=x)
-        if self.fused is not None:
-            x = self.fused(x, cache.keys, cache.values, valid, 0)
-        else:
-            x = self._blocks(x, cache, valid, 0)
+        x = self._blocks(x, cache, valid, 0)
         logits = self._norm(x[:, -1], self.ln_f) @ self.head  # [B, V]
         return logits, replace(cache, length=S)
 
@@ -391,15 +374,16 @@ class FrozenStep:
         x = self.tok_emb[tokens] + self.pos_emb[pos]  # [B, T, C]
         cache.valid[:, n : n + T] = True
         visible = cache.valid[:, : n + T]  # [B, n+T]
-        if self.fused is not None:
-            x = self.fused(x, cache.keys, cache.values, visible, n)
-        else:
-            x = self._blocks(x, cache, visible, n)
+        x = self._blocks(x, cache, visible, n)
         logits = self._norm(x, self.ln_f) @ self.head  # [B, T, V]
         return logits, replace(cache, positions=cache.positions + T, length=n + T)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, visible: torch.Tensor, n: int) -> torch.Tensor:
-        """The blocks in PyTorch ops: x [B, T, C] -> [B, T, C], writing cache columns n .. n+T-1."""
+        """All blocks: x [B, T, C] -> [B, T, C], writing cache columns n .. n+T-1; row b's new
+        token t sees the columns <= n + t where visible[b] is True. In the fused kernel when
+        there is one, else in PyTorch ops."""
+        if self.fused is not None:
+            return self.fused(x, cache.keys, cache.values, visible, n)
         B, T, C = x.shape
         H = self.n_head
         if T == 1:
