@@ -124,6 +124,7 @@ Tensor decode_layers(Tensor x, const std::vector<Tensor>& weights, const std::ve
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = B * T;
   const int64_t H = n_head, hd = C / H, L = k_bufs.size();
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == L * SLOTS, "expected ", SLOTS, " weights per layer");
+  TORCH_CHECK(visible.size(0) == B && visible.size(1) >= n + T, "visible must cover the new columns");
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   float* xp = x.data_ptr<float>();
   Tensor h = at::empty({M, C}, x.options());
@@ -136,7 +137,11 @@ Tensor decode_layers(Tensor x, const std::vector<Tensor>& weights, const std::ve
     const Tensor* w = &weights[l * SLOTS];
     Tensor& kb = const_cast<Tensor&>(k_bufs[l]);
     Tensor& vb = const_cast<Tensor&>(v_bufs[l]);
-    TORCH_CHECK(kb.stride(3) == 1 && vb.stride(3) == 1 && kb.strides() == vb.strides(), "cache layout");
+    // The loops below write and read raw pointers: check every bound they rely on.
+    TORCH_CHECK(kb.scalar_type() == at::kFloat && kb.sizes() == vb.sizes() && kb.strides() == vb.strides() &&
+                    kb.size(0) == B && kb.size(1) == H && kb.size(2) >= n + T && kb.size(3) == hd &&
+                    kb.stride(3) == 1,
+                "cache buffers must be fp32 [B, n_head, >= n+T, head_dim] with contiguous heads");
     const int64_t sb = kb.stride(0), sh = kb.stride(1), ss = kb.stride(2);
     float* kp = kb.data_ptr<float>();
     float* vp = vb.data_ptr<float>();
