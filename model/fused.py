@@ -67,7 +67,9 @@ def load_fused_kernel(kernel_dir: Path, source: Path = SOURCE) -> ModuleType | N
             )
     except Exception as exc:  # no compiler, no ninja, a build error: the plain path still works
         logger.warning(
-            "fused decoding kernel unavailable (%s); using the plain PyTorch path", _first_line(exc)
+            "fused decoding kernel unavailable (%s); using the plain PyTorch path "
+            "([model] fused_kernel = false skips this attempt)",
+            _first_line(exc),
         )
         return None
 
