@@ -8,8 +8,8 @@ methods (its CNN re-reading a 128-character window for every character) and the 
 Captions end when the model says so, so a 60-character caption is estimated from the
 single requests: a line fitted to (length, time) by medians gives the fixed cost (prefill,
 the hop through the pool) plus 60 x the cost per character, the targets' unit. On the CPU it
-also times this release's speed-ups (fp16 weights, speculative guesses) against plain fp32
-decoding, taking turns on the same requests.
+also times the speed-ups (fp16 weights, speculative guesses, the fused kernel) against plain
+fp32 decoding, taking turns on the same requests.
 """
 
 from __future__ import annotations
