@@ -357,7 +357,9 @@ class CaptionGenerator:
     # ---- beam search --------------------------------------------------------------------
 
     def _beam(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Beam search, batched across requests: request q owns rows q*K .. q*K + K - 1."""
+        """Beam search, batched across requests. The i-th open request owns state rows
+        i*K .. i*K + K - 1; a request that is done leaves the batch at the next step, so a
+        batch costs what its open requests need, not its longest one times all of them."""
         K = max(max(1, r.beam_width) for r in requests)
         starts = [Row(q, self.prompt_ids(req)) for q, req in enumerate(requests)]
         logits, state = self._start(requests, starts)
@@ -371,46 +373,48 @@ class CaptionGenerator:
                 alive = k < max(1, requests[q].beam_width) and k == 0
                 beams.append(Row(q, start.prompt, [], 0.0 if alive else -math.inf, start.seps, start.word))
         finished: list[list[tuple[float, Row]]] = [[] for _ in requests]
-        open_requests = set(range(len(requests)))
+        last_beams: list[list[Row]] = [[] for _ in requests]  # each request's beams when it closed
+        open_requests = list(range(len(requests)))
         while open_requests:
-            logp = self._constrain(logits, beams, requests)  # [Q*K, V]
+            logp = self._constrain(logits, beams, requests)  # [Q*K, V], Q = open requests
             scores = torch.tensor([b.logprob for b in beams], device=logp.device)[:, None] + logp
             V = logp.size(1)
-            top_scores, top_idx = scores.view(len(requests), K * V).topk(2 * K, dim=1)
+            top_scores, top_idx = scores.view(len(open_requests), K * V).topk(2 * K, dim=1)
             top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
+            still_open: list[int] = []
             next_beams: list[Row] = []
             parents: list[int] = []
             next_tokens: list[int] = []
-            for q, req in enumerate(requests):
+            for i, q in enumerate(open_requests):
+                req = requests[q]
                 width = max(1, req.beam_width)
                 chosen: list[tuple[int, int, Row]] = []
-                if q in open_requests:
-                    # fairseq's rule: an ending candidate counts only if it ranks within the
-                    # width; the request is done once `width` captions have ended. Width 1 is
-                    # exactly greedy.
-                    for rank, (s, flat) in enumerate(zip(top_scores[q], top_idx[q], strict=True)):
-                        if s == -math.inf or len(chosen) == width:
-                            break
-                        parent, tok = q * K + flat // V, flat % V
-                        cand = self._extend(beams[parent], tok, s, req)
-                        if cand.done:
-                            if rank < width:
-                                finished[q].append((s / max(1, len(cand.generated)) ** LENGTH_PENALTY, cand))
-                        else:
-                            chosen.append((parent, tok, cand))
-                    if len(finished[q]) >= width or not chosen:
-                        open_requests.discard(q)
-                        chosen = []
+                # fairseq's rule: an ending candidate counts only if it ranks within the
+                # width; the request is done once `width` captions have ended. Width 1 is
+                # exactly greedy.
+                for rank, (s, flat) in enumerate(zip(top_scores[i], top_idx[i], strict=True)):
+                    if s == -math.inf or len(chosen) == width:
+                        break
+                    parent, tok = i * K + flat // V, flat % V
+                    cand = self._extend(beams[parent], tok, s, req)
+                    if cand.done:
+                        if rank < width:
+                            finished[q].append((s / max(1, len(cand.generated)) ** LENGTH_PENALTY, cand))
+                    else:
+                        chosen.append((parent, tok, cand))
+                if len(finished[q]) >= width or not chosen:
+                    last_beams[q] = beams[i * K : (i + 1) * K]
+                    continue
+                still_open.append(q)
                 for k in range(K):
                     if k < len(chosen):
                         parent, tok, cand = chosen[k]
-                        next_beams.append(cand)
-                        parents.append(parent)
-                        next_tokens.append(tok)
-                    else:
-                        next_beams.append(Row(q, beams[q * K].prompt, [], -math.inf))
-                        parents.append(q * K)
-                        next_tokens.append(END)
+                    else:  # fewer live candidates than K: a dead beam keeps the row's place
+                        parent, tok, cand = i * K, END, Row(q, beams[i * K].prompt, [], -math.inf)
+                    next_beams.append(cand)
+                    parents.append(parent)
+                    next_tokens.append(tok)
+            open_requests = still_open
             if not open_requests:
                 break
             beams = next_beams
@@ -419,7 +423,7 @@ class CaptionGenerator:
         out = []
         for q, req in enumerate(requests):
             if not finished[q]:  # nothing ended inside the width: fall back to the open beams
-                finished[q] = [(b.logprob, b) for b in beams[q * K : (q + 1) * K] if b.logprob > -math.inf]
+                finished[q] = [(b.logprob, b) for b in last_beams[q] if b.logprob > -math.inf]
             best = sorted(finished[q], key=lambda f: f[0], reverse=True)[: max(1, req.n)]
             out.append(GenerationResult([self._caption(row, req, score) for score, row in best]))
         return out

@@ -51,6 +51,29 @@ def test_beam_search_returns_n_best_and_memorised_caption_first(generator):
     assert result.captions[0].boxes == ["pineapple on pizza is a crime"]
 
 
+def test_beam_requests_batched_together_each_get_what_they_get_alone(generator):
+    # Different templates, widths and length caps end at different steps: the ones that end
+    # first leave the batch while the others go on, and nobody's beams may get mixed up.
+    requests = [
+        GenerationRequest(template, method="beam", beam_width=width, n=min(2, width), max_length=cap)
+        for template, width, cap in [
+            ("Two-Buttons", 3, 150),
+            ("Ancient-Aliens", 2, 150),
+            ("Change-My-Mind", 4, 12),
+            ("Drake-Hotline-Bling", 1, 150),
+            ("Not-A-Template", 3, 40),
+            ("Change-My-Mind", 3, 150),
+        ]
+    ]
+    batched = generator.generate_batch(requests)
+    for request, result in zip(requests, batched, strict=True):
+        alone = generator.generate_batch([request])[0]
+        assert [c.boxes for c in result.captions] == [c.boxes for c in alone.captions], request
+        assert [c.logprob for c in result.captions] == pytest.approx([c.logprob for c in alone.captions], abs=1e-3)
+    assert batched[5].captions[0].boxes == ["pineapple on pizza is a crime"]
+    assert len(" ".join(batched[2].captions[0].boxes)) <= 12
+
+
 @pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
 @pytest.mark.parametrize("prefix", ["", "Pineapple ON", "zzz qqq", "a|b|c|d|e", "écrit ✨ 日本"])
 def test_prefix_is_always_preserved(generator, method, prefix):
