@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/generation.py [--checkpoint PATH] [--device cpu|cuda] [--quantize] [--no-draft] [--fp32]
 
-Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95 and
-captions per second at concurrency 1, 8, 32 and 128; then the seed's cost for the same
+Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95,
+captions per second at concurrency 1, 8, 32 and 128, and latency p50/p95 when requests arrive
+on their own at 2/3 of the concurrency-32 rate; then the seed's cost for the same
 methods (its CNN re-reading a 128-character window for every character) and the ratio.
 Captions end when the model says so, so a 60-character caption is estimated from the
 single requests: a line fitted to (length, time) by medians gives the fixed cost (prefill,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -76,6 +78,8 @@ async def single_latency(pool: ModelPool, method: str, reps: int) -> tuple[list[
 
 
 async def throughput(pool: ModelPool, method: str, concurrency: int, total: int) -> float:
+    """Captions per second with `concurrency` clients, each sending its next request as soon as
+    it has its answer."""
     queue = list(range(total))
 
     async def client() -> None:
@@ -85,6 +89,25 @@ async def throughput(pool: ModelPool, method: str, concurrency: int, total: int)
     t = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return total / (time.perf_counter() - t)
+
+
+async def open_loop_latency(pool: ModelPool, method: str, rate: float, total: int) -> list[float]:
+    """Seconds per request when requests arrive on their own, as chat users send them: Poisson
+    arrivals at `rate` per second (seeded, so every run offers the same pattern)."""
+    gaps = random.Random(0)
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        t = time.perf_counter()
+        await pool.generate(request(method, i))
+        latencies.append(time.perf_counter() - t)
+
+    tasks = []
+    for i in range(total):
+        tasks.append(asyncio.create_task(one(i)))
+        await asyncio.sleep(gaps.expovariate(rate))
+    await asyncio.gather(*tasks)
+    return latencies
 
 
 def variant_costs(
@@ -179,6 +202,7 @@ async def main() -> None:
     )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
     ours_per_char = {}
+    at_32: dict[str, float] = {}
     print(
         f"\n{'method':<8} {'p50 ms':>8} {'p95 ms':>8} {'chars':>6} {'60-char ms':>11} "
         + " ".join(f"{'c=' + str(c):>8}" for c in levels)
@@ -193,10 +217,22 @@ async def main() -> None:
         for c in levels:
             total = max(2 * c, 32 if args.quick else 64)
             rates.append(await throughput(pool, method, c, total))
+        at_32[method] = rates[levels.index(32)]
         print(
             f"{method:<8} {1000 * statistics.median(times):>8.1f} {1000 * pct(times, 0.95):>8.1f} "
             f"{statistics.mean(lengths):>6.0f} {60000 * per_char:>11.1f} "
             + " ".join(f"{r:>8.1f}" for r in rates)
+        )
+    print(
+        "\nlatency with requests arriving on their own (Poisson) at 2/3 of the c=32 rate;"
+        " each caller is answered when its own caption is done"
+    )
+    print(f"{'method':<8} {'requests/s':>11} {'p50 ms':>8} {'p95 ms':>8}")
+    for method, rate in at_32.items():
+        latencies = await open_loop_latency(pool, method, 2 / 3 * rate, 100 if args.quick else 300)
+        print(
+            f"{method:<8} {2 / 3 * rate:>11.0f} {1000 * statistics.median(latencies):>8.1f} "
+            f"{1000 * pct(latencies, 0.95):>8.1f}"
         )
     stats = pool.stats
     await pool.close()

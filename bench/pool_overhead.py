@@ -16,13 +16,15 @@ import time
 from collections.abc import Sequence
 
 from model.pool import ModelPool
-from model.requests import Caption, GenerationRequest, GenerationResult
+from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
 
 
 class NoWorkGenerator:
     model_id = "no-work"
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
         return [GenerationResult([Caption([r.prefix], 0.0)]) for r in requests]
 
 

@@ -27,7 +27,7 @@ import torch
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.draft import DraftTable, load_draft_table
 from model.fused import load_fused_kernel
-from model.requests import Caption, GenerationRequest, GenerationResult
+from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
 
@@ -110,20 +110,31 @@ class CaptionGenerator:
 
     @torch.inference_mode()
     def generate_batch(
-        self, requests: list[GenerationRequest] | tuple[GenerationRequest, ...]
+        self,
+        requests: list[GenerationRequest] | tuple[GenerationRequest, ...],
+        on_result: ResultCallback | None = None,
     ) -> list[GenerationResult]:
-        results: list[GenerationResult | None] = [None] * len(requests)
-        sampled = [i for i, r in enumerate(requests) if r.method in ("greedy", "sample")]
-        beamed = [i for i, r in enumerate(requests) if r.method == "beam"]
+        """One result per request, in order. `on_result(i, result)` is also called as soon as
+        request i is done (greedy and sampled requests first, then beam requests)."""
         unknown = [r.method for r in requests if r.method not in ("greedy", "sample", "beam")]
         if unknown:
             raise ValueError(f"unknown decoding method {unknown[0]!r}: use greedy, sample or beam")
-        if sampled:
-            for i, res in zip(sampled, self._sample([requests[i] for i in sampled]), strict=True):
-                results[i] = res
-        if beamed:
-            for i, res in zip(beamed, self._beam([requests[i] for i in beamed]), strict=True):
-                results[i] = res
+        results: list[GenerationResult | None] = [None] * len(requests)
+
+        def collect(indices: list[int]) -> ResultCallback:
+            """Results of the sub-batch `indices` -> their places in the whole batch."""
+
+            def done(k: int, result: GenerationResult) -> None:
+                results[indices[k]] = result
+                if on_result is not None:
+                    on_result(indices[k], result)
+
+            return done
+
+        for methods, decode in ((("greedy", "sample"), self._sample), (("beam",), self._beam)):
+            indices = [i for i, r in enumerate(requests) if r.method in methods]
+            if indices:
+                decode([requests[i] for i in indices], collect(indices))
         return results  # type: ignore[return-value]
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -210,7 +221,7 @@ class CaptionGenerator:
 
     # ---- greedy and sampling ------------------------------------------------------------
 
-    def _sample(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def _sample(self, requests: list[GenerationRequest], done: ResultCallback) -> None:
         rows = []
         for q, req in enumerate(requests):
             g = torch.Generator()
@@ -223,6 +234,7 @@ class CaptionGenerator:
         logits, state = self._start(requests, rows)
         logits = logits[:, None, :]  # [S, T, V]: the logits of each state row's last T inputs
         slots = list(range(len(rows)))  # slots[j]: the row decoded in state row j
+        unfinished = [max(1, req.n) for req in requests]  # rows still decoding, per request
         drafts: list[list[int]] = [[] for _ in slots]  # guesses fed as inputs 1.. of the last pass
         while True:
             live = [j for j, i in enumerate(slots) if not rows[i].done]
@@ -235,6 +247,12 @@ class CaptionGenerator:
                 live = list(range(len(slots)))
             slot_rows = [rows[i] for i in slots]
             accepted = self._verify(logits, live, slot_rows, drafts, requests)
+            for j in live:
+                row = slot_rows[j]
+                if row.done:
+                    unfinished[row.request] -= 1
+                    if unfinished[row.request] == 0:
+                        self._deliver(row.request, rows, requests, done)
             if all(slot_rows[j].done for j in live):
                 break
             if logits.size(1) > 1:
@@ -257,10 +275,13 @@ class CaptionGenerator:
                 logits = step_logits[:, None, :]
             else:
                 logits, state = self._step.extend(tokens, state)  # type: ignore[union-attr]
-        out = [GenerationResult([]) for _ in requests]
-        for row in rows:
-            out[row.request].captions.append(self._caption(row, requests[row.request]))
-        return out
+
+    def _deliver(
+        self, q: int, rows: list[Row], requests: list[GenerationRequest], done: ResultCallback
+    ) -> None:
+        """Request q's rows have all ended: hand its captions over."""
+        request = requests[q]
+        done(q, GenerationResult([self._caption(row, request) for row in rows if row.request == q]))
 
     def _guesses(self, rows: list[Row], requests: list[GenerationRequest]) -> list[list[int]]:
         """Each unfinished row's guess of its next characters."""
@@ -356,7 +377,7 @@ class CaptionGenerator:
 
     # ---- beam search --------------------------------------------------------------------
 
-    def _beam(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def _beam(self, requests: list[GenerationRequest], done: ResultCallback) -> None:
         """Beam search, batched across requests. The i-th open request owns state rows
         i*K .. i*K + K - 1; a request that is done leaves the batch at the next step, so a
         batch costs what its open requests need, not its longest one times all of them."""
@@ -373,7 +394,6 @@ class CaptionGenerator:
                 alive = k < max(1, requests[q].beam_width) and k == 0
                 beams.append(Row(q, start.prompt, [], 0.0 if alive else -math.inf, start.seps, start.word))
         finished: list[list[tuple[float, Row]]] = [[] for _ in requests]
-        last_beams: list[list[Row]] = [[] for _ in requests]  # each request's beams when it closed
         open_requests = list(range(len(requests)))
         while open_requests:
             logp = self._constrain(logits, beams, requests)  # [Q*K, V], Q = open requests
@@ -403,7 +423,12 @@ class CaptionGenerator:
                     else:
                         chosen.append((parent, tok, cand))
                 if len(finished[q]) >= width or not chosen:
-                    last_beams[q] = beams[i * K : (i + 1) * K]
+                    if not finished[q]:  # nothing ended inside the width: the open beams it has
+                        finished[q] = [
+                            (b.logprob, b) for b in beams[i * K : (i + 1) * K] if b.logprob > -math.inf
+                        ]
+                    best = sorted(finished[q], key=lambda f: f[0], reverse=True)[: max(1, req.n)]
+                    done(q, GenerationResult([self._caption(row, req, score) for score, row in best]))
                     continue
                 still_open.append(q)
                 for k in range(K):
@@ -420,13 +445,6 @@ class CaptionGenerator:
             beams = next_beams
             state = state.select(torch.tensor(parents, device=self.device))
             logits, state = self._step(torch.tensor(next_tokens, device=self.device), state)
-        out = []
-        for q, req in enumerate(requests):
-            if not finished[q]:  # nothing ended inside the width: fall back to the open beams
-                finished[q] = [(b.logprob, b) for b in last_beams[q] if b.logprob > -math.inf]
-            best = sorted(finished[q], key=lambda f: f[0], reverse=True)[: max(1, req.n)]
-            out.append(GenerationResult([self._caption(row, req, score) for score, row in best]))
-        return out
 
     def _extend(self, parent: Row, token: int, score: float, request: GenerationRequest) -> Row:
         row = Row(

@@ -4,7 +4,8 @@ Callers `await pool.generate(request)`. Requests wait in one shared queue; each 
 (one per generator: one per GPU, or one on the CPU) owns a dedicated thread that runs
 `generate_batch`, and an asyncio task that feeds it. When a worker is free it takes the
 oldest request, waits at most `batch_wait_ms` from that request's arrival for company, then
-decodes everything that fits in `max_batch` rows together. Torch releases the GIL while
+decodes everything that fits in `max_batch` rows together; each caller is answered as soon as its
+own request is done, not when the whole batch is. Torch releases the GIL while
 it computes, so the event loop keeps serving chat traffic while a batch runs.
 
 A request's size is the rows it decodes: `n` for greedy and sampling, `beam_width` for
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from model.requests import METHODS, GenerationRequest, GenerationResult
+from model.requests import METHODS, GenerationRequest, GenerationResult, ResultCallback
 
 if TYPE_CHECKING:
     from bot.config import ModelConfig
@@ -38,8 +39,12 @@ WARMUP_REQUEST = GenerationRequest(template="", method="greedy", max_length=4)
 class BatchGenerator(Protocol):
     model_id: str
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """One result per request, in order. May mix methods and templates; raising fails the batch."""
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
+        """One result per request, in order. May mix methods and templates; raising fails the
+        requests not yet answered. May call on_result(i, result) from its thread as soon as
+        request i is done, so that its caller need not wait for the rest of the batch."""
         ...
 
 
@@ -356,8 +361,13 @@ class ModelPool:
 
     async def _run_batch(self, worker: _Worker, batch: list[_Job]) -> None:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+
+        def answer_soon(i: int, result: GenerationResult) -> None:  # in the worker's thread
+            loop.call_soon_threadsafe(self._answer, batch[i], result)
+
         try:
-            results = await self._decode(worker, [job.request for job in batch])
+            results = await self._decode(worker, [job.request for job in batch], answer_soon)
         except asyncio.CancelledError:
             # The loop is shutting down under us: nobody may be left waiting.
             for job in batch:
@@ -365,30 +375,41 @@ class ModelPool:
                     job.future.set_exception(PoolClosed("the model pool stopped while decoding"))
             raise
         except Exception as exc:
+            unanswered = [job for job in batch if not job.future.done()]
             logger.error(
-                "model worker %d: a batch of %d request(s) failed", worker.index, len(batch), exc_info=exc
+                "model worker %d: a batch of %d request(s) failed (%d unanswered)",
+                worker.index,
+                len(batch),
+                len(unanswered),
+                exc_info=exc,
             )
-            self._stats.failed += len(batch)
-            for job in batch:
-                if not job.future.done():
-                    error = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    job.future.set_exception(error)
+            self._stats.failed += len(unanswered)
+            for job in unanswered:
+                error = GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                job.future.set_exception(error)
         else:
             for job, result in zip(batch, results, strict=True):
-                if not job.future.done():  # done = its caller gave up meanwhile
-                    job.future.set_result(result)
-                    self._stats.requests += 1
+                self._answer(job, result)
         finally:
             self._stats.batches += 1
             self._stats.batch_sizes[len(batch)] += 1
             self._stats.batch_rows[sum(job.rows for job in batch)] += 1
             self._stats.busy_s += time.perf_counter() - started
 
-    async def _decode(self, worker: _Worker, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def _answer(self, job: _Job, result: GenerationResult) -> None:
+        if not job.future.done():  # done = answered early, or its caller gave up meanwhile
+            job.future.set_result(result)
+            self._stats.requests += 1
+
+    async def _decode(
+        self, worker: _Worker, requests: list[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
         """Run one batch on the worker's own thread, leaving the event loop free."""
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(worker.thread, worker.generator.generate_batch, requests)
+        results = await loop.run_in_executor(
+            worker.thread, worker.generator.generate_batch, requests, on_result
+        )
         if len(results) != len(requests):
             raise RuntimeError(f"the generator returned {len(results)} results for {len(requests)} requests")
         return results

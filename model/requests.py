@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 METHODS = ("greedy", "sample", "beam")
@@ -38,3 +39,9 @@ class Caption:
 @dataclass(frozen=True)
 class GenerationResult:
     captions: list[Caption] = field(default_factory=list)
+
+
+# Called from the decoding thread with (index of the request in its batch, its result) as soon
+# as that request is done, before the rest of the batch is: a short caption need not wait for
+# the longest one decoded beside it.
+ResultCallback = Callable[[int, GenerationResult], None]

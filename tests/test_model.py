@@ -69,9 +69,28 @@ def test_beam_requests_batched_together_each_get_what_they_get_alone(generator):
     for request, result in zip(requests, batched, strict=True):
         alone = generator.generate_batch([request])[0]
         assert [c.boxes for c in result.captions] == [c.boxes for c in alone.captions], request
-        assert [c.logprob for c in result.captions] == pytest.approx([c.logprob for c in alone.captions], abs=1e-3)
+        assert [c.logprob for c in result.captions] == pytest.approx(
+            [c.logprob for c in alone.captions], abs=1e-3
+        )
     assert batched[5].captions[0].boxes == ["pineapple on pizza is a crime"]
     assert len(" ".join(batched[2].captions[0].boxes)) <= 12
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_each_request_is_reported_as_soon_as_it_is_done(generator, method):
+    # Index 0 runs to the end of its 41-symbol caption, index 1 stops after 4 symbols.
+    requests = [
+        GenerationRequest("Ancient-Aliens", method=method, seed=1, temperature=0.1),
+        GenerationRequest("Ancient-Aliens", method=method, seed=2, temperature=0.1, max_length=4),
+        GenerationRequest("Two-Buttons", method="sample" if method == "beam" else "beam", seed=3),
+    ]
+    reported: list[tuple[int, object]] = []
+    results = generator.generate_batch(requests, on_result=lambda i, r: reported.append((i, r)))
+    order = [i for i, _ in reported]
+    assert sorted(order) == [0, 1, 2]  # each exactly once
+    assert order.index(1) < order.index(0)  # the short one did not wait for the long one
+    assert dict(reported) == dict(enumerate(results))
+    assert results[0].captions[0].boxes == ["i'm not saying it was aliens", "but it was aliens"]
 
 
 @pytest.mark.parametrize("method", ["greedy", "sample", "beam"])

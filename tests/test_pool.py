@@ -26,7 +26,7 @@ from model.pool import (
     PoolTimeout,
     resolve_devices,
 )
-from model.requests import Caption, GenerationRequest, GenerationResult
+from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
 from tests.conftest import SYNTHETIC_CAPTIONS
 
 pytestmark = pytest.mark.timeout(30)  # a hung future fails the test instead of the run
@@ -49,18 +49,25 @@ class FakeGenerator:
 
     `gate`, while unset, holds every batch inside generate_batch: the worker is then busy,
     which lets a test fill the queue or close the pool at a known moment. time.sleep and
-    Event.wait release the GIL like real decoding does."""
+    Event.wait release the GIL like real decoding does. Requests whose prefix is in `early`
+    are answered through on_result before the gate, as short captions are in a real batch."""
 
     model_id: str = "fake-1"
     delay_s: float = 0.0
     gate: threading.Event | None = None
     fail_on_prefix: str | None = None
+    early: tuple[str, ...] = ()
     batches: list[list[GenerationRequest]] = field(default_factory=list)
     threads: set[str] = field(default_factory=set)
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
         self.batches.append(list(requests))
         self.threads.add(threading.current_thread().name)
+        for i, r in enumerate(requests):
+            if r.prefix in self.early and on_result is not None:
+                on_result(i, answer(r))
         if self.gate is not None:
             assert self.gate.wait(10), "test forgot to open the gate"
         time.sleep(self.delay_s)
@@ -299,6 +306,37 @@ async def test_generator_exception_fails_only_that_batch(caplog: pytest.LogCaptu
     )
 
 
+async def test_a_request_done_early_reaches_its_caller_while_its_batch_still_runs():
+    gen = FakeGenerator(gate=threading.Event(), early=("short",))
+    async with running(gen, batch_wait_ms=30, max_batch=8) as pool:
+        short = asyncio.create_task(pool.generate(req("short", seed=1)))
+        long = asyncio.create_task(pool.generate(req("long", seed=2)))
+        result = await asyncio.wait_for(short, 5)  # the gate still holds the batch
+        assert len(gen.batches) == 1 and len(gen.batches[0]) == 2
+        assert result == answer(req("short", seed=1))
+        assert not long.done()
+        gen.gate.set()  # type: ignore[union-attr]
+        assert await long == answer(req("long", seed=2))
+        stats = pool.stats
+    assert stats.requests == 2 and stats.batches == 1  # answered once each, not twice
+
+
+async def test_a_batch_that_fails_late_keeps_the_answers_it_already_gave():
+    gen = FakeGenerator(fail_on_prefix="boom", early=("done first",))
+    async with running(gen, batch_wait_ms=30, max_batch=8) as pool:
+        first, boom, neighbour = await asyncio.gather(
+            pool.generate(req("done first")),
+            pool.generate(req("boom")),
+            pool.generate(req("neighbour")),
+            return_exceptions=True,
+        )
+        stats = pool.stats
+    assert len(gen.batches) == 1
+    assert isinstance(first, GenerationResult) and first.captions
+    assert isinstance(boom, GenerationFailed) and isinstance(neighbour, GenerationFailed)
+    assert stats.failed == 2 and stats.requests == 1
+
+
 async def test_close_finishes_in_flight_work_and_fails_every_queued_request():
     gen = FakeGenerator(gate=threading.Event())
     pool = ModelPool([lambda: gen], batch_wait_ms=0, max_batch=1)
@@ -332,7 +370,9 @@ class MatmulGenerator:
     batch_s: float = 0.15
     model_id: str = "matmul"
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
         x = torch.randn(192, 192)
         w = torch.randn(192, 192) / 14
         end = time.perf_counter() + self.batch_s

@@ -19,7 +19,7 @@ from bot.app import open_service
 from bot.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
 from bot.service import MemeService
 from model.pool import ModelPool
-from model.requests import Caption, GenerationRequest, GenerationResult
+from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.vocab import normalize_user_text
 
 FIXED_ENDING = "with extra cheese"  # what greedy and beam requests always end with
@@ -44,7 +44,9 @@ class ScriptedCaptions:
         self._draws = itertools.count(1)
         self._lock = threading.Lock()
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+    ) -> list[GenerationResult]:
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail:
