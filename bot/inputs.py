@@ -20,6 +20,18 @@ SPACES = re.compile(r"\s+")
 
 def clean_text(text: str) -> str:
     """NFKC-normalised `text` with invisible characters removed and whitespace collapsed."""
+    # Dropping a character can bring together two that NFKC composes or reorders (an unassigned
+    # code point between two combining marks), so clean until nothing changes; it settles in one
+    # or two rounds.
+    for _ in range(8):
+        cleaned = _clean_once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+def _clean_once(text: str) -> str:
     text = unicodedata.normalize("NFKC", text)
     # Whitespace first (tabs and newlines are Cc too): a line break separates words.
     text = SPACES.sub(" ", text)
