@@ -36,7 +36,7 @@ from bot.config import Config
 from bot.service import MemeService
 from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
 from model.pool import BatchGenerator, ModelPool
-from model.requests import GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback
 from tests.fakes.caption_model import ScriptedCaptions, config_for_tests
 from tests.fakes.telegram_server import Call, FakeTelegramServer
 
@@ -145,14 +145,17 @@ class FlakyGenerator:
         self._lock = threading.Lock()
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         with self._lock:
             fail = self.fail_every > 0 and next(self._batches) % self.fail_every == 0
             self.failures += fail
         if fail:
             raise RuntimeError("injected model failure")
-        return self.inner.generate_batch(requests, on_result)
+        return self.inner.generate_batch(requests, on_result, abandoned)
 
 
 def classify(call: Call) -> str:

@@ -16,14 +16,17 @@ import time
 from collections.abc import Sequence
 
 from model.pool import ModelPool
-from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 
 
 class NoWorkGenerator:
     model_id = "no-work"
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         return [GenerationResult([Caption([r.prefix], 0.0)]) for r in requests]
 

@@ -27,7 +27,7 @@ import torch
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.draft import DraftTable, load_draft_table
 from model.fused import load_fused_kernel
-from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
 
@@ -113,9 +113,11 @@ class CaptionGenerator:
         self,
         requests: list[GenerationRequest] | tuple[GenerationRequest, ...],
         on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         """One result per request, in order. `on_result(i, result)` is also called as soon as
-        request i is done (greedy and sampled requests first, then beam requests)."""
+        request i is done (greedy and sampled requests first, then beam requests). A request
+        for which `abandoned(i)` turns true stops being decoded and gets an empty result."""
         unknown = [r.method for r in requests if r.method not in ("greedy", "sample", "beam")]
         if unknown:
             raise ValueError(f"unknown decoding method {unknown[0]!r}: use greedy, sample or beam")
@@ -131,11 +133,25 @@ class CaptionGenerator:
 
             return done
 
+        given_up: set[int] = set()
+
+        def gone(indices: list[int]) -> Abandoned:
+            def asked(k: int) -> bool:
+                if abandoned is not None and abandoned(indices[k]):
+                    given_up.add(indices[k])
+                    return True
+                return False
+
+            return asked
+
         for methods, decode in ((("greedy", "sample"), self._sample), (("beam",), self._beam)):
             indices = [i for i, r in enumerate(requests) if r.method in methods]
             if indices:
-                decode([requests[i] for i in indices], collect(indices))
-        return results  # type: ignore[return-value]
+                decode([requests[i] for i in indices], collect(indices), gone(indices))
+        lost = [i for i, r in enumerate(results) if r is None and i not in given_up]
+        if lost:
+            raise RuntimeError(f"decoding ended without a result for request(s) {lost}")
+        return [r if r is not None else GenerationResult() for r in results]
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         boxes = normalize_user_text(request.prefix) if request.prefix else [""]
@@ -221,7 +237,7 @@ class CaptionGenerator:
 
     # ---- greedy and sampling ------------------------------------------------------------
 
-    def _sample(self, requests: list[GenerationRequest], done: ResultCallback) -> None:
+    def _sample(self, requests: list[GenerationRequest], done: ResultCallback, abandoned: Abandoned) -> None:
         rows = []
         for q, req in enumerate(requests):
             g = torch.Generator()
@@ -237,7 +253,14 @@ class CaptionGenerator:
         unfinished = [max(1, req.n) for req in requests]  # rows still decoding, per request
         drafts: list[list[int]] = [[] for _ in slots]  # guesses fed as inputs 1.. of the last pass
         while True:
+            for q, left in enumerate(unfinished):
+                if left > 0 and abandoned(q):
+                    unfinished[q] = 0  # never delivered
+                    for row in rows:
+                        row.done = row.done or row.request == q
             live = [j for j, i in enumerate(slots) if not rows[i].done]
+            if not live:
+                break
             if len(live) <= len(slots) * COMPACT_AT:
                 # Compact once a quarter of the rows have finished, not every time one does:
                 # until then a finished row rides along, cheaper than a copy per row.
@@ -377,7 +400,7 @@ class CaptionGenerator:
 
     # ---- beam search --------------------------------------------------------------------
 
-    def _beam(self, requests: list[GenerationRequest], done: ResultCallback) -> None:
+    def _beam(self, requests: list[GenerationRequest], done: ResultCallback, abandoned: Abandoned) -> None:
         """Beam search, batched across requests. The i-th open request owns state rows
         i*K .. i*K + K - 1; a request that is done leaves the batch at the next step, so a
         batch costs what its open requests need, not its longest one times all of them."""
@@ -406,6 +429,8 @@ class CaptionGenerator:
             parents: list[int] = []
             next_tokens: list[int] = []
             for i, q in enumerate(open_requests):
+                if abandoned(q):
+                    continue  # leaves the batch: no row of the next step descends from it
                 req = requests[q]
                 width = max(1, req.beam_width)
                 chosen: list[tuple[int, int, Row]] = []

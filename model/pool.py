@@ -5,7 +5,8 @@ Callers `await pool.generate(request)`. Requests wait in one shared queue; each 
 `generate_batch`, and an asyncio task that feeds it. When a worker is free it takes the
 oldest request, waits at most `batch_wait_ms` from that request's arrival for company, then
 decodes everything that fits in `max_batch` rows together; each caller is answered as soon as its
-own request is done, not when the whole batch is. Torch releases the GIL while
+own request is done, not when the whole batch is; a caller that gives up (timeout, or its
+task cancelled) leaves a running batch at its next pass. Torch releases the GIL while
 it computes, so the event loop keeps serving chat traffic while a batch runs.
 
 A request's size is the rows it decodes: `n` for greedy and sampling, `beam_width` for
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from model.requests import METHODS, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import METHODS, Abandoned, GenerationRequest, GenerationResult, ResultCallback
 
 if TYPE_CHECKING:
     from bot.config import ModelConfig
@@ -40,11 +41,15 @@ class BatchGenerator(Protocol):
     model_id: str
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         """One result per request, in order. May mix methods and templates; raising fails the
         requests not yet answered. May call on_result(i, result) from its thread as soon as
-        request i is done, so that its caller need not wait for the rest of the batch."""
+        request i is done, so that its caller need not wait for the rest of the batch; may
+        stop decoding request i once abandoned(i) is true (its result is then discarded)."""
         ...
 
 
@@ -115,6 +120,9 @@ class _Job:
     future: asyncio.Future[GenerationResult]
     rows: int
     enqueued_at: float  # loop.time()
+    # Set on the loop when the caller gives up; the worker thread reads it between passes (a
+    # plain bool: one reader, one writer, the GIL makes each access whole).
+    abandoned: bool = False
 
 
 @dataclass
@@ -300,7 +308,8 @@ class ModelPool:
 
     def _withdraw(self, job: _Job) -> None:
         """Drop a request its caller gave up on: out of the queue if it has not started, and
-        its future cancelled so a running batch discards its result."""
+        its future cancelled and the running batch told, which stops decoding it."""
+        job.abandoned = True
         if job.future.done() and not job.future.cancelled():
             job.future.exception()  # its failure raced the cancel: mark it seen, or asyncio warns
         job.future.cancel()
@@ -367,7 +376,9 @@ class ModelPool:
             loop.call_soon_threadsafe(self._answer, batch[i], result)
 
         try:
-            results = await self._decode(worker, [job.request for job in batch], answer_soon)
+            results = await self._decode(
+                worker, [job.request for job in batch], answer_soon, lambda i: batch[i].abandoned
+            )
         except asyncio.CancelledError:
             # The loop is shutting down under us: nobody may be left waiting.
             for job in batch:
@@ -403,12 +414,16 @@ class ModelPool:
             self._stats.requests += 1
 
     async def _decode(
-        self, worker: _Worker, requests: list[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        worker: _Worker,
+        requests: list[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         """Run one batch on the worker's own thread, leaving the event loop free."""
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(
-            worker.thread, worker.generator.generate_batch, requests, on_result
+            worker.thread, worker.generator.generate_batch, requests, on_result, abandoned
         )
         if len(results) != len(requests):
             raise RuntimeError(f"the generator returned {len(results)} results for {len(requests)} requests")

@@ -45,3 +45,8 @@ class GenerationResult:
 # as that request is done, before the rest of the batch is: a short caption need not wait for
 # the longest one decoded beside it.
 ResultCallback = Callable[[int, GenerationResult], None]
+
+# Asked from the decoding thread, at every pass, for each request not yet done: True once request
+# i's caller has given up (timed out, or its interaction expired). Its rows then leave the batch
+# and it gets an empty result that nobody reads.
+Abandoned = Callable[[int], bool]

@@ -94,6 +94,34 @@ def test_each_request_is_reported_as_soon_as_it_is_done(generator, method):
 
 
 @pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_an_abandoned_request_leaves_its_batch_and_the_others_are_unchanged(generator, method):
+    # Index 1's caller gives up after the decoder has asked about it three times: from then on
+    # it must not be decoded (nor asked about), and its neighbours must get what they get alone.
+    requests = [
+        GenerationRequest("Ancient-Aliens", method=method, seed=1, temperature=0.8, n=2, beam_width=2),
+        GenerationRequest("Two-Buttons", method=method, seed=2, temperature=0.8),
+        GenerationRequest("Change-My-Mind", method=method, seed=3, temperature=0.8, beam_width=3),
+    ]
+    asked: list[int] = []
+
+    def abandoned(i: int) -> bool:
+        asked.append(i)
+        return i == 1 and asked.count(1) > 3
+
+    reported: list[int] = []
+    results = generator.generate_batch(
+        requests, on_result=lambda i, _: reported.append(i), abandoned=abandoned
+    )
+    assert asked.count(1) == 4  # asked until it said yes, never again
+    assert results[1].captions == [] and 1 not in reported
+    assert sorted(reported) == [0, 2]
+    for i in (0, 2):
+        alone = generator.generate_batch([requests[i]])[0]
+        assert [c.boxes for c in results[i].captions] == [c.boxes for c in alone.captions], i
+    assert results[0].captions[0].boxes == ["i'm not saying it was aliens", "but it was aliens"]
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
 @pytest.mark.parametrize("prefix", ["", "Pineapple ON", "zzz qqq", "a|b|c|d|e", "écrit ✨ 日本"])
 def test_prefix_is_always_preserved(generator, method, prefix):
     req = GenerationRequest("Change-My-Mind", prefix=prefix, method=method, n_boxes=2, max_length=40, seed=3)

@@ -26,7 +26,7 @@ from model.pool import (
     PoolTimeout,
     resolve_devices,
 )
-from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from tests.conftest import SYNTHETIC_CAPTIONS
 
 pytestmark = pytest.mark.timeout(30)  # a hung future fails the test instead of the run
@@ -50,7 +50,8 @@ class FakeGenerator:
     `gate`, while unset, holds every batch inside generate_batch: the worker is then busy,
     which lets a test fill the queue or close the pool at a known moment. time.sleep and
     Event.wait release the GIL like real decoding does. Requests whose prefix is in `early`
-    are answered through on_result before the gate, as short captions are in a real batch."""
+    are answered through on_result before the gate, as short captions are in a real batch;
+    after the gate it notes which requests it was told were abandoned."""
 
     model_id: str = "fake-1"
     delay_s: float = 0.0
@@ -59,9 +60,13 @@ class FakeGenerator:
     early: tuple[str, ...] = ()
     batches: list[list[GenerationRequest]] = field(default_factory=list)
     threads: set[str] = field(default_factory=set)
+    abandoned: list[str] = field(default_factory=list)  # prefixes seen given up, after the gate
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         self.batches.append(list(requests))
         self.threads.add(threading.current_thread().name)
@@ -70,6 +75,8 @@ class FakeGenerator:
                 on_result(i, answer(r))
         if self.gate is not None:
             assert self.gate.wait(10), "test forgot to open the gate"
+        if abandoned is not None:
+            self.abandoned.extend(r.prefix for i, r in enumerate(requests) if abandoned(i))
         time.sleep(self.delay_s)
         if any(r.prefix == self.fail_on_prefix for r in requests):
             raise RuntimeError("the GPU caught fire")
@@ -260,6 +267,7 @@ async def test_cancelled_requests_are_dropped_and_the_pool_keeps_serving():
         # The user's interaction expired: their task is cancelled, queued and running alike.
         waiting.cancel()
         in_flight.cancel()
+        await asyncio.wait([waiting, in_flight])  # both have withdrawn; the batch is still held
         gen.gate.set()  # type: ignore[union-attr]
         result = await kept
         assert result.captions[0].boxes[1].startswith("kept #")
@@ -268,6 +276,7 @@ async def test_cancelled_requests_are_dropped_and_the_pool_keeps_serving():
         assert pool.stats.cancelled == 2
         assert pool.stats.requests == 2  # the abandoned in-flight result was discarded, not delivered
     assert gen.seen_prefixes() == ["in flight", "kept", "next"]
+    assert gen.abandoned == ["in flight"], "the running batch must be told, so it stops decoding it"
 
 
 async def test_invalid_request_is_refused_before_it_can_spoil_a_batch():
@@ -371,7 +380,10 @@ class MatmulGenerator:
     model_id: str = "matmul"
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         x = torch.randn(192, 192)
         w = torch.randn(192, 192) / 14

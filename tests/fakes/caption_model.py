@@ -19,7 +19,7 @@ from bot.app import open_service
 from bot.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
 from bot.service import MemeService
 from model.pool import ModelPool
-from model.requests import Caption, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.vocab import normalize_user_text
 
 FIXED_ENDING = "with extra cheese"  # what greedy and beam requests always end with
@@ -45,7 +45,10 @@ class ScriptedCaptions:
         self._lock = threading.Lock()
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], on_result: ResultCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
     ) -> list[GenerationResult]:
         if self.delay_s:
             time.sleep(self.delay_s)
