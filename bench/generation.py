@@ -172,6 +172,10 @@ async def main() -> None:
     parser.add_argument("--reps", type=int, default=30, help="single-request repetitions per method")
     parser.add_argument("--seed-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    parser.add_argument(
+        "--levels", help="comma-separated concurrency levels (default 1,8,32,128; quick: 1,8,32)"
+    )
+    parser.add_argument("--max-batch", type=int, help="the pool's largest batch (default: [model])")
     args = parser.parse_args()
     config = load_config()
     checkpoint = args.checkpoint or config.checkpoint_path
@@ -189,7 +193,8 @@ async def main() -> None:
     )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
     batch_wait_ms = config.model.batch_wait_ms if args.batch_wait_ms is None else args.batch_wait_ms
-    pool = ModelPool([loader], max_batch=config.model.max_batch, batch_wait_ms=batch_wait_ms, timeout_s=600)
+    max_batch = args.max_batch or config.model.max_batch
+    pool = ModelPool([loader], max_batch=max_batch, batch_wait_ms=batch_wait_ms, timeout_s=600)
     await pool.start()
     device = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
@@ -198,9 +203,11 @@ async def main() -> None:
         f"model {pool.model_id} ({checkpoint.name}) on {device}; quantize={args.quantize} "
         f"compile={args.compile} speculative={draft is not None} "
         f"half_weights={config.model.half_weights and not args.fp32} "
-        f"fused_kernel={loader.kernel_dir is not None} batch_wait_ms={batch_wait_ms:g}"
+        f"fused_kernel={loader.kernel_dir is not None} batch_wait_ms={batch_wait_ms:g} max_batch={max_batch}"
     )
     levels = (1, 8, 32) if args.quick else (1, 8, 32, 128)
+    if args.levels:
+        levels = tuple(int(c) for c in args.levels.split(","))
     ours_per_char = {}
     at_32: dict[str, float] = {}
     print(
@@ -217,7 +224,7 @@ async def main() -> None:
         for c in levels:
             total = max(2 * c, 32 if args.quick else 64)
             rates.append(await throughput(pool, method, c, total))
-        at_32[method] = rates[levels.index(32)]
+        at_32[method] = rates[levels.index(32)] if 32 in levels else rates[-1]
         print(
             f"{method:<8} {1000 * statistics.median(times):>8.1f} {1000 * pct(times, 0.95):>8.1f} "
             f"{statistics.mean(lengths):>6.0f} {60000 * per_char:>11.1f} "

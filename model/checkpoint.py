@@ -77,6 +77,13 @@ class Checkpoint:
         except ValueError:
             return 0
 
+    def with_half_storage(self) -> Checkpoint:
+        """The same checkpoint with its floating-point weights stored in fp16: half the file, and
+        the rounding that serving with [model] half_weights applies anyway. `build` loads them
+        back into the network's fp32 parameters."""
+        state = {k: v.half() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        return dataclasses.replace(self, state_dict=state)
+
     def build(self) -> nn.Module:
         model = build_model(self.arch, self.model_config)
         try:

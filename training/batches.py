@@ -71,9 +71,11 @@ def training_batches(
     batch_size: int,
     rng: np.random.Generator,
     unknown_template_p: float = 0.0,
+    weights: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """Endless shuffled batches. Memes are grouped by similar length within windows of 64 batches
-    (less padding) and the batches are shuffled again, so order stays random."""
+    (less padding) and the batches are shuffled again, so order stays random. `weights`, indexed
+    like the dataset, gives each meme's loss weight (see training.train.meme_weights)."""
     window = batch_size * 64
     while True:
         perm = rng.permutation(indices)
@@ -88,4 +90,8 @@ def training_batches(
                 if unknown_template_p > 0:
                     # Teach the shared "unknown" id to caption any template, for the 12 without data.
                     ids = np.where(rng.random(len(ids)) < unknown_template_p, 0, ids)
-                yield make_batch([dataset.caption(i) for i in group], ids.tolist())
+                yield make_batch(
+                    [dataset.caption(i) for i in group],
+                    ids.tolist(),
+                    None if weights is None else weights[group].tolist(),
+                )
