@@ -165,3 +165,64 @@ def test_packed_file_trains_and_evaluates_without_the_folder(messy_dataset: Path
     again = load_dataset(packed)
     assert again.fingerprint == original.fingerprint and again.templates == original.templates
     assert np.array_equal(again.tokens, original.tokens) and np.array_equal(again.is_val, original.is_val)
+
+
+def _liked_dataset(tmp_path: Path) -> Path:
+    """Two templates; 'repost' three times on A (votes 0, 5, 50), once on B; a popular and an
+    unpopular original on A. Every URL lands in the training split (checked below)."""
+    memes = tmp_path / "memes"
+    memes.mkdir()
+    a = [
+        _meme("https://t/a1", ["repost"], votes="0"),
+        _meme("https://t/a2", ["repost"], votes="5"),
+        _meme("https://t/a3", ["repost"], votes="50"),
+        _meme("https://t/a4", ["loved", "by all"], votes="1,000"),
+        _meme("https://t/a5", ["ignored"], votes="0"),
+    ]
+    (memes / "A.json").write_text(json.dumps(a))
+    (memes / "B.json").write_text(json.dumps([_meme("https://t/b1", ["repost"], votes="3")]))
+    return tmp_path
+
+
+def test_dedupe_trains_on_each_caption_of_a_template_once(tmp_path: Path):
+    from training.train import training_indices
+
+    dataset = load_dataset(_liked_dataset(tmp_path))
+    assert not dataset.is_val.any()
+    kept = training_indices(dataset, dedupe=True)
+    captions = [(dataset.templates[dataset.template_index[i]], dataset.boxes(i, Vocab())) for i in kept]
+    # The first 'repost' of A stays, its two copies go; the same words on B are another meme.
+    assert captions == [("A", ["repost"]), ("A", ["loved", "by all"]), ("A", ["ignored"]), ("B", ["repost"])]
+    assert len(training_indices(dataset, dedupe=False)) == 6
+
+
+def test_vote_weights_favour_liked_memes_and_average_one(tmp_path: Path):
+    from training.train import meme_weights, training_indices
+
+    dataset = load_dataset(_liked_dataset(tmp_path))
+    idx = training_indices(dataset, dedupe=False)
+    assert meme_weights(dataset, idx, 0.0) is None  # off: plain training
+    w = meme_weights(dataset, idx, 1.0)
+    raw = 1 + np.log1p(np.array([0, 5, 50, 1000, 0, 3], dtype=np.float64))  # file order: A then B
+    assert np.allclose(w, raw / raw.mean(), atol=1e-6)
+    assert w[3] > w[2] > w[1] > w[0] == w[4]
+
+
+def test_token_weighted_loss_is_the_plain_loss_with_equal_weights_and_follows_the_weights():
+    from training.batches import make_batch
+    from training.train import loss_on, token_weighted_loss
+
+    torch.manual_seed(0)
+    from model.transformer import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(n_layer=1, n_embd=16, n_head=2, n_templates=3)).eval()
+    vocab = Vocab()
+    caps = [
+        np.array(vocab.encode_boxes(["a short one"])),
+        np.array(vocab.encode_boxes(["much longer words here"])),
+    ]
+    plain = loss_on(model, make_batch(caps, [1, 2]))
+    assert torch.allclose(token_weighted_loss(model, make_batch(caps, [1, 2], [1.0, 1.0])), plain)
+    assert torch.allclose(token_weighted_loss(model, make_batch(caps, [1, 2], [3.0, 3.0])), plain)
+    only_second = token_weighted_loss(model, make_batch(caps, [1, 2], [0.0, 1.0]))
+    assert torch.allclose(only_second, loss_on(model, make_batch(caps[1:], [2])))
