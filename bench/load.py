@@ -301,7 +301,10 @@ async def run_load(
             jobs = []
             for i in range(plan.commands):
                 template = rng.choice(("", "drake", "change-my-mind", "two-buttons", "distracted boyfriend"))
-                prefix = rng.choice(("", "", "when the", "me | also me"))
+                # Two boxes only where the template has two (Change My Mind has one sign: a second
+                # box there is refused, not merged).
+                two = "me | also me" if template != "change-my-mind" else "me, also me"
+                prefix = rng.choice(("", "", "when the", two))
                 jobs.append(
                     lambda t=template, p=prefix, i=i: command(
                         f"/meme {t} {p}".strip(), "meme", users[i % plan.users], chats[i % plan.chats]

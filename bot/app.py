@@ -56,13 +56,29 @@ def usable_draft(config: Config, notice: Callable[[str], None] = warn) -> Path |
     return draft
 
 
+def usable_lexicon(config: Config, notice: Callable[[str], None] = warn) -> Path | None:
+    """The word lexicon to load, if present: without it decoding still runs, only without
+    the lexicon rule (requests ask for it with [generation] lexicon, a server setting)."""
+    path = config.lexicon_path
+    if not path.exists():
+        notice(f"no word lexicon at {path}: decoding may write made-up words (`memebot lexicon` builds it)")
+        return None
+    return path
+
+
 async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | None:
     """The model pool, started; None (with a notice) when no checkpoint is installed."""
     checkpoint = config.checkpoint_path
     if not checkpoint.exists():
         notice(NO_MODEL.format(path=checkpoint))
         return None
-    pool = ModelPool.from_config(config.model, checkpoint, usable_draft(config, notice), config.kernel_dir)
+    pool = ModelPool.from_config(
+        config.model,
+        checkpoint,
+        usable_draft(config, notice),
+        config.kernel_dir,
+        usable_lexicon(config, notice),
+    )
     try:
         await pool.start()
     except Exception as exc:

@@ -18,9 +18,11 @@ COMMAND_MODULES = (
     "model.generate_cli",  # generate
     "bot.render_cli",  # render, gallery
     "bot.catalog_cli",  # templates
+    "bot.doctor_cli",  # doctor
     "bot.run_cli",  # chat, run
     "bot.storage_cli",  # export, db
     "training.cli",  # data, train, eval
+    "model.lexicon_cli",  # lexicon
 )
 
 

@@ -41,6 +41,9 @@ class ModelConfig:
     # pass; the captions are the same, only faster (model/draft.py). Off, or no file: plain steps.
     speculative: bool = True
     draft: Path = Path("data/models/memebot-draft.npz")
+    # The words decoding may spell (model/lexicon.py; `memebot lexicon` builds it), used by
+    # requests with [generation] lexicon on. No file: decoding without the lexicon.
+    lexicon: Path = Path("data/models/memebot-lexicon.txt.gz")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2
     quantize: bool = False
@@ -69,6 +72,14 @@ class GenerationConfig:
     top_p: float = 0.95
     beam_width: int = 3
     max_length: int = 120
+    # Words only from the lexicon ([model] lexicon), the user's own words, numbers and the
+    # template's name: no made-up words. A server setting.
+    lexicon: bool = True
+    # No word 3-gram twice in a caption and no box twice (inside decoding, every method).
+    block_repeats: bool = True
+    # Sampling: decode this many candidates together, answer with the most likely (by
+    # log-probability per symbol) and keep the rest for 🔁. 1 = off. A server setting.
+    best_of: int = 8
 
 
 @dataclass
@@ -177,6 +188,10 @@ class Config:
     @property
     def draft_path(self) -> Path | None:
         return self.resolve(self.model.draft) if self.model.speculative else None
+
+    @property
+    def lexicon_path(self) -> Path:
+        return self.resolve(self.model.lexicon)
 
     @property
     def kernel_dir(self) -> Path | None:
@@ -291,6 +306,7 @@ def _validate(config: Config) -> None:
         (config.generation.top_k >= 0, "[generation] top_k: must not be negative"),
         (1 <= config.generation.beam_width <= 16, "[generation] beam_width: must be between 1 and 16"),
         (1 <= config.generation.max_length <= 200, "[generation] max_length: must be between 1 and 200"),
+        (1 <= config.generation.best_of <= 16, "[generation] best_of: must be between 1 and 16"),
         (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
         (config.limits.user_rate_per_minute > 0, "[limits] user_rate_per_minute: must be positive"),
         (config.limits.chat_rate_per_minute > 0, "[limits] chat_rate_per_minute: must be positive"),

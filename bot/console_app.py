@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
+from bot.render import missing_note
 from bot.service import (
     ChatContext,
     MadeMeme,
@@ -170,6 +171,9 @@ class ConsoleFrontEnd:
         path = self.output_dir / f"meme-{made.id}{made.image.extension}"
         path.write_bytes(made.image.data)
         self.say(f"#{made.id} {made.template.name}: {made.text or '(empty)'}")
+        note = missing_note(made.image.missing)
+        if note:
+            self.say(note)
         self.say(f"saved {display_path(path)}")
 
 

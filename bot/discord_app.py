@@ -26,6 +26,7 @@ from discord import app_commands
 from bot.app import StartError
 from bot.catalog import Template
 from bot.config import DiscordConfig
+from bot.render import missing_note
 from bot.service import (
     SETTINGS,
     ChatContext,
@@ -325,8 +326,12 @@ class DiscordFrontEnd:
         except MemeError as exc:
             await self._reply_error(interaction, exc.user_message)
             return
+        note = missing_note(made.image.missing)  # characters no font here could draw: say so
         message = await interaction.followup.send(
-            file=meme_file(made), view=meme_view(made.id, made.score), wait=True
+            **({"content": note} if note else {}),
+            file=meme_file(made),
+            view=meme_view(made.id, made.score),
+            wait=True,
         )
         await self.service.attach_message(made.id, str(message.id))
 

@@ -6,6 +6,7 @@ upper-cased where the layout says so, each text fitted to its box (see textfit.p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageDraw, UnidentifiedImageError
 
-from bot.fonts import FontSet, anton_font, find_fallback_fonts
+from bot.fonts import FontSet, Run, anton_font, find_fallback_fonts
+from bot.graphemes import upper_cased
 from bot.textfit import FittedText, clean_caption, fit_text, tidy_whitespace
 
 if TYPE_CHECKING:
@@ -50,12 +52,19 @@ class TemplateImageMissing(RenderError, FileNotFoundError):
     pass
 
 
+class TooManyBoxes(RenderError):
+    """More texts than the template has boxes: nothing is merged, the user is told the count."""
+
+
 @dataclass(frozen=True)
 class RenderedMeme:
     data: bytes
     format: str  # "png" | "jpeg"
     width: int
     height: int
+    # Characters (clusters) of the texts that no installed font has: drawn as a replacement
+    # mark, and to be named in the reply (see `missing_note`).
+    missing: tuple[str, ...] = ()
 
     @property
     def mime(self) -> str:
@@ -68,23 +77,49 @@ class RenderedMeme:
 
 
 @dataclass(frozen=True)
-class _Run:
+class _Placed:
     x: float
     baseline: float
-    font: ImageFont.FreeTypeFont
-    text: str
+    run: Run
 
 
-def assign_texts(texts: Sequence[str], n_boxes: int) -> list[str]:
-    """One text per box: extra texts join the last box on new lines; missing ones stay empty."""
+def box_count_error(template: Template, given: int, separator: str = "") -> str | None:
+    """What to tell a user who gave `given` box texts, when the template has fewer boxes; else None."""
+    n = len(template.boxes)
+    if given <= n:
+        return None
+    boxes = "one text box" if n == 1 else f"{n} text boxes"
+    how = f" (boxes are separated by {separator})" if separator else ""
+    return (
+        f"{template.name} has {boxes}, and you gave {given}{how}. Put that text into "
+        f"{'it' if n == 1 else 'at most ' + str(n)}, or pick a template with more boxes."
+    )
+
+
+def assign_texts(texts: Sequence[str], n_boxes: int, template: Template | None = None) -> list[str]:
+    """One text per box, in order; missing ones stay empty. More texts than boxes (empty ones at
+    the end aside) raise TooManyBoxes: a text is never merged into another box."""
     if isinstance(texts, str):  # a lone string would otherwise be spread one character per box
         texts = [texts]
     texts = list(texts)
-    if n_boxes <= 0:
-        return []
+    while len(texts) > max(0, n_boxes) and not texts[-1].strip():
+        texts.pop()
     if len(texts) > n_boxes:
-        texts[n_boxes - 1 :] = ["\n".join(texts[n_boxes - 1 :])]
+        message = box_count_error(template, len(texts)) if template is not None else None
+        raise TooManyBoxes(message or f"{len(texts)} texts for {n_boxes} boxes")
     return texts + [""] * (n_boxes - len(texts))
+
+
+def missing_note(missing: Sequence[str]) -> str:
+    """One line for the reply naming the characters no font here could draw (\"\" if none)."""
+    if not missing:
+        return ""
+    shown = ", ".join(f"{c} ({' '.join(f'U+{ord(x):04X}' for x in c)})" for c in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return (
+        f"Couldn't draw {shown}{more}: no font on this server has "
+        f"{'it' if len(missing) == 1 else 'them'}, so the meme shows \ufffd instead."
+    )
 
 
 def encode(image: Image.Image) -> RenderedMeme:
@@ -165,18 +200,27 @@ class Renderer:
         """The meme as PNG or JPEG bytes. `uppercase=False` keeps the texts as typed."""
         if Path(template.image).name != template.image:  # the image must come from images_dir
             raise RenderError(f"template {template.slug}: image {template.image!r} is not a bare file name")
+        assigned = assign_texts(texts, len(template.boxes), template)
         image = self._base_image(self.images_dir / template.image).copy()
         upper = self.uppercase if uppercase is None else uppercase
-        for box, text in zip(template.boxes, assign_texts(texts, len(template.boxes)), strict=True):
-            self._draw_box(image, template, box, self.prepare(text, upper and box.uppercase))
-        return encode(image)
+        missing: list[str] = []
+        for box, text in zip(template.boxes, assigned, strict=True):
+            cased = self._cased(text, upper and box.uppercase)
+            missing += self.fonts.undrawable(cased)
+            self._draw_box(image, template, box, tidy_whitespace(self.fonts.drawable(cased)))
+        meme = encode(image)
+        if missing:
+            meme = dataclasses.replace(meme, missing=tuple(dict.fromkeys(missing)))
+        return meme
+
+    @staticmethod
+    def _cased(text: str, uppercase: bool) -> str:
+        text = clean_caption(text)
+        return upper_cased(text) if uppercase else text
 
     def prepare(self, text: str, uppercase: bool) -> str:
-        """`text` as it will be drawn: cleaned, cased, without characters no font has."""
-        text = clean_caption(text)
-        if uppercase:
-            text = text.upper()
-        return tidy_whitespace(self.fonts.drawable(text))
+        """`text` as it will be drawn: cleaned, cased, with a visible mark for characters no font has."""
+        return tidy_whitespace(self.fonts.drawable(self._cased(text, uppercase)))
 
     def fit(self, text: str, box: Box, image_size: tuple[int, int]) -> FittedText:
         """`text` (prepared) laid out for `box` on an image of `image_size`."""
@@ -201,13 +245,13 @@ class Renderer:
         left, top = box.x * image.width, box.y * image.height
         width, height = box.w * image.width, box.h * image.height
         if not box.angle:
-            runs = self._place(fitted, box, left, top, width, height, image.size)
-            _draw_runs(ImageDraw.Draw(image), runs, fitted.stroke, fill, outline)
+            placed = self._place(fitted, box, left, top, width, height, image.size)
+            self._draw_runs(image, placed, fitted, fill, outline)
             return
         # Rotated text: draw the box upright on a transparent layer, turn it, lay it on.
         layer = Image.new("RGBA", (math.ceil(width), math.ceil(height)), (0, 0, 0, 0))
-        runs = self._place(fitted, box, 0.0, 0.0, width, height, image.size)
-        _draw_runs(ImageDraw.Draw(layer), runs, fitted.stroke, fill, outline)
+        placed = self._place(fitted, box, 0.0, 0.0, width, height, image.size)
+        self._draw_runs(layer, placed, fitted, fill, outline)
         turned = layer.rotate(box.angle, resample=Image.Resampling.BICUBIC, expand=True)
         centre_x, centre_y = left + width / 2, top + height / 2
         corner = (round(centre_x - turned.width / 2), round(centre_y - turned.height / 2))
@@ -222,7 +266,7 @@ class Renderer:
         width: float,
         height: float,
         image_size: tuple[int, int],
-    ) -> list[_Run]:
+    ) -> list[_Placed]:
         """Where each run of each line goes, the box being at (left, top) with that size."""
         pad = _padding(box, image_size)
         inner_top, inner_h = top + pad, height - 2 * pad
@@ -237,33 +281,72 @@ class Renderer:
         for i, line in enumerate(fitted.lines):
             baseline = first_baseline + i * fitted.pitch
             pieces = self.fonts.runs(line, fitted.size)
-            line_w = sum(font.getlength(chunk) for font, chunk in pieces)
+            line_w = sum(run.width for run in pieces)
             if box.align == "left":
                 x = left + pad + fitted.stroke
             elif box.align == "right":
                 x = left + width - pad - fitted.stroke - line_w
             else:
                 x = left + (width - line_w) / 2
-            for font, chunk in pieces:
-                runs.append(_Run(x, baseline, font, chunk))
-                x += font.getlength(chunk)
+            for run in pieces:
+                runs.append(_Placed(x, baseline, run))
+                x += run.width
         return runs
 
-
-def _draw_runs(
-    draw: ImageDraw.ImageDraw, runs: list[_Run], stroke: int, fill: tuple[int, ...], outline: tuple[int, ...]
-) -> None:
-    # All outlines first, then all fills: an outline never covers a neighbouring letter or line.
-    if stroke:
-        for run in runs:
+    def _draw_runs(
+        self,
+        image: Image.Image,
+        placed: list[_Placed],
+        fitted: FittedText,
+        fill: tuple[int, ...],
+        outline: tuple[int, ...],
+    ) -> None:
+        """All outlines first, then all fills: an outline never covers a neighbouring letter or line.
+        Colour glyphs (emoji) are pictures: their outline is their shape grown by the stroke."""
+        draw = ImageDraw.Draw(image)
+        stroke = fitted.stroke
+        pictures = {id(p): self.fonts.picture(p.run, fitted.size, stroke) for p in placed if p.run.colour}
+        if stroke:
+            for p in placed:
+                if p.run.colour:
+                    _, mask, dx, dy = pictures[id(p)]
+                    if mask is not None:
+                        corner = (round(p.x) + dx - stroke, round(p.baseline) + dy - stroke)
+                        image.paste(
+                            Image.new(image.mode, mask.size, _paint(outline, image.mode)), corner, mask
+                        )
+                    continue
+                draw.text(
+                    (p.x, p.baseline),
+                    p.run.text,
+                    font=p.run.font,
+                    fill=outline,
+                    anchor="ls",
+                    direction=p.run.direction,
+                    stroke_width=stroke,
+                    stroke_fill=outline,
+                )
+        for p in placed:
+            if p.run.colour:
+                picture, _, dx, dy = pictures[id(p)]
+                corner = (round(p.x) + dx, round(p.baseline) + dy)
+                if image.mode == "RGBA":
+                    image.alpha_composite(picture, (max(0, corner[0]), max(0, corner[1])))
+                else:
+                    image.paste(picture, corner, picture)
+                continue
             draw.text(
-                (run.x, run.baseline),
-                run.text,
-                font=run.font,
-                fill=outline,
+                (p.x, p.baseline),
+                p.run.text,
+                font=p.run.font,
+                fill=fill,
                 anchor="ls",
-                stroke_width=stroke,
-                stroke_fill=outline,
+                direction=p.run.direction,
             )
-    for run in runs:
-        draw.text((run.x, run.baseline), run.text, font=run.font, fill=fill, anchor="ls")
+
+
+def _paint(colour: tuple[int, ...], mode: str) -> tuple[int, ...]:
+    """`colour` as a fill for an image of `mode` (an outline on a transparent layer is opaque)."""
+    if mode == "RGBA":
+        return (*colour[:3], 255)
+    return colour[:3]

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from bot.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog
 from bot.config import Config
 from bot.fonts import FontSet, anton_font
-from bot.render import RenderedMeme, Renderer, RenderError
+from bot.render import RenderedMeme, Renderer, RenderError, missing_note
 
 # Output suffixes and the Pillow format each one asks for.
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     render = sub.add_parser(
         "render",
         help="render a meme from your own texts",
-        description="Render TEMPLATE with one text per box (extra texts join the last box).",
+        description="Render TEMPLATE with one text per box, in box order (`memebot templates` "
+        "shows how many boxes each template has).",
     )
     render.add_argument("template", metavar="TEMPLATE", help='template name, slug or alias, e.g. "drake"')
     render.add_argument("texts", metavar="TEXT", nargs="*", help="box texts, in box order")
@@ -137,6 +138,9 @@ def run_render(config: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         return _error("render", f"cannot write {path}: {exc}")
     print(path)
+    note = missing_note(image.missing)
+    if note:
+        print(f"memebot render: {note}", file=sys.stderr)
     return 0
 
 

@@ -23,9 +23,9 @@ from typing import Any
 from bot.catalog import Catalog, Template, UnknownTemplate
 from bot.config import Config
 from bot.content_filter import ContentFilter
-from bot.inputs import clean_boxes, clean_text
+from bot.inputs import clean_boxes, clean_text, with_typed_prefix
 from bot.ratelimit import Cooldown, TokenBucket
-from bot.render import RenderedMeme, Renderer
+from bot.render import RenderedMeme, Renderer, box_count_error
 from bot.storage import ChatSettings, NewMeme, Score, Storage, StoredMeme, UnknownMeme
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
 from model.requests import METHODS, GenerationRequest
@@ -36,6 +36,10 @@ MAX_HISTORY = 50
 logger = logging.getLogger(__name__)
 MAX_MEME_ID = 2**63 - 1  # SQLite's largest integer: a bigger id from a button is forged
 UNEXPECTED = "Something went wrong on my side (error {request_id}). Please try again in a moment."
+# Keys in a meme's stored params: the best-of-N runners-up (best first) that 🔁 serves next, and,
+# in a meme served from them, the id of the meme that keeps them.
+CANDIDATES = "candidates"
+REROLL_OF = "reroll_of"
 
 # --- data -------------------------------------------------------------------------------------
 
@@ -231,6 +235,10 @@ SETTINGS: dict[str, SettingSpec] = {
         SettingSpec(
             "chat_rate_per_minute", "1 to 600 memes a minute for the whole chat", _number(float, 1, 600)
         ),
+        SettingSpec("lexicon", "on or off (on: only real words, no made-up ones)", _switch),
+        SettingSpec(
+            "best_of", "1 to 16 captions sampled, the likeliest shown, 🔁 shows the next", _number(int, 1, 16)
+        ),
     )
 }
 # Short names people type for the long field names.
@@ -241,6 +249,8 @@ SETTING_ALIASES = {
     "rate": "chat_rate_per_minute",
     "beam": "beam_width",
     "length": "max_length",
+    "words": "lexicon",
+    "best": "best_of",
 }
 RESET_WORDS = ("default", "reset", "unset")
 
@@ -264,6 +274,14 @@ def format_settings(values: dict[str, object]) -> str:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
         lines.append(f"{name}: {shown}")
     return "\n".join(lines)
+
+
+def _stored_candidates(params: dict[str, Any]) -> list[list[str]]:
+    """The runners-up kept with a meme (see CANDIDATES); [] for anything malformed."""
+    value = params.get(CANDIDATES)
+    if not isinstance(value, list):
+        return []
+    return [list(c) for c in value if isinstance(c, list) and c and all(isinstance(b, str) for b in c)]
 
 
 # --- the service ------------------------------------------------------------------------------
@@ -316,29 +334,87 @@ class MemeService:
             raise NoModelError()
         settings = await self._settings(ctx)
         chosen = self._choose_template(template, settings)
+        self._check_box_count(chosen, prefix.count("|") + 1 if prefix else 0)
         request = self._request(chosen, prefix, settings, options)
         if request.banned_words:
             self._refuse_banned(prefix, "That start of a caption")
         with self._turn(ctx, settings):
-            boxes = await self._generate_clean(request)
-        params = {
+            candidates = await self._generate_clean(request)
+        candidates = [with_typed_prefix(prefix, boxes) for boxes in candidates]  # as typed, emoji and all
+        params: dict[str, Any] = {
             "temperature": request.temperature,
             "top_k": request.top_k,
             "top_p": request.top_p,
             "beam_width": request.beam_width,
             "max_length": request.max_length,
+            "lexicon": request.lexicon,
+            "best_of": request.best_of,
         }
+        if len(candidates) > 1:
+            # Best of N: the runners-up, best first, for 🔁 on this meme (see reroll).
+            params[CANDIDATES] = candidates[1:]
         return await self._finish(
-            ctx, chosen, boxes, prefix, request.method, params, self.pool.model_id, options.uppercase
+            ctx, chosen, candidates[0], prefix, request.method, params, self.pool.model_id, options.uppercase
         )
 
     async def reroll(self, ctx: ChatContext, meme_id: int) -> MadeMeme:
-        """A new meme on the same template and prefix. It always samples: greedy or beam
-        search would only repeat the caption being rerolled."""
+        """A new meme on the same template and prefix. When the meme came from a best-of-N
+        request, the next best candidate that is left; once they are used up (or for any other
+        meme), a fresh caption. It always samples: greedy or beam search would only repeat the
+        caption being rerolled.
+
+        The candidates stay with the meme they were made for (its stored params), and each
+        meme served from them names it (`reroll_of`), so 🔁 on any meme of the chain takes the
+        next one from the same list and never shows one twice."""
         stored = await self.storage.get_meme(meme_id) if 0 < meme_id <= MAX_MEME_ID else None
         if stored is None:
             raise UnknownMemeError(meme_id)
+        root = stored.params.get(REROLL_OF, stored.id)
+        if isinstance(root, int) and not isinstance(root, bool) and 0 < root <= MAX_MEME_ID:
+            made = await self._next_candidate(ctx, stored, root)
+            if made is not None:
+                return made
         return await self.make_meme(ctx, stored.template, stored.prefix, MemeOptions(method="sample"))
+
+    async def _next_candidate(self, ctx: ChatContext, stored: StoredMeme, root: int) -> MadeMeme | None:
+        """The meme of the next best-of-N candidate kept with meme `root`, or None."""
+        if root != stored.id:
+            origin = await self.storage.get_meme(root)
+            if origin is None:
+                return None
+        else:
+            origin = stored
+        if not _stored_candidates(origin.params):
+            return None
+        settings = await self._settings(ctx)
+        template = self._choose_template(stored.template, settings)
+        filtered = self._effective(settings)["filter_enabled"]
+
+        def usable(boxes: object) -> bool:
+            if not (isinstance(boxes, list) and boxes and all(isinstance(b, str) for b in boxes)):
+                return False
+            # Kept before the chat switched its filter on, perhaps: checked again.
+            return boxes != stored.boxes and not (
+                filtered and self.filter.find(" | ".join(boxes)) is not None
+            )
+
+        if not any(usable(c) for c in _stored_candidates(origin.params)):
+            return None
+        with self._turn(ctx, settings):
+            while True:
+                try:
+                    boxes = await self.storage.pop_param_item(root, CANDIDATES)
+                except UnknownMeme:
+                    return None
+                if boxes is None:
+                    return None  # another reroll took the last one meanwhile
+                if usable(boxes):
+                    break
+        params = {k: v for k, v in origin.params.items() if k != CANDIDATES}
+        params[REROLL_OF] = root
+        return await self._finish(
+            ctx, template, boxes, origin.prefix, origin.method, params, origin.model_id, None
+        )
 
     async def caption(self, ctx: ChatContext, template: str, boxes: list[str]) -> MadeMeme:
         """A meme with the user's own text in its boxes; needs no model."""
@@ -353,6 +429,7 @@ class MemeService:
             raise BadInputError("Which template? e.g. /caption drake no thanks | yes please")
         settings = await self._settings(ctx)
         chosen = self._choose_template(template, settings)
+        self._check_box_count(chosen, len(boxes))
         if self._effective(settings)["filter_enabled"]:
             self._refuse_banned(" | ".join(boxes), "That caption")
         with self._turn(ctx, settings):
@@ -453,6 +530,8 @@ class MemeService:
             "chat_rate_per_minute": pick(
                 settings.chat_rate_per_minute, self.config.limits.chat_rate_per_minute
             ),
+            "lexicon": pick(settings.lexicon, g.lexicon),
+            "best_of": pick(settings.best_of, g.best_of),
         }
 
     # --- steps ---
@@ -491,10 +570,11 @@ class MemeService:
                 chosen[name] = self._parse_setting(name, str(value))
         filtered = chosen["filter_enabled"]
         g = self.config.generation
+        method = str(chosen["method"])
         return GenerationRequest(
             template=template.dataset_name,
             prefix=prefix,
-            method=str(chosen["method"]),
+            method=method,
             temperature=float(chosen["temperature"]),  # type: ignore[arg-type]
             top_k=g.top_k,
             top_p=g.top_p,
@@ -502,6 +582,10 @@ class MemeService:
             max_length=int(chosen["max_length"]),  # type: ignore[call-overload]
             banned_words=self.filter.banned if filtered else (),
             n_boxes=len(template.boxes),
+            lexicon=bool(chosen["lexicon"]),
+            block_repeats=g.block_repeats,
+            # Greedy and beam search write one caption whatever N is: only sampling has candidates.
+            best_of=int(chosen["best_of"]) if method == "sample" else 1,  # type: ignore[call-overload]
         )
 
     @contextmanager
@@ -533,6 +617,13 @@ class MemeService:
             self._cooldown.refund(cooldown_key)
             raise
 
+    @staticmethod
+    def _check_box_count(template: Template, given: int) -> None:
+        """More boxes than the template has: say how many it takes (never merge them)."""
+        problem = box_count_error(template, given, "|")
+        if problem:
+            raise BadInputError(problem)
+
     def _refuse_banned(self, text: str, what: str) -> None:
         word = self.filter.find(text)
         if word is not None:
@@ -542,19 +633,24 @@ class MemeService:
                 "or ask an admin to switch the filter off for this chat."
             )
 
-    async def _generate_clean(self, request: GenerationRequest) -> list[str]:
-        """Generate; the decoder already never completes a banned word, but a banned phrase
-        can still appear across words: then sample once more, and mask what is left."""
-        boxes = await self._generate(request)
-        if not request.banned_words or self.filter.find(" | ".join(boxes)) is None:
-            return boxes
+    async def _generate_clean(self, request: GenerationRequest) -> list[list[str]]:
+        """Generate: the captions (box lists), best first, at least one. The decoder already
+        never completes a banned word, but a banned phrase can still appear across words:
+        such candidates are dropped; if none is left, sample once more, and mask what is left."""
+        candidates = await self._generate(request)
+        if not request.banned_words:
+            return candidates
+        clean = [boxes for boxes in candidates if self.filter.find(" | ".join(boxes)) is None]
+        if clean:
+            return clean
         logger.info("a generated caption hit the content filter; sampling again")
-        boxes = await self._generate(dataclasses.replace(request, method="sample", seed=None))
-        if self.filter.find(" | ".join(boxes)) is None:
-            return boxes
-        return [self.filter.mask(box) for box in boxes]
+        candidates = await self._generate(dataclasses.replace(request, method="sample", seed=None))
+        clean = [boxes for boxes in candidates if self.filter.find(" | ".join(boxes)) is None]
+        if clean:
+            return clean
+        return [[self.filter.mask(box) for box in candidates[0]]]
 
-    async def _generate(self, request: GenerationRequest) -> list[str]:
+    async def _generate(self, request: GenerationRequest) -> list[list[str]]:
         assert self.pool is not None
         try:
             result = await self.pool.generate(request)
@@ -566,7 +662,7 @@ class MemeService:
             raise GenerationError(exc.user_message) from exc
         if not result.captions:
             raise GenerationError("The meme machine came up empty. Please try again.")
-        return list(result.captions[0].boxes)
+        return [list(caption.boxes) for caption in result.captions]
 
     async def _finish(
         self,

@@ -79,6 +79,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # v3: a chat's own meme rate limit
         "ALTER TABLE settings ADD COLUMN chat_rate_per_minute REAL",
     ),
+    (  # v4: decoding's word lexicon on/off, best-of-N candidates
+        "ALTER TABLE settings ADD COLUMN lexicon INTEGER",
+        "ALTER TABLE settings ADD COLUMN best_of INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -153,6 +157,8 @@ class ChatSettings:
     allowed_templates: tuple[str, ...] | None = None
     cooldown_s: float | None = None
     chat_rate_per_minute: float | None = None
+    lexicon: bool | None = None
+    best_of: int | None = None
 
 
 SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
@@ -240,6 +246,8 @@ def _settings_from_row(row: sqlite3.Row | None) -> ChatSettings:
         allowed_templates=None if allowed is None else tuple(json.loads(allowed)),
         cooldown_s=row["cooldown_s"],
         chat_rate_per_minute=row["chat_rate_per_minute"],
+        lexicon=None if row["lexicon"] is None else bool(row["lexicon"]),
+        best_of=row["best_of"],
     )
 
 
@@ -258,11 +266,11 @@ def _setting_to_column(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong
         return float(value)
-    if name in ("beam_width", "max_length"):
+    if name in ("beam_width", "max_length", "best_of"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
-    if name == "filter_enabled":
+    if name in ("filter_enabled", "lexicon"):
         if not isinstance(value, bool):
             raise wrong
         return int(value)
@@ -490,6 +498,25 @@ class Storage:
             cursor = await db.execute("UPDATE memes SET message_id = ? WHERE id = ?", (message_id, meme_id))
             if cursor.rowcount == 0:
                 raise UnknownMeme(meme_id)
+
+    async def pop_param_item(self, meme_id: int, key: str) -> Any | None:
+        """Take the first item of the list `params[key]` of a meme, in one transaction (two
+        callers never get the same item); None when there is none left."""
+        async with self._write() as db:
+            row = await (await db.execute("SELECT params FROM memes WHERE id = ?", (meme_id,))).fetchone()
+            if row is None:
+                raise UnknownMeme(meme_id)
+            params = json.loads(row["params"])
+            items = params.get(key) if isinstance(params, dict) else None
+            if not isinstance(items, list) or not items:
+                return None
+            item = items.pop(0)
+            if not items:
+                del params[key]
+            await db.execute(
+                "UPDATE memes SET params = ? WHERE id = ?", (json.dumps(params, sort_keys=True), meme_id)
+            )
+            return item
 
     async def get_meme(self, meme_id: int) -> StoredMeme | None:
         row = await self._fetchone(f"{_MEMES_WITH_VOTES} WHERE m.id = ? GROUP BY m.id", (meme_id,))

@@ -41,6 +41,7 @@ from telegram.ext import (
 
 from bot.app import StartError
 from bot.config import TelegramConfig
+from bot.render import missing_note
 from bot.service import (
     ChatContext,
     MadeMeme,
@@ -162,7 +163,11 @@ def parse_settings_changes(text: str) -> dict[str, str]:
 def meme_caption(made: MadeMeme) -> str:
     """The caption under the photo: the text (for screen readers and search) and the template."""
     caption = f"{made.text}\n— {made.template.name} · /meme {made.template.slug}"
-    return caption if len(caption) <= MAX_CAPTION else caption[: MAX_CAPTION - 1] + "…"
+    caption = caption if len(caption) <= MAX_CAPTION else caption[: MAX_CAPTION - 1] + "…"
+    note = missing_note(made.image.missing)  # characters no font here could draw: say so
+    if note:
+        caption = caption[: MAX_CAPTION - len(note) - 2] + "\n\n" + note
+    return caption
 
 
 def reply_options(message: MaybeInaccessibleMessage) -> dict[str, object]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.graphemes import break_atoms, clusters, keeps_format_character
+
 LINE_PITCH = 1.12  # baseline-to-baseline distance, in font sizes: tight, for capitals
 LOOSE_LINE_PITCH = 1.25  # for text with lower case: room for descenders above ascenders
 STROKE_RATIO = 0.07  # outline width per px of font size: the classic thick meme outline
@@ -52,12 +54,15 @@ def clean_caption(text: str) -> str:
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").translate(LINE_BREAKS))
     kept = []
     marks = 0
-    for c in text:
+    for i, c in enumerate(text):
         category = unicodedata.category(c)
         if c == "\n":
             kept.append(c)
         elif category == "Zs" or c == "\t":
             kept.append(" ")
+        elif category == "Cf" and keeps_format_character(text, i):
+            kept.append(c)  # the joiner of an emoji sequence, the tag letters of a flag
+            continue
         elif category[0] == "C":  # control, format (zero-width), surrogate, private use, unassigned
             continue
         elif category in ("Mn", "Me"):
@@ -88,20 +93,24 @@ def stroke_for(size: int, outline: bool = True) -> int:
 
 
 def break_word(word: str, fits: Callable[[str], bool]) -> list[str]:
-    """`word` cut into the longest pieces that fit; [] if not even one character fits."""
+    """`word` cut into the longest pieces that fit; [] if not even one character fits.
+
+    Cuts fall between what a reader sees as characters: never inside an emoji or between a
+    letter and its marks."""
+    parts = clusters(word) if not word.isascii() else list(word)
     pieces = []
-    while word:
-        lo, hi = 0, len(word)  # longest fitting prefix length, by bisection: widths only grow
+    while parts:
+        lo, hi = 0, len(parts)  # longest fitting prefix length, by bisection: widths only grow
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if fits(word[:mid]):
+            if fits("".join(parts[:mid])):
                 lo = mid
             else:
                 hi = mid - 1
         if lo == 0:
             return []
-        pieces.append(word[:lo])
-        word = word[lo:]
+        pieces.append("".join(parts[:lo]))
+        parts = parts[lo:]
     return pieces
 
 
@@ -122,10 +131,8 @@ def wrap(
 
     for paragraph in text.split("\n"):
         line = ""
-        for word in paragraph.split(" "):
-            if not word:
-                continue
-            candidate = f"{line} {word}" if line else word
+        for word, space in _words(paragraph):
+            candidate = f"{line}{space}{word}" if line else word
             if fits(candidate):
                 line = candidate
                 continue
@@ -146,9 +153,22 @@ def wrap(
     return lines, True
 
 
+def _words(paragraph: str) -> list[tuple[str, str]]:
+    """The pieces a line may break between, each with what joins it to the one before:
+    words joined by a space, and inside a word CJK characters and emoji joined by nothing."""
+    pieces = []
+    for word in paragraph.split(" "):
+        if word:
+            pieces += [(atom, " " if j == 0 else "") for j, atom in enumerate(break_atoms(word))]
+    return pieces
+
+
 def line_pitch(text: str) -> float:
-    """Baseline-to-baseline distance in font sizes: capitals sit tighter than lower case."""
-    return LINE_PITCH if text == text.upper() else LOOSE_LINE_PITCH
+    """Baseline-to-baseline distance in font sizes: capitals sit tighter than anything else
+    (lower case, or scripts whose marks reach above and below the line)."""
+    if text.isascii():
+        return LINE_PITCH if text == text.upper() else LOOSE_LINE_PITCH
+    return LOOSE_LINE_PITCH if any(c.isalpha() and not c.isupper() for c in text) else LINE_PITCH
 
 
 @dataclass(frozen=True)
@@ -228,11 +248,12 @@ class _Job:
 
 def with_ellipsis(line: str, fits: Callable[[str], bool]) -> str:
     """`line` shortened until it fits with an ellipsis at its end."""
-    while line:
-        candidate = line.rstrip() + ELLIPSIS
+    parts = clusters(line)
+    while parts:
+        candidate = "".join(parts).rstrip() + ELLIPSIS
         if fits(candidate):
             return candidate
-        line = line[:-1]
+        parts.pop()
     return ELLIPSIS if fits(ELLIPSIS) else ""
 
 

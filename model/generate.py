@@ -11,6 +11,15 @@ Constraints applied to the logits at every step, for every method:
   would end the word (space, punctuation, <sep>, <end>) is masked, so the word can only
   grow into something else;
 - <pad> and <start> are never produced.
+
+Word rules, per request (model/lexicon.py), applied the same way for every method and
+checked against the same masks when speculative guesses are verified:
+- `lexicon`: a word is spelled only along the lexicon's character trie (plus the prefix's and
+  the template name's words; numbers always) and ends only where a word of it ends;
+- `block_repeats`: a word that would complete a word 3-gram already in the caption cannot end,
+  and a box equal to an earlier one cannot be closed.
+A caption the length cap cuts where it could not have ended loses its unfinished last word.
+`best_of` samples several candidates of a request in one batch and returns them best first.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.draft import DraftTable, load_draft_table
 from model.fused import load_fused_kernel
+from model.lexicon import SOFT_DEAD, BatchRules, Lexicon, Rules, WordState, load_lexicon
 from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
@@ -67,6 +77,7 @@ class Row:
     # from the request's seed, so a caption never depends on its batch or on how many
     # tokens a decoding pass produced.
     noise: list[float] | None = None
+    ws: WordState | None = None  # where it stands with the word rules; None: no rule is on
 
 
 class CaptionGenerator:
@@ -81,6 +92,7 @@ class CaptionGenerator:
         draft: DraftTable | None = None,
         half_weights: bool = False,
         kernel: ModuleType | None = None,
+        lexicon: Lexicon | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
@@ -97,6 +109,10 @@ class CaptionGenerator:
             device=self.device,
         )
         self._never = torch.tensor([PAD, START], device=self.device)
+        self.lexicon = lexicon
+        self._rules = Rules(self.vocab.symbols, lexicon)
+        self._rules.trie(())  # built now rather than on the first request (the filter's variant is not)
+        self._batch: BatchRules | None = None  # the word rules of the sub-batch being decoded
         on_cpu = self.device.type == "cpu"
         self._step = (
             FrozenStep(self.model, half_weights=half_weights and on_cpu, kernel=kernel if on_cpu else None)
@@ -174,6 +190,8 @@ class CaptionGenerator:
             tokens[i, width - len(seq) :] = torch.tensor(seq)
             row.seps = row.prompt.count(SEP)
             row.word = self._last_word(row.prompt)
+            if self._batch is not None:
+                row.ws = self._batch.state(row.request, row.prompt)
         template_ids = torch.tensor([self.checkpoint.template_id(requests[r.request].template) for r in rows])
         template_ids, tokens = template_ids.to(self.device), tokens.to(self.device)
         if isinstance(self._step, FrozenStep):
@@ -198,6 +216,7 @@ class CaptionGenerator:
         logits[:, self._never] = -math.inf
         # Row lists per rule, then one tensor op per rule: a wide batch has dozens of rows.
         no_sep, in_banned, at_cap = [], [], []
+        ruled: list[int] = []  # rows under word rules (model/lexicon.py)
         for i, row in enumerate(rows):
             req = requests[row.request]
             if req.n_boxes and row.seps >= req.n_boxes - 1:
@@ -206,10 +225,20 @@ class CaptionGenerator:
                 in_banned.append(i)
             if len(row.prompt) + len(row.generated) >= MAX_SYMBOLS - 1:
                 at_cap.append(i)
+            elif row.ws is not None:
+                ruled.append(i)
         if no_sep:
             logits[no_sep, SEP] = -math.inf
         if in_banned:
             logits[torch.tensor(in_banned)[:, None], self._word_end[None, :]] = -math.inf
+        if ruled:
+            assert self._batch is not None
+            self._batch.mask(
+                logits,
+                ruled,
+                [rows[i].request for i in ruled],
+                [rows[i].ws for i in ruled],  # type: ignore[misc]
+            )
         if at_cap:
             logits[at_cap] = -math.inf  # only <end> is left
             logits[at_cap, END] = 0.0
@@ -224,33 +253,43 @@ class CaptionGenerator:
             row.seps += 1
         s = self.vocab.symbols[token]
         row.word = row.word + s if (len(s) == 1 and (s.isalnum() or s == "'")) else ""
+        if row.ws is not None:
+            assert self._batch is not None
+            row.ws = self._batch.advance(row.request, row.ws, token)
 
     def _caption(self, row: Row, request: GenerationRequest, score: float | None = None) -> Caption:
         ids = row.prompt + row.generated
         if request.banned_words and row.word in request.banned_words and END not in row.generated:
             ids = ids[: len(ids) - len(row.word)]  # stopped by the length cap mid-word: drop the word
+        elif row.ws is not None and self._batch is not None:
+            # Stopped by a length cap where the word rules would not have let it end.
+            ended = ids[:-1] if ids and ids[-1] == END else ids
+            ids = self._batch.trim(row.request, ended, len(row.prompt), row.ws)
         boxes = self.vocab.decode_boxes(ids)
         boxes = [b.strip() for b in boxes]
         if request.n_boxes:
             boxes = (boxes + [""] * request.n_boxes)[: request.n_boxes]
-        return Caption(boxes=boxes, logprob=row.logprob if score is None else score)
+        if score is None:
+            return Caption(boxes=boxes, logprob=row.logprob, score=row.logprob / max(1, len(row.generated)))
+        return Caption(boxes=boxes, logprob=score, score=score)
 
     # ---- greedy and sampling ------------------------------------------------------------
 
     def _sample(self, requests: list[GenerationRequest], done: ResultCallback, abandoned: Abandoned) -> None:
+        self._batch = BatchRules(self._rules, requests)
         rows = []
         for q, req in enumerate(requests):
             g = torch.Generator()
             g.manual_seed(req.seed if req.seed is not None else random.getrandbits(63))
             prompt = self.prompt_ids(req)
             sampled = req.method == "sample" and req.temperature > 0
-            for _ in range(max(1, req.n)):
+            for _ in range(_rows_of(req)):
                 noise = torch.rand(req.max_length, generator=g).tolist() if sampled else None
                 rows.append(Row(q, prompt, noise=noise))
         logits, state = self._start(requests, rows)
         logits = logits[:, None, :]  # [S, T, V]: the logits of each state row's last T inputs
         slots = list(range(len(rows)))  # slots[j]: the row decoded in state row j
-        unfinished = [max(1, req.n) for req in requests]  # rows still decoding, per request
+        unfinished = [_rows_of(req) for req in requests]  # rows still decoding, per request
         drafts: list[list[int]] = [[] for _ in slots]  # guesses fed as inputs 1.. of the last pass
         while True:
             for q, left in enumerate(unfinished):
@@ -302,9 +341,26 @@ class CaptionGenerator:
     def _deliver(
         self, q: int, rows: list[Row], requests: list[GenerationRequest], done: ResultCallback
     ) -> None:
-        """Request q's rows have all ended: hand its captions over."""
+        """Request q's rows have all ended: hand its captions over (best of N: distinct
+        captions, best first)."""
         request = requests[q]
-        done(q, GenerationResult([self._caption(row, request) for row in rows if row.request == q]))
+        captions = [self._caption(row, request) for row in rows if row.request == q]
+        if request.method == "sample" and request.best_of > 1:
+            # A verbatim copy of a training caption ranks below every caption of the model's
+            # own: the highest-likelihood candidates are often someone's meme word for word.
+            is_copy = self.lexicon.is_copy if self.lexicon is not None else lambda boxes: False
+            ranked = sorted(
+                captions,
+                key=lambda c: (not is_copy(c.boxes), c.score if c.score is not None else -math.inf),
+                reverse=True,
+            )
+            seen: set[tuple[str, ...]] = set()
+            captions = []
+            for c in ranked:
+                if tuple(c.boxes) not in seen:
+                    seen.add(tuple(c.boxes))
+                    captions.append(c)
+        done(q, GenerationResult(captions))
 
     def _guesses(self, rows: list[Row], requests: list[GenerationRequest]) -> list[list[int]]:
         """Each unfinished row's guess of its next characters."""
@@ -405,6 +461,7 @@ class CaptionGenerator:
         i*K .. i*K + K - 1; a request that is done leaves the batch at the next step, so a
         batch costs what its open requests need, not its longest one times all of them."""
         K = max(max(1, r.beam_width) for r in requests)
+        self._batch = BatchRules(self._rules, requests)
         starts = [Row(q, self.prompt_ids(req)) for q, req in enumerate(requests)]
         logits, state = self._start(requests, starts)
         expand = torch.arange(len(requests), device=self.device).repeat_interleave(K)
@@ -415,7 +472,9 @@ class CaptionGenerator:
             for k in range(K):
                 # Only beam 0 is alive at first; the others would duplicate it.
                 alive = k < max(1, requests[q].beam_width) and k == 0
-                beams.append(Row(q, start.prompt, [], 0.0 if alive else -math.inf, start.seps, start.word))
+                beams.append(
+                    Row(q, start.prompt, [], 0.0 if alive else -math.inf, start.seps, start.word, ws=start.ws)
+                )
         finished: list[list[tuple[float, Row]]] = [[] for _ in requests]
         open_requests = list(range(len(requests)))
         while open_requests:
@@ -438,8 +497,8 @@ class CaptionGenerator:
                 # width; the request is done once `width` captions have ended. Width 1 is
                 # exactly greedy.
                 for rank, (s, flat) in enumerate(zip(top_scores[i], top_idx[i], strict=True)):
-                    if s == -math.inf or len(chosen) == width:
-                        break
+                    if s < SOFT_DEAD or len(chosen) == width:
+                        break  # the rest are worse: masked, or broke a word rule (model/lexicon.py)
                     parent, tok = i * K + flat // V, flat % V
                     cand = self._extend(beams[parent], tok, s, req)
                     if cand.done:
@@ -480,10 +539,16 @@ class CaptionGenerator:
             parent.seps,
             parent.word,
             noise=parent.noise,
+            ws=parent.ws,
         )
         self._advance(row, token, 0.0, request)
         row.logprob = score
         return row
+
+
+def _rows_of(request: GenerationRequest) -> int:
+    """Rows a greedy or sampled request decodes: its n captions, or its best-of-N candidates."""
+    return max(1, request.n, request.best_of if request.method == "sample" else 1)
 
 
 def _uniform(row: Row) -> float:
@@ -522,9 +587,11 @@ def load_generator(
     draft: Path | None = None,
     half_weights: bool = False,
     kernel_dir: Path | None = None,
+    lexicon: Path | None = None,
 ) -> CaptionGenerator:
     """The pool's factory: load a checkpoint onto a device, with optional CPU speed-ups.
-    `kernel_dir`: build (once) and use the fused decoding kernel there (CPU transformers)."""
+    `kernel_dir`: build (once) and use the fused decoding kernel there (CPU transformers).
+    `lexicon`: the word lexicon file for requests with `lexicon` on (model/lexicon.py)."""
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
@@ -535,8 +602,9 @@ def load_generator(
     kernel = None
     if kernel_dir is not None and str(device) == "cpu" and FrozenStep.supports(model):
         kernel = load_fused_kernel(kernel_dir)
+    words = load_lexicon(lexicon) if lexicon else None
     gen = CaptionGenerator(
-        ckpt, device=device, model=model, draft=table, half_weights=half_weights, kernel=kernel
+        ckpt, device=device, model=model, draft=table, half_weights=half_weights, kernel=kernel, lexicon=words
     )
     if compile:
         # Measured off by default: the cache length is specialised on, so it recompiles for

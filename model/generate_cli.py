@@ -33,12 +33,14 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import usable_draft
+    from bot.app import usable_draft, usable_lexicon
     from bot.catalog import UnknownTemplate, load_catalog
+    from bot.render import box_count_error
     from bot.render_cli import OutputError, encoded_as, make_renderer, output_path
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
     from model.generate import load_generator
+    from model.lexicon import LexiconError
     from model.requests import GenerationRequest
 
     catalog = load_catalog(config.catalog_path)
@@ -50,9 +52,18 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     if not 1 <= args.n <= 20:
         print("memebot generate: --n must be between 1 and 20", file=sys.stderr)
         return 2
+    too_many = box_count_error(template, args.prefix.count("|") + 1 if args.prefix else 0, "|")
+    if too_many:  # never merged into the last box
+        print(f"memebot generate: {too_many}", file=sys.stderr)
+        return 2
     checkpoint = args.checkpoint or config.checkpoint_path
+    g = config.generation
+
+    def notice(text: str) -> None:
+        print(f"memebot generate: {text}", file=sys.stderr)
+
     try:
-        draft = usable_draft(config, lambda text: print(f"memebot generate: {text}", file=sys.stderr))
+        draft = usable_draft(config, notice)
         generator = load_generator(
             checkpoint,
             device="cpu",
@@ -60,14 +71,14 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
             draft=draft,
             half_weights=config.model.half_weights,
             kernel_dir=config.kernel_dir,
+            lexicon=usable_lexicon(config, notice) if g.lexicon else None,
         )
     except CheckpointError as exc:
         print(f"memebot generate: no model yet ({exc})", file=sys.stderr)
         return 1
-    except DraftTableError as exc:
+    except (DraftTableError, LexiconError) as exc:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 1
-    g = config.generation
     request = GenerationRequest(
         template=template.dataset_name,
         prefix=args.prefix,
@@ -80,6 +91,9 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         n=args.n,
         seed=args.seed,
         n_boxes=len(template.boxes),
+        lexicon=g.lexicon,
+        block_repeats=g.block_repeats,
+        best_of=g.best_of,
     )
     try:
         (result,) = generator.generate_batch([request])
@@ -87,13 +101,14 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 2
     renderer = make_renderer(config) if args.output else None
-    for i, caption in enumerate(result.captions):
+    captions = result.captions[: args.n]  # best of N: the n best candidates
+    for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:
             continue
         image = renderer.render(template, caption.boxes, uppercase=False if args.as_typed else None)
         try:
-            wanted = _numbered(args.output, i, len(result.captions))
+            wanted = _numbered(args.output, i, len(captions))
             path, pil_format = output_path(wanted, Path("."), template.slug, image)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(encoded_as(image, pil_format))

@@ -9,8 +9,8 @@ own request is done, not when the whole batch is; a caller that gives up (timeou
 task cancelled) leaves a running batch at its next pass. Torch releases the GIL while
 it computes, so the event loop keeps serving chat traffic while a batch runs.
 
-A request's size is the rows it decodes: `n` for greedy and sampling, `beam_width` for
-beam search. A request larger than `max_batch` runs alone rather than never.
+A request's size is the rows it decodes: `n` for greedy, the larger of `n` and `best_of`
+for sampling, `beam_width` for beam search. A request larger than `max_batch` runs alone rather than never.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 # What start() sends through every worker, so the first user does not pay for lazy
 # initialisation (CUDA context, kernel selection, allocator growth).
 WARMUP_REQUEST = GenerationRequest(template="", method="greedy", max_length=4)
+MAX_BEST_OF = 64  # candidates one request may ask for (rows in a batch)
 
 
 class BatchGenerator(Protocol):
@@ -134,7 +135,9 @@ class _Worker:
 
 def request_rows(request: GenerationRequest) -> int:
     """How many rows a request adds to a batch."""
-    return max(1, request.beam_width if request.method == "beam" else request.n)
+    if request.method == "beam":
+        return max(1, request.beam_width)
+    return max(1, request.n, request.best_of if request.method == "sample" else 1)
 
 
 def check_request(request: GenerationRequest) -> None:
@@ -152,6 +155,8 @@ def check_request(request: GenerationRequest) -> None:
         problems.append(f"top_p must be in (0, 1], got {request.top_p}")
     if request.top_k < 0:
         problems.append(f"top_k must not be negative, got {request.top_k}")
+    if not 1 <= request.best_of <= MAX_BEST_OF:
+        problems.append(f"best_of must be from 1 to {MAX_BEST_OF}, got {request.best_of}")
     if request.beam_width < 1:
         problems.append(f"beam_width must be at least 1, got {request.beam_width}")
     if request.n_boxes < 0:
@@ -192,11 +197,16 @@ class ModelPool:
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, checkpoint: Path, draft: Path | None = None, kernel_dir: Path | None = None
+        cls,
+        config: ModelConfig,
+        checkpoint: Path,
+        draft: Path | None = None,
+        kernel_dir: Path | None = None,
+        lexicon: Path | None = None,
     ) -> ModelPool:
         """One worker per device that `config.device` names; nothing is loaded until start().
         `draft`: the speculative decoding table, if any; `kernel_dir`: where to build the fused
-        CPU decoding kernel, if wanted."""
+        CPU decoding kernel, if wanted; `lexicon`: the word lexicon file, if any."""
         loaders = [
             GeneratorLoader(
                 checkpoint,
@@ -207,6 +217,7 @@ class ModelPool:
                 draft,
                 config.half_weights,
                 kernel_dir,
+                lexicon,
             )
             for device in resolve_devices(config.device)
         ]
@@ -476,6 +487,7 @@ class GeneratorLoader:
     draft: Path | None = None
     half_weights: bool = False
     kernel_dir: Path | None = None
+    lexicon: Path | None = None  # the word lexicon (model/lexicon.py), for requests that want it
 
     def __call__(self) -> BatchGenerator:
         # Imported here so the pool (and its tests) do not need the model code loaded.
@@ -490,4 +502,5 @@ class GeneratorLoader:
             draft=self.draft,
             half_weights=self.half_weights,
             kernel_dir=self.kernel_dir,
+            lexicon=self.lexicon,
         )

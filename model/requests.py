@@ -24,12 +24,22 @@ class GenerationRequest:
     seed: int | None = None  # fixes sampling, alone or inside any batch
     banned_words: tuple[str, ...] = ()  # words decoding must never complete
     n_boxes: int = 0  # the template's box count: at most n_boxes - 1 <sep>; 0 = no limit
+    # Words only from the generator's lexicon, the prefix's words, numbers and the template
+    # name's words (model/lexicon.py); ignored by a generator that has no lexicon loaded.
+    lexicon: bool = False
+    block_repeats: bool = False  # no word 3-gram twice and no box twice in a caption
+    # Sampling: decode max(n, best_of) candidates in one batch and return them all (distinct
+    # ones), best first by `Caption.score`. Greedy and beam requests ignore it.
+    best_of: int = 1
 
 
 @dataclass(frozen=True)
 class Caption:
     boxes: list[str]  # normalised box texts, prefix included
     logprob: float  # total log-probability of the generated symbols
+    # What best-of-N ranks by: greedy and sampling, the log-probability per generated symbol
+    # (<end> included); beam search, its length-penalised beam score. None: not scored.
+    score: float | None = None
 
     @property
     def text(self) -> str:

@@ -21,4 +21,36 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet torch==2.13.0
 fi
 "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+
+# Fonts for every script and colour emoji: Anton (a pip package) draws Latin only. Debian's Noto
+# packages cover Greek, Cyrillic, Arabic, Hebrew, Devanagari, Thai and more (fonts-noto-core),
+# Chinese, Japanese and Korean (fonts-noto-cjk) and colour emoji (fonts-noto-color-emoji);
+# libfribidi0 lets Pillow's bundled libraqm lay out right-to-left text. Installed when this runs
+# as root or with password-less sudo; otherwise it says what to install, and set-up goes on.
+FONT_PACKAGES=(fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libfribidi0)
+install_fonts() {
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: $1"; return 0; }
+    local missing=() pkg
+    for pkg in "${FONT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local as_root=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            as_root=(sudo -n)
+        else
+            echo "not root: to draw every script and emoji, run: sudo apt-get install ${missing[*]}"
+            return 0
+        fi
+    fi
+    echo "installing fonts: ${missing[*]}"
+    local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+    "${apt[@]}" install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+        || { "${apt[@]}" update -q >/dev/null 2>&1 && "${apt[@]}" install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
+        || echo "could not install ${missing[*]}: $1"
+}
+install_fonts "captions in other scripts and emoji will show a replacement mark (see memebot doctor)"
+"$VENV/bin/memebot" doctor >/dev/null 2>&1 \
+    || echo "note: some scripts or emoji cannot be drawn here: $VENV/bin/memebot doctor says which"
 echo "memebot is installed: $VENV/bin/memebot --help"

@@ -109,6 +109,25 @@ async def test_caption_templates_errors_and_quit(service: MemeService, tmp_path:
     assert len(list((tmp_path / "out").iterdir())) == 1
 
 
+async def test_three_boxes_emoji_and_what_could_not_be_drawn_are_told(service: MemeService, tmp_path: Path):
+    script = "\n".join(
+        [
+            "/caption two-buttons fix the bug | ship it anyway | me, sweating",
+            "/caption drake a | b | c",
+            "/caption drake \U0001e290 letter | 👍🏽",
+        ]
+    )
+    out = await chat(service, tmp_path / "out", script)
+    assert out[0] == "#1 Two Buttons: fix the bug | ship it anyway | me, sweating"
+    assert out[2].startswith(
+        "Drake Hotline Bling has 2 text boxes, and you gave 3 (boxes are separated by |)"
+    )
+    assert out[3] == "#2 Drake Hotline Bling: \U0001e290 letter | 👍🏽"
+    if service.renderer.fonts.font_for("\U0001e290") is None:  # no font here has Toto letters
+        assert out[4].startswith("Couldn't draw \U0001e290 (U+1E290): no font on this server has it")
+    assert len(list((tmp_path / "out").iterdir())) == 2
+
+
 async def test_console_is_never_rate_limited(tmp_path: Path):
     async with scripted_service(
         config_for_tests(tmp_path, user_burst=1, chat_burst=1), ScriptedCaptions()

@@ -230,6 +230,18 @@ async def test_caption_renders_the_given_text(fake: FakeDiscord, start_bot) -> N
     assert (await stored_meme(fake, bot, message)).boxes == ["no thanks", "yes please"]
 
 
+async def test_characters_no_font_has_are_named_with_the_meme(fake: FakeDiscord, start_bot) -> None:
+    bot = await start_bot()
+    interaction = await fake.run_command("caption", ALICE, template="drake", text="\U0001e290 | ok")
+    message = await final_message(fake, interaction)
+    assert message.attachments and message.button_texts() == ["👍 0", "👎 0", "🔁"]
+    if bot.service.renderer.fonts.font_for("\U0001e290") is None:
+        assert message.content.startswith("Couldn't draw \U0001e290 (U+1E290)")
+    interaction = await fake.run_command("caption", ALICE, template="drake", text="a | b | c")
+    reply = await final_message(fake, interaction)
+    assert reply.ephemeral and "has 2 text boxes, and you gave 3" in reply.content
+
+
 async def test_templates_history_and_help_answer_only_the_asker(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     await final_message(fake, await fake.run_command("meme", ALICE, template="two buttons"))

@@ -7,6 +7,7 @@ regenerate them with `.venv/bin/python tests/test_render.py --update-renders` an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import io
 import json
@@ -20,11 +21,22 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops
 
-from bot.catalog import Box, Template
+from bot.catalog import Box, Catalog, Template, load_catalog
 from bot.cli import main
 from bot.config import Config
-from bot.fonts import FontFile, FontSet, anton_font
-from bot.render import RenderedMeme, Renderer, RenderError, TemplateImageMissing, assign_texts
+from bot.doctor_cli import check as doctor_check
+from bot.fonts import RAQM, FontFile, FontSet, anton_font
+from bot.graphemes import clusters, upper_cased
+from bot.render import (
+    RenderedMeme,
+    Renderer,
+    RenderError,
+    TemplateImageMissing,
+    TooManyBoxes,
+    assign_texts,
+    box_count_error,
+    missing_note,
+)
 from bot.render_cli import typical_caption
 from bot.textfit import ELLIPSIS, clean_caption
 
@@ -180,17 +192,22 @@ def test_multi_box_templates_fill_the_right_boxes(renderer: Renderer) -> None:
     assert_inside(ink_bbox(meme), (0, 0, 320, 300))
 
 
-def test_extra_texts_join_the_last_box_and_missing_ones_leave_boxes_empty(renderer: Renderer) -> None:
-    assert assign_texts(["a", "b", "c"], 2) == ["a", "b\nc"]
+def test_more_texts_than_boxes_are_refused_with_the_count_never_merged(renderer: Renderer) -> None:
     assert assign_texts(["a"], 3) == ["a", "", ""]
     assert assign_texts("one string", 2) == ["one string", ""]
+    assert assign_texts(["a", "b", "", " "], 2) == ["a", "b"]  # empty boxes at the end do not count
+    with pytest.raises(TooManyBoxes):
+        assign_texts(["a", "b", "c"], 2)
     boxes = [Box(0.0, 0.0, 1.0, 0.3), Box(0.0, 0.5, 1.0, 0.5)]
-    meme = renderer.render(template("plain.png", boxes), ["top", "bottom", "more"])
-    assert ink_bbox(meme, box_px(boxes[1], (320, 300))) is not None
-    bottom = renderer.fit(
-        renderer.prepare(assign_texts(["top", "bottom", "more"], 2)[1], True), boxes[1], (320, 300)
+    with pytest.raises(TooManyBoxes, match=r"Plain has 2 text boxes, and you gave 3") as caught:
+        renderer.render(template("plain.png", boxes), ["top", "bottom", "more"])
+    assert "more boxes" in str(caught.value)
+    one = template("plain.png", boxes[:1])
+    assert box_count_error(one, 1) is None
+    assert box_count_error(one, 2, "|") == (
+        "Plain has one text box, and you gave 2 (boxes are separated by |). Put that text into it, "
+        "or pick a template with more boxes."
     )
-    assert bottom.lines == ("BOTTOM", "MORE")
 
 
 def test_rotated_box_is_drawn_around_its_centre(renderer: Renderer) -> None:
@@ -215,6 +232,18 @@ def test_control_and_zero_width_characters_are_removed() -> None:
     assert clean_caption("e\u0301") == "\u00e9"  # composed, so Anton's own é is used
 
 
+def test_the_joiners_and_tags_that_make_one_emoji_are_kept() -> None:
+    family, scotland, firefighter = (
+        "👨\u200d👩\u200d👧",
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+        "🧑🏽\u200d🚒",
+    )
+    for emoji in (family, scotland, firefighter, "👍🏽", "🇯🇵", "1️⃣", "❤️\u200d🔥"):
+        assert clean_caption(f"a {emoji} b") == f"a {emoji} b"
+        assert clusters(emoji) == [emoji]
+    assert clean_caption("f\u200du\u200dn") == "fun"  # between letters a joiner only hides a word
+
+
 def test_the_font_comes_from_the_installed_package(renderer: Renderer) -> None:
     packaged = Path(str(importlib.resources.files("fontpkg_anton").joinpath("files/Anton-Regular.ttf")))
     assert renderer.fonts.files[0] == anton_font() == FontFile(packaged)
@@ -223,21 +252,29 @@ def test_the_font_comes_from_the_installed_package(renderer: Renderer) -> None:
 
 
 @pytest.mark.skipif(not DEJAVU.is_file(), reason="needs fonts-dejavu-core")
-def test_characters_anton_lacks_use_a_fallback_font_or_are_dropped() -> None:
+def test_characters_anton_lacks_use_a_fallback_font_or_a_visible_replacement() -> None:
     fonts = FontSet(anton_font(), [FontFile(DEJAVU)])
-    assert fonts.drawable("ABC Жж 中文 x") == "ABC Жж  x"  # DejaVu has Cyrillic, nobody here has CJK
+    # DejaVu has Cyrillic and the replacement mark; nobody here has CJK.
+    assert fonts.drawable("ABC Жж 中文 x") == "ABC Жж \ufffd\ufffd x"
+    assert fonts.undrawable("ABC Жж 中文 x 中") == ["中", "文"]
     runs = fonts.runs("HI ЖЖ", 30)
-    assert [f.getname()[0] for f, _ in runs] == ["Anton", "DejaVu Sans"]
-    assert FontSet(anton_font()).drawable("Жж!") == "!"
+    assert [r.font.getname()[0] for r in runs] == ["Anton", "DejaVu Sans"]
+    anton_only = FontSet(anton_font())
+    assert anton_only.drawable("Жж!").endswith("!") and anton_only.undrawable("Жж!") == ["Ж", "ж"]
 
 
 @pytest.mark.skipif(not DEJAVU.is_file(), reason="needs fonts-dejavu-core")
-def test_undrawable_text_draws_nothing_rather_than_tofu(images: Path) -> None:
+def test_undrawable_text_shows_a_replacement_and_is_named(images: Path) -> None:
     renderer = Renderer(images, fallback_fonts=[DEJAVU])
-    if renderer.fonts.font_for("中") is not None:
-        pytest.skip("a CJK font is installed here")
-    meme = renderer.render(template("plain.png", [BOXES["top"]]), ["中文中文"])
-    assert ink_bbox(meme) is None
+    toto = "\U0001e290"  # Toto (Unicode 14): in no font this project installs
+    if renderer.fonts.font_for(toto) is not None:
+        pytest.skip("a font with Toto letters is installed here")
+    meme = renderer.render(template("plain.png", [BOXES["top"]]), [f"{toto}{toto}"])
+    assert ink_bbox(meme) is not None, "something must show where the text was"
+    assert meme.missing == (toto,)
+    note = missing_note(meme.missing)
+    assert toto in note and "U+1E290" in note and "no font" in note
+    assert missing_note(()) == ""
 
 
 @settings(max_examples=25, deadline=None)
@@ -257,6 +294,140 @@ def test_any_text_renders_without_error(renderer: Renderer, texts: list[str]) ->
     ]
     meme = renderer.render(template("plain.png", boxes), texts)
     assert decode(meme).size == (320, 300)
+
+
+# --- every script, every emoji ------------------------------------------------------------------
+
+SCRIPTS = {
+    "Cyrillic": "Привет мир",
+    "Greek": "Γειά σου κόσμε",
+    "Japanese": "こんにちは世界",
+    "Chinese": "你好，世界",
+    "Korean": "안녕하세요 세계",
+    "Arabic": "مرحبا بالعالم",
+    "Hebrew": "שלום עולם",
+    "Hindi": "नमस्ते दुनिया",
+    "Thai": "สวัสดีชาวโลก",
+}
+EMOJI = {
+    "plain": "😂",
+    "skin tone": "👍🏽",
+    "flag": "🇯🇵",
+    "subdivision flag": "🏴\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f",
+    "joiners": "👩\u200d💻",
+    "keycap": "1️⃣",
+    "heart on fire": "❤️\u200d🔥",
+}
+
+
+def needs_fonts(renderer: Renderer, *texts: str) -> None:
+    """Skip where no installed font draws `texts` (scripts/setup.sh installs them)."""
+    lost = [t for t in texts if renderer.fonts.undrawable(t)]
+    if lost:
+        pytest.skip(f"no font here draws {lost}: run scripts/setup.sh")
+
+
+def colourful_pixels(image: Image.Image) -> int:
+    """Pixels that are clearly neither grey, white nor black: colour emoji."""
+    _, saturation, value = image.convert("HSV").split()
+    vivid = ImageChops.multiply(
+        saturation.point(lambda x: 255 if x > 100 else 0), value.point(lambda x: 255 if x > 80 else 0)
+    )
+    return vivid.histogram()[255]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_is_drawn_with_a_font_that_has_it(renderer: Renderer, script: str) -> None:
+    text = SCRIPTS[script]
+    needs_fonts(renderer, text)
+    for box in (BOXES["top"], BOXES["right-panel"]):  # white with outline; black without
+        meme = renderer.render(template("plain.png", [box]), [text])
+        assert meme.missing == ()
+        assert_inside(ink_bbox(meme), box_px(box, (320, 300)))
+    assert renderer.prepare(text, True) == upper_cased(text)
+    assert all(
+        run.font_index != 0
+        for run in renderer.fonts.runs(renderer.prepare(text, False), 40)
+        if run.text.strip()
+    )
+
+
+@pytest.mark.parametrize("name", EMOJI)
+def test_emoji_are_drawn_in_colour_as_one_glyph(renderer: Renderer, name: str) -> None:
+    emoji = EMOJI[name]
+    needs_fonts(renderer, emoji)
+    runs = renderer.fonts.runs(emoji, 60)
+    assert len(runs) == 1 and runs[0].colour, "an emoji sequence is one colour run"
+    single = renderer.fonts.width("😀", 60)
+    assert renderer.fonts.width(emoji, 60) == pytest.approx(single), "drawn as one glyph, not its parts"
+    box = Box(0.3, 0.3, 0.4, 0.4)
+    meme = renderer.render(template("plain.png", [box]), [emoji])
+    assert meme.missing == ()
+    assert colourful_pixels(decode(meme)) > 200
+    assert_inside(ink_bbox(meme), box_px(box, (320, 300)))
+
+
+def test_emoji_sit_among_words_at_any_size_and_angle(renderer: Renderer) -> None:
+    needs_fonts(renderer, "🔥")
+    for box in (BOXES["top"], Box(0.2, 0.3, 0.6, 0.4, angle=-20.0), Box(0.9, 0.9, 0.1, 0.1)):
+        meme = renderer.render(template("plain.png", [box]), ["🔥🔥🔥 emoji everywhere 😂"])
+        assert meme.missing == ()
+        assert colourful_pixels(decode(meme)) > (0 if box.w < 0.2 else 200)
+    sizes = [renderer.fonts.width("🔥", size) for size in (20, 40, 80)]
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[2] == pytest.approx(4 * sizes[0], rel=0.05)
+
+
+def test_skin_tones_change_the_picture(renderer: Renderer) -> None:
+    needs_fonts(renderer, "👍🏽")
+    box = Box(0.3, 0.3, 0.4, 0.4)
+    plain, toned = (renderer.render(template("plain.png", [box]), [t]) for t in ("👍", "👍🏽"))
+    assert decode(plain).tobytes() != decode(toned).tobytes()
+
+
+def test_right_to_left_text_is_ordered_right_to_left(renderer: Renderer) -> None:
+    needs_fonts(renderer, SCRIPTS["Hebrew"], SCRIPTS["Arabic"], "😀")
+
+    def pieces(line: str) -> list[str]:
+        """The runs left to right, each in logical order (raqm lays out an rtl run itself;
+        without raqm a run's text is already in the order it is drawn)."""
+        runs = [r for r in renderer.fonts.runs(line, 40) if r.text.strip()]
+        return [r.text.strip() if RAQM or r.font_index == 0 else r.text.strip()[::-1] for r in runs]
+
+    # A left-to-right line with Hebrew inside: the Hebrew runs right to left in its place.
+    assert pieces("abc אבג 😀") == ["abc", "אבג", "😀"]
+    # A right-to-left line: its first words are on the right, the Latin inside stays left to right.
+    assert pieces("אבג abc 😀") == ["😀", "abc", "אבג"]
+    assert pieces("مرحبا 2024") == ["2024", "مرحبا"]
+    runs = [r for r in renderer.fonts.runs("مرحبا 2024", 40) if r.text.strip()]
+    if RAQM:  # shaped: joined Arabic letters are not their isolated forms side by side
+        assert [r.direction for r in runs] == ["ltr", "rtl"]
+        assert renderer.fonts.width("ببب", 40) != pytest.approx(3 * renderer.fonts.width("ب", 40))
+
+
+@settings(max_examples=60, deadline=None)
+@given(line=st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs")), max_size=60))
+@example(line="abc אבג 123 مرحبا (x) 😀👍🏽🇯🇵 中文")
+def test_a_line_is_drawn_whole_every_character_once(renderer: Renderer, line: str) -> None:
+    drawn = renderer.fonts.drawable(line.replace("\n", " "))
+    runs = renderer.fonts.runs(drawn, 30)
+    assert sorted("".join(r.text for r in runs)) == sorted(drawn)
+    assert renderer.fonts.width(drawn, 30) >= 0
+
+
+def test_capitals_only_where_the_script_has_them() -> None:
+    assert upper_cased("straße привет γειά") == "STRASSE ПРИВЕТ ΓΕΙΆ"
+    for uncased in ("გამარჯობა", "ꭰꭱꭲ", "こんにちは", "مرحبا", "नमस्ते", "😂 👍🏽"):
+        assert upper_cased(uncased) == uncased
+
+
+def test_cjk_breaks_between_characters_not_only_at_spaces(renderer: Renderer) -> None:
+    text = "日本語のミームは、スペースがなくても折り返されます。"
+    needs_fonts(renderer, text)
+    box = Box(0.3, 0.0, 0.4, 1.0)
+    fitted = renderer.fit(renderer.prepare(text, True), box, (320, 300))
+    assert len(fitted.lines) > 2 and not fitted.truncated and "".join(fitted.lines) == text
+    assert not any(line.startswith(("、", "。")) for line in fitted.lines)
+    assert fitted.size > renderer.fit("x" * 20, box, (320, 300)).size // 2
 
 
 # --- caching, formats, errors ----------------------------------------------------------------------
@@ -399,6 +570,40 @@ def test_cli_renders_to_the_requested_file_and_format(
     assert main(["--config", str(cli_config), "render", "drake", "x", "-o", str(tmp_path / "m.gif")]) == 2
 
 
+@pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs the shared template images")
+def test_cli_draws_every_box_and_refuses_more(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "buttons.png"
+    assert (
+        main(["render", "two-buttons", "fix the bug", "ship it anyway", "me, sweating", "-o", str(out)]) == 0
+    )
+    assert (
+        main(["render", "two-buttons", "fix the bug", "ship it anyway", "-o", str(tmp_path / "two.png")]) == 0
+    )
+    three, two = (Image.open(p).convert("RGB") for p in (out, tmp_path / "two.png"))
+    changed = ImageChops.difference(three, two).getbbox()
+    assert changed is not None and changed[1] > three.height / 2, "the third box is on the sweating man"
+    capsys.readouterr()
+    assert main(["render", "two-buttons", "a", "b", "c", "d", "-o", str(tmp_path / "four.png")]) == 2
+    assert "Two Buttons has 3 text boxes, and you gave 4" in capsys.readouterr().err
+    assert not (tmp_path / "four.png").exists()
+    assert main(["render", "drake", "\U0001e290", "ok", "-o", str(tmp_path / "glyph.png")]) == 0
+    err = capsys.readouterr().err
+    assert "U+1E290" in err or Renderer(SHARED_IMAGES).fonts.font_for("\U0001e290") is not None
+
+
+def test_doctor_says_what_is_missing_and_what_to_install(capsys: pytest.CaptureFixture) -> None:
+    lines, wanted = doctor_check(FontSet(anton_font()))
+    assert any(line.startswith("  ok  Latin") for line in lines)
+    assert any("NO  Japanese" in line and "fonts-noto-cjk" in line for line in lines)
+    assert {"fonts-noto-core", "fonts-noto-cjk", "fonts-noto-color-emoji"} <= wanted
+    code = main(["doctor"])
+    out = capsys.readouterr().out
+    assert "Scripts:" in out and "Emoji:" in out and "Anton" in out
+    assert (code == 0) == ("Everything above can be drawn." in out)
+    if code:
+        assert "apt-get install" in out
+
+
 def test_gallery_caption_is_a_voted_clean_one_that_fills_every_box(tmp_path: Path) -> None:
     memes = [
         {"boxes": ["one box only"], "metadata": {"img-votes": "9,999"}},
@@ -463,18 +668,47 @@ def reference_cases() -> dict[str, tuple[Template, list[str], bool | None]]:
             ["Writing the tests after the code", "Writing the tests first\n(like a grown-up)"],
             False,
         ),
+        # The catalog's own layouts from here on: a layout change shows in these too.
+        **{
+            name: (catalog().get(slug), texts, None)
+            for name, (slug, texts) in {
+                "two-buttons-three-boxes": ("two-buttons", ["fix the bug", "ship it", "me, sweating"]),
+                "confession-bear-top-bottom": (
+                    "confession-bear",
+                    ["i never read the docs", "i just ask the bot"],
+                ),
+                "drake-emoji": ("drake-hotline-bling", ["🔥🔥🔥 emoji everywhere 😂", "👍🏽🇯🇵👩\u200d💻"]),
+                "cjk-dark": ("ill-just-wait-here", ["こんにちは世界", "你好，世界 · 안녕하세요"]),
+                "cjk-light": ("drake-hotline-bling", ["日本語のミーム", "中文字幕 한국어"]),
+                "rtl-dark": ("and-everybody-loses-their-minds", ["مرحبا بالعالم", "שלום עולם"]),
+                "rtl-light": ("drake-hotline-bling", ["مرحبا بالعالم 2024", "שלום עולם!"]),
+                "hindi-thai-dark": ("finding-neverland", ["नमस्ते दुनिया", "สวัสดีชาวโลก", "नमस्ते · สวัสดี"]),
+                "hindi-thai-light": ("marked-safe-from", ["नमस्ते दुनिया", "สวัสดีชาวโลก"]),
+            }.items()
+        },
     }
+
+
+@functools.cache
+def catalog() -> Catalog:
+    return load_catalog(Config().catalog_path)
+
+
+@functools.cache
+def reference_renderer() -> Renderer:
+    return Renderer(SHARED_IMAGES, max_side=REFERENCE_MAX_SIDE)
 
 
 def render_reference(name: str) -> Image.Image:
     tmpl, texts, uppercase = reference_cases()[name]
-    meme = Renderer(SHARED_IMAGES, max_side=REFERENCE_MAX_SIDE).render(tmpl, texts, uppercase=uppercase)
+    meme = reference_renderer().render(tmpl, texts, uppercase=uppercase)
     return decode(meme)
 
 
 @pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs the shared template images")
 @pytest.mark.parametrize("name", list(reference_cases()))
 def test_renders_match_the_references(name: str, tmp_path: Path) -> None:
+    needs_fonts(reference_renderer(), *reference_cases()[name][1])
     fresh = render_reference(name)
     with Image.open(RENDERS / f"{name}.png") as stored:
         reference = stored.convert("RGB")

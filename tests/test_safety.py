@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from bot.catalog import UnknownTemplate, load_catalog
 from bot.config import FilterConfig
 from bot.content_filter import ContentFilter
+from bot.graphemes import keeps_format_character
 from bot.inputs import INVISIBLE, clean_text
 from bot.service import BadInputError, ChatContext, CooldownError, MemeError, MemeService
 from bot.telegram_app import parse_button, parse_settings_changes, split_first_word
@@ -207,8 +208,22 @@ def test_clean_text_is_idempotent_and_leaves_nothing_invisible(text: str):
         unicodedata.normalize("NFKC", cleaned) == cleaned
         or clean_text(unicodedata.normalize("NFKC", cleaned)) == cleaned
     )
-    assert not any(unicodedata.category(ch) in INVISIBLE for ch in cleaned)
+    assert not any(
+        unicodedata.category(ch) in INVISIBLE and not keeps_format_character(cleaned, i)
+        for i, ch in enumerate(cleaned)
+    )
     assert cleaned == cleaned.strip() and "  " not in cleaned
+
+
+def test_the_joiners_inside_an_emoji_stay_and_hide_no_word():
+    for emoji in (
+        "👩\u200d💻",
+        "❤️\u200d🔥",
+        "🧑🏽\u200d🚒",
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+    ):
+        assert clean_text(f"me {emoji} ok") == f"me {emoji} ok"
+    assert clean_text("p\u200di\u200dzza 😀\u200dx") == "pizza 😀x"
 
 
 @given(st.text())

@@ -217,8 +217,9 @@ async def test_caption_needs_no_model_and_works_for_every_template(tmp_path: Pat
             await service.make_meme(ALICE, "drake")
         ids = set()
         for template in service.catalog.templates:
-            made = await service.caption(ALICE, template.slug, ["top text", "bottom text"])
-            assert made.template == template and made.boxes == ["top text", "bottom text"]
+            texts = [f"box {i}" for i in range(1, len(template.boxes) + 1)]
+            made = await service.caption(ALICE, template.slug, texts)
+            assert made.template == template and made.boxes == texts
             ids.add(made.id)
         assert len(ids) == len(service.catalog.templates) == 100
 
@@ -241,6 +242,33 @@ async def test_caption_input_is_checked(service: MemeService):
         await service.caption(ALICE, "", ["text"])
     with pytest.raises(BadInputError, match="too long"):
         await service.make_meme(ALICE, "drake", "p" * 1000)
+
+
+async def test_more_boxes_than_the_template_has_are_refused_with_its_count(service: MemeService, model):
+    made = await service.caption(ALICE, "two buttons", ["fix the bug", "ship it anyway", "me, sweating"])
+    assert made.boxes == ["fix the bug", "ship it anyway", "me, sweating"]  # one text per box
+    with pytest.raises(BadInputError) as caught:
+        await service.caption(ALICE, "two buttons", ["a", "b", "c", "d"])
+    assert caught.value.user_message == (
+        "Two Buttons has 3 text boxes, and you gave 4 (boxes are separated by |). "
+        "Put that text into at most 3, or pick a template with more boxes."
+    )
+    with pytest.raises(BadInputError, match="Change My Mind has one text box, and you gave 2"):
+        await service.make_meme(ALICE, "change my mind", "pineapple | on pizza")
+    with pytest.raises(BadInputError, match="has 2 text boxes, and you gave 3"):
+        await service.make_meme(ALICE, "drake", "a | b | c")
+    assert [m.id for m in await service.history(ALICE)] == [made.id]  # nothing else was made
+    # Starting the second box is fine; the model is told how many boxes there are.
+    await service.make_meme(ALICE, "confession bear", "i never read the docs |")
+    assert model.last.n_boxes == 2
+
+
+async def test_the_start_of_a_caption_is_shown_as_typed_emoji_and_all(service: MemeService):
+    # The model reads "pineapple on" (its alphabet has no emoji, no capitals, no Cyrillic) ...
+    made = await service.make_meme(ALICE, "drake", "🔥 Pineapple on | Привет", MemeOptions(method="greedy"))
+    # ... and the meme shows what was typed, with the model's words after it.
+    assert made.boxes == ["🔥 Pineapple on", f"Привет {FIXED_ENDING}"]
+    assert made.image.missing == () or service.renderer.fonts.undrawable("🔥Привет")
 
 
 async def test_templates_search_is_typo_tolerant(service: MemeService):

@@ -42,11 +42,13 @@ def guessing(tiny_checkpoint, tmp_path_factory) -> CaptionGenerator:
     return generator
 
 
-def requests_to_compare() -> list[GenerationRequest]:
+def requests_to_compare(
+    prefixes: tuple[str, ...] = ("", "pineapple on", "writing|"), temperature: float = 1.3, **settings
+) -> list[GenerationRequest]:
     reqs = []
     for i, template in enumerate([*SYNTHETIC_CAPTIONS, "Some-Unknown-Template"]):
         for method in ("greedy", "sample"):
-            for prefix in ("", "pineapple on", "writing|"):
+            for prefix in prefixes:
                 reqs.append(
                     GenerationRequest(
                         template,
@@ -54,8 +56,9 @@ def requests_to_compare() -> list[GenerationRequest]:
                         method=method,
                         n_boxes=2,
                         seed=i,
-                        temperature=1.3,
+                        temperature=temperature,
                         max_length=50,
+                        **settings,
                     )
                 )
     return reqs

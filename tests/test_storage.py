@@ -309,7 +309,7 @@ async def test_v1_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Pat
     conn.close()
 
     async with await Storage.open(path, KEY) as store:
-        assert (await store.stats()).schema_version == SCHEMA_VERSION == 3
+        assert (await store.stats()).schema_version == SCHEMA_VERSION == 4
         meme = await store.get_meme(7)
         assert meme.boxes == ["when the", "code works"]
         assert meme.params == {"beam_width": 3}

@@ -274,6 +274,20 @@ async def test_caption_renders_the_given_text(harness: Harness):
     assert photo.params["caption"].startswith("no thanks | yes please")
 
 
+async def test_three_boxes_too_many_boxes_and_undrawable_characters_are_told(harness: Harness):
+    server = harness.server
+    server.send_text("/caption two-buttons fix it | ship it | me", user_id=ALICE)
+    (photo,) = await server.wait_for("sendPhoto")
+    assert (await harness.service.storage.get_meme(meme_id(photo))).boxes == ["fix it", "ship it", "me"]
+    server.send_text("/caption drake a | b | c", user_id=ALICE)
+    await server.wait_for("sendMessage")
+    assert replies(server)[-1].startswith("Drake Hotline Bling has 2 text boxes, and you gave 3")
+    server.send_text("/caption drake \U0001e290 | ok", user_id=ALICE)
+    photos = await server.wait_for("sendPhoto", 2)
+    if harness.service.renderer.fonts.font_for("\U0001e290") is None:
+        assert "Couldn't draw \U0001e290 (U+1E290)" in photos[-1].params["caption"]
+
+
 async def test_templates_history_help_and_bad_caption(harness: Harness):
     server = harness.server
     server.send_text("/templates change mind", user_id=ALICE)

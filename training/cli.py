@@ -1,4 +1,4 @@
-"""`memebot data stats`, `memebot train`, `memebot eval`, `memebot draft`."""
+"""`memebot data stats`, `memebot train`, `memebot eval`, `memebot quality`, `memebot draft`."""
 
 from __future__ import annotations
 
@@ -71,6 +71,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--record", action="store_true", help="store the overall figures in the checkpoint file")
     ev.set_defaults(handler=eval_command)
+
+    quality = sub.add_parser(
+        "quality", help="captions as served, measured: non-words, repeats, copies, a discriminator"
+    )
+    quality.add_argument("--checkpoint", type=Path, help="default: the configured model")
+    quality.add_argument("--baseline", type=Path, help="also measure this checkpoint, side by side")
+    quality.add_argument("--n", type=int, default=1000, help="validation memes to caption (default 1000)")
+    quality.add_argument("--json", action="store_true", help="print the report as JSON")
+    quality.add_argument(
+        "--pairs",
+        type=Path,
+        metavar="FILE",
+        help="also write N blind pairs here, the answers to FILE.key.json",
+    )
+    quality.add_argument(
+        "--judged",
+        type=Path,
+        metavar="ANSWERS",
+        help='score a reader\'s answers to --pairs FILE (JSON list of {"pair", "person", "A", "B"}); '
+        "generates nothing",
+    )
+    quality.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
+    quality.add_argument("--seed", type=int, default=0, help="picks the memes and fixes sampling (default 0)")
+    quality.set_defaults(handler=quality_command)
 
     draft = sub.add_parser("draft", help="build the n-gram table that speeds up decoding (speculation)")
     draft.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
@@ -223,6 +247,12 @@ def eval_command(config: Config, args: argparse.Namespace) -> int:
         f"accuracy {100 * o.accuracy:.2f}%, {o.bits_per_char:.3f} bits/char"
     )
     return 0
+
+
+def quality_command(config: Config, args: argparse.Namespace) -> int:
+    from training.quality import quality_command as run_quality
+
+    return run_quality(config, args)
 
 
 def draft_command(config: Config, args: argparse.Namespace) -> int:
