@@ -26,6 +26,16 @@ WORDS = (
 ).split()
 
 
+# About 60 characters in each writing system the fallback fonts serve (bot/fonts.py): each is
+# drawn run by run from another font, emoji as colour bitmaps scaled to the line.
+SCRIPTS = {
+    "latin": "when the build passes on friday and you remember the deploy",
+    "emoji": "🔥🔥 when the build passes 😂😂 | me on friday 🚀👍🏽 🎉🎉🎉",
+    "cyrillic": "когда сборка прошла в пятницу | и ты вспомнил про деплой",
+    "cjk": "金曜日にビルドが通った時 | デプロイのことを思い出した 构建终于通过了",
+}
+
+
 def caption(n_chars: int) -> str:
     """About n_chars of caption, cut at a word boundary."""
     words: list[str] = []
@@ -134,6 +144,15 @@ def main() -> None:
         f"  median {statistics.median(times) * 1e3:.1f} ms, p95 {percentile(times, 0.95) * 1e3:.1f} ms, "
         f"first render in a fresh renderer {cold * 1e3:.0f} ms"
     )
+
+    print("\nheadline template, 60 characters of each script:")
+    for script, text in SCRIPTS.items():
+        boxes = [b.strip() for b in text.split("|")][: len(headline.boxes)]
+        times = time_renders(renderer, headline, boxes, args.repeats * 2)
+        print(
+            f"  {script:>8}  median {statistics.median(times) * 1e3:>5.1f} ms, "
+            f"p95 {percentile(times, 0.95) * 1e3:>5.1f} ms"
+        )
 
     templates = sample(catalog.templates, SAMPLE_TEMPLATES)
     print(f"\n{len(templates)} templates, {args.repeats} renders each:")

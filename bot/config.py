@@ -77,9 +77,13 @@ class GenerationConfig:
     lexicon: bool = True
     # No word 3-gram twice in a caption and no box twice (inside decoding, every method).
     block_repeats: bool = True
-    # Sampling: decode this many candidates together, answer with the most likely (by
-    # log-probability per symbol) and keep the rest for 🔁. 1 = off. A server setting.
+    # Sampling: decode this many candidates together, answer with the best ranked (below) and
+    # keep the rest for 🔁. 1 = off. A server setting.
     best_of: int = 8
+    # Best of N ranks by log-probability / length**rank_length_power. 1 is per symbol; three
+    # blind readers took ours for the person's in 20 of 144 pairs at 0.5, in 8 at 1 (README,
+    # Captions).
+    rank_length_power: float = 0.5
 
 
 @dataclass
@@ -307,6 +311,10 @@ def _validate(config: Config) -> None:
         (1 <= config.generation.beam_width <= 16, "[generation] beam_width: must be between 1 and 16"),
         (1 <= config.generation.max_length <= 200, "[generation] max_length: must be between 1 and 200"),
         (1 <= config.generation.best_of <= 16, "[generation] best_of: must be between 1 and 16"),
+        (
+            0 <= config.generation.rank_length_power <= 1,
+            "[generation] rank_length_power: must be between 0 and 1",
+        ),
         (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
         (config.limits.user_rate_per_minute > 0, "[limits] user_rate_per_minute: must be positive"),
         (config.limits.chat_rate_per_minute > 0, "[limits] chat_rate_per_minute: must be positive"),

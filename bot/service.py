@@ -586,6 +586,7 @@ class MemeService:
             block_repeats=g.block_repeats,
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.
             best_of=int(chosen["best_of"]) if method == "sample" else 1,  # type: ignore[call-overload]
+            rank_length_power=g.rank_length_power,
         )
 
     @contextmanager

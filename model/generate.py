@@ -270,7 +270,8 @@ class CaptionGenerator:
         if request.n_boxes:
             boxes = (boxes + [""] * request.n_boxes)[: request.n_boxes]
         if score is None:
-            return Caption(boxes=boxes, logprob=row.logprob, score=row.logprob / max(1, len(row.generated)))
+            length = max(1, len(row.generated)) ** request.rank_length_power
+            return Caption(boxes=boxes, logprob=row.logprob, score=row.logprob / length)
         return Caption(boxes=boxes, logprob=score, score=score)
 
     # ---- greedy and sampling ------------------------------------------------------------

@@ -94,6 +94,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         lexicon=g.lexicon,
         block_repeats=g.block_repeats,
         best_of=g.best_of,
+        rank_length_power=g.rank_length_power,
     )
     try:
         (result,) = generator.generate_batch([request])

@@ -157,6 +157,8 @@ def check_request(request: GenerationRequest) -> None:
         problems.append(f"top_k must not be negative, got {request.top_k}")
     if not 1 <= request.best_of <= MAX_BEST_OF:
         problems.append(f"best_of must be from 1 to {MAX_BEST_OF}, got {request.best_of}")
+    if not 0 <= request.rank_length_power <= 1:
+        problems.append(f"rank_length_power must be from 0 to 1, got {request.rank_length_power}")
     if request.beam_width < 1:
         problems.append(f"beam_width must be at least 1, got {request.beam_width}")
     if request.n_boxes < 0:

@@ -31,6 +31,9 @@ class GenerationRequest:
     # Sampling: decode max(n, best_of) candidates in one batch and return them all (distinct
     # ones), best first by `Caption.score`. Greedy and beam requests ignore it.
     best_of: int = 1
+    # Best-of-N ranks by log-probability / length**rank_length_power: 1 is the mean per symbol;
+    # lower leans to shorter captions, which readers found more convincing (README, Captions).
+    rank_length_power: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -373,3 +373,22 @@ def test_cli_query_lists_matches_and_says_when_nothing_does(capsys: pytest.Captu
     assert "mocking-spongebob" in out and "drake-hotline-bling" not in out
     assert main(["templates", "zzzqqq"]) == 1
     assert "nothing matches" in capsys.readouterr().err
+
+
+def test_make_catalog_check_flags_a_layout_with_fewer_boxes_than_people_fill(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """`python -m training.make_catalog --check`: the same rule as the tests above, for whoever
+    edits the layouts. 30% of these memes use a second box: one box is too few, three are fine."""
+    from training.make_catalog import boxes_people_fill, check_box_counts
+
+    memes = tmp_path / "memes"
+    memes.mkdir()
+    data = [{"boxes": ["top"]}] * 7 + [{"boxes": ["top", "bottom"]}] * 3
+    (memes / "Confession-Bear.json").write_text(json.dumps(data))
+    assert boxes_people_fill(memes / "Confession-Bear.json") == 2
+    assert boxes_people_fill(memes / "Nothing-Here.json") is None
+    bear = replace(catalog.get("confession-bear"), dataset_name="Confession-Bear")
+    one, three = replace(bear, boxes=bear.boxes[:1]), replace(bear, boxes=bear.boxes[:1] * 3)
+    assert check_box_counts([one], tmp_path) == ["confession-bear: 1 boxes, but people fill 2 on it"]
+    assert check_box_counts([three], tmp_path) == []

@@ -562,6 +562,22 @@ def test_a_score_is_the_log_probability_per_symbol(tiny):
     assert caption.score == pytest.approx(caption.logprob / symbols)
 
 
+def test_rank_length_power_trades_per_symbol_likelihood_for_shortness(tiny):
+    req = GenerationRequest("Ancient-Aliens", method="sample", temperature=1.8, seed=3, n_boxes=2, best_of=8)
+    per_symbol = tiny.generate_batch([req])[0].captions
+    for power in (0.0, 0.5):
+        ranked = tiny.generate_batch([dataclasses.replace(req, rank_length_power=power)])[0].captions
+        assert sorted(c.boxes for c in ranked) == sorted(c.boxes for c in per_symbol)  # same draws
+        for c in ranked:
+            same = next(p for p in per_symbol if p.boxes == c.boxes)
+            symbols = round(same.logprob / same.score)  # per_symbol: score = logprob / symbols
+            assert c.score == pytest.approx(c.logprob / symbols**power)
+        assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+    check_request(dataclasses.replace(req, rank_length_power=0.5))
+    with pytest.raises(InvalidRequest, match="rank_length_power"):
+        check_request(dataclasses.replace(req, rank_length_power=2.0))
+
+
 def test_best_of_counts_as_rows_and_is_checked():
     sample = GenerationRequest("x", method="sample", best_of=8)
     assert request_rows(sample) == 8
