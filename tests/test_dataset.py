@@ -208,9 +208,9 @@ def test_vote_weights_favour_liked_memes_and_average_one(tmp_path: Path):
     assert w[3] > w[2] > w[1] > w[0] == w[4]
 
 
-def test_token_weighted_loss_is_the_plain_loss_with_equal_weights_and_follows_the_weights():
+def test_per_token_weighted_loss_is_the_plain_loss_with_equal_weights_and_follows_the_weights():
     from training.batches import make_batch
-    from training.train import loss_on, token_weighted_loss
+    from training.train import loss_on
 
     torch.manual_seed(0)
     from model.transformer import Transformer, TransformerConfig
@@ -222,7 +222,7 @@ def test_token_weighted_loss_is_the_plain_loss_with_equal_weights_and_follows_th
         np.array(vocab.encode_boxes(["much longer words here"])),
     ]
     plain = loss_on(model, make_batch(caps, [1, 2]))
-    assert torch.allclose(token_weighted_loss(model, make_batch(caps, [1, 2], [1.0, 1.0])), plain)
-    assert torch.allclose(token_weighted_loss(model, make_batch(caps, [1, 2], [3.0, 3.0])), plain)
-    only_second = token_weighted_loss(model, make_batch(caps, [1, 2], [0.0, 1.0]))
+    assert torch.allclose(loss_on(model, make_batch(caps, [1, 2], [1.0, 1.0]), per_token=True), plain)
+    assert torch.allclose(loss_on(model, make_batch(caps, [1, 2], [3.0, 3.0]), per_token=True), plain)
+    only_second = loss_on(model, make_batch(caps, [1, 2], [0.0, 1.0]), per_token=True)
     assert torch.allclose(only_second, loss_on(model, make_batch(caps[1:], [2])))

@@ -89,25 +89,21 @@ def lr_at(recipe: Recipe, progress: float, step: int) -> float:
     return recipe.lr * ratio
 
 
-def loss_on(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def loss_on(model: torch.nn.Module, batch: Batch, per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of the batch's targets. With batch.weights: by default each meme's mean is
+    weighted (fine-tuning: a short up-voted caption counts as much as a long one, and negative
+    weights push away); `per_token` weights each character by its meme's weight instead, so a
+    long caption still counts by its length and all-ones weights give the unweighted loss."""
     logits = model(batch.template_ids, batch.inputs)  # [B, T, V]
     if batch.weights is None:
         return F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=PAD)
     per_pos = F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=PAD, reduction="none")
-    per_meme = per_pos.sum(1) / (batch.targets != PAD).sum(1).clamp(min=1)
+    real = batch.targets != PAD
+    if per_token:
+        w = batch.weights[:, None] * real
+        return (per_pos * w).sum() / w.sum().clamp(min=1e-8)
+    per_meme = per_pos.sum(1) / real.sum(1).clamp(min=1)
     return (per_meme * batch.weights).sum() / batch.weights.abs().sum().clamp(min=1e-8)
-
-
-def token_weighted_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy per character, each character weighted by its meme's weight (batch.weights).
-    Unlike loss_on's per-meme average (fine-tuning), a long caption still counts by its length,
-    so with all weights 1 this is exactly the unweighted loss."""
-    if batch.weights is None:
-        return loss_on(model, batch)
-    logits = model(batch.template_ids, batch.inputs)
-    per_pos = F.cross_entropy(logits.transpose(1, 2), batch.targets, ignore_index=PAD, reduction="none")
-    w = batch.weights[:, None] * (batch.targets != PAD)
-    return (per_pos * w).sum() / w.sum().clamp(min=1e-8)
 
 
 def training_indices(dataset: PackedDataset, dedupe: bool) -> np.ndarray:
@@ -317,7 +313,7 @@ def train(
             group["lr"] = lr
         batch = next(batches).to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = token_weighted_loss(model, batch)
+            loss = loss_on(model, batch, per_token=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
