@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from model.lexicon import MIN_COUNT, count_words, is_number, words
 from model.requests import GenerationRequest
 from model.vocab import SEP, Vocab
 
@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     from model.pool import BatchGenerator
     from training.dataset import PackedDataset
 
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-LEXICON_MIN_COUNT = 3  # a word is a word once training captions used it this often
+# What a word is, and how often training captions must use one, are the decoder's own
+# (model/lexicon.py): the report counts exactly what the lexicon rule enforces.
+LEXICON_MIN_COUNT = MIN_COUNT
 DISCRIMINATOR_FOLDS = 5
 BOX_JOIN = "\n"  # between boxes in joined caption texts: no character of the vocabulary
 
@@ -58,11 +59,6 @@ Boxes = Sequence[str]
 
 
 # ---- the metrics: plain functions of texts ------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    """The words of a text, as every figure here counts them (see the module docstring)."""
-    return WORD.findall(text.lower())
 
 
 def caption_words(boxes: Boxes) -> list[str]:
@@ -88,15 +84,9 @@ def caption_length(boxes: Boxes) -> int:
     return len(caption_key(boxes))
 
 
-def is_number(word: str) -> bool:
-    return word.isdigit()
-
-
 def build_lexicon(texts: Iterable[str], min_count: int = LEXICON_MIN_COUNT) -> set[str]:
-    """The words seen at least `min_count` times in `texts`."""
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(words(text))
+    """The words seen at least `min_count` times in `texts` (numbers too: they count as words)."""
+    counts = count_words(texts)
     return {w for w, c in counts.items() if c >= min_count}
 
 
