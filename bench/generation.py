@@ -1,9 +1,11 @@
 """Generation speed through the pool, against the seed's CNN decoding measured in the same run.
 
     .venv/bin/python bench/generation.py [--checkpoint PATH] [--device cpu|cuda] [--quantize] [--no-draft] [--fp32]
+        [--levels 1,8,32,128] [--max-batch N]
 
 Prints, for greedy, sampling and beam-3 on the model: single-request latency p50/p95,
-captions per second at concurrency 1, 8, 32 and 128, and latency p50/p95 when requests arrive
+captions per second at concurrency 1, 8, 32 and 128 (or --levels), then the served default (sampling
+under the word rules, best of 8: latency and replies/s at concurrency 8), and latency p50/p95 when requests arrive
 on their own at 2/3 of the concurrency-32 rate; then the seed's cost for the same
 methods (its CNN re-reading a 128-character window for every character) and the ratio.
 Captions end when the model says so, so a 60-character caption is estimated from the
