@@ -31,13 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memebot",
         description="A meme bot with its own caption model: generate, render, train, serve.",
     )
-    parser.add_argument(
-        "--config", help="config file (default: ./config.toml if present, else built-in defaults)"
-    )
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _accept_global_options(parser)
     return parser
+
+
+CONFIG_HELP = "config file (default: ./config.toml if present, else built-in defaults)"
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """`memebot run --config x.toml` as well as `memebot --config x.toml run`: every subcommand,
+    at any depth, also takes the global options. SUPPRESS keeps a subcommand that was not given
+    one from overwriting what was given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                subparser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _accept_global_options(subparser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

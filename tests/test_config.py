@@ -69,3 +69,22 @@ def test_relative_paths_resolve_against_the_project_root():
     config = load_config(None, env={})
     assert config.dataset_dir == (PROJECT_ROOT / "../shared/data/imgflip575k/dataset").resolve()
     assert config.catalog_path == PROJECT_ROOT / "data/templates.toml"
+
+
+def test_config_is_taken_before_or_after_the_subcommand(tmp_path, capsys):
+    """`memebot run --config x.toml` and `memebot --config x.toml run` read the same file, at
+    any depth of subcommand; a subcommand given no --config keeps the one given before it."""
+    from bot.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[generation]\nmethod = "telepathy"\n')
+    for argv in (
+        ["--config", str(bad), "templates", "drake"],
+        ["templates", "drake", "--config", str(bad)],
+        ["data", "stats", "--config", str(bad)],
+        ["--config", str(bad), "data", "stats"],
+    ):
+        assert main(argv) == 2, argv
+        assert "configuration error" in capsys.readouterr().err
+    assert main(["templates", "drake", "--config", "config.example.toml"]) == 0
+    assert "drake" in capsys.readouterr().out
