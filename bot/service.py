@@ -143,6 +143,10 @@ class NoModelError(MemeError):
         )
 
 
+class NoCandidateLeft(Exception):
+    """Inside the service: the best-of-N candidate a 🔁 meant to serve was taken meanwhile."""
+
+
 class GenerationError(MemeError):
     """The model failed on this request (not the user's fault; trying again may work)."""
 
@@ -400,20 +404,31 @@ class MemeService:
 
         if not any(usable(c) for c in _stored_candidates(origin.params)):
             return None
-        with self._turn(ctx, settings):
-            while True:
-                try:
-                    boxes = await self.storage.pop_param_item(root, CANDIDATES)
-                except UnknownMeme:
-                    return None
-                if boxes is None:
-                    return None  # another reroll took the last one meanwhile
-                if usable(boxes):
-                    break
+        try:
+            with self._turn(ctx, settings):
+                while True:
+                    try:
+                        boxes = await self.storage.pop_param_item(root, CANDIDATES)
+                    except UnknownMeme:
+                        raise NoCandidateLeft from None
+                    if boxes is None:
+                        raise NoCandidateLeft  # another reroll took the last one meanwhile
+                    if usable(boxes):
+                        break
+        except NoCandidateLeft:
+            return None  # the turn was given back: the fresh caption the caller makes charges it
         params = {k: v for k, v in origin.params.items() if k != CANDIDATES}
         params[REROLL_OF] = root
+        uppercase = params.get("uppercase")  # drawn in the style of the meme it stands in for
         return await self._finish(
-            ctx, template, boxes, origin.prefix, origin.method, params, origin.model_id, None
+            ctx,
+            template,
+            boxes,
+            origin.prefix,
+            origin.method,
+            params,
+            origin.model_id,
+            uppercase if isinstance(uppercase, bool) else None,
         )
 
     async def caption(self, ctx: ChatContext, template: str, boxes: list[str]) -> MadeMeme:
@@ -612,7 +627,7 @@ class MemeService:
         self._cooldown.spend(cooldown_key)
         try:
             yield
-        except (BusyError, GenerationError):
+        except (BusyError, GenerationError, NoCandidateLeft):
             self._user_limit.refund(user_key)
             self._chat_limit.refund(chat_key, chat_rate)
             self._cooldown.refund(cooldown_key)

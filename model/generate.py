@@ -24,6 +24,7 @@ A caption the length cap cuts where it could not have ended loses its unfinished
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -36,10 +37,12 @@ import torch
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.draft import DraftTable, load_draft_table
 from model.fused import load_fused_kernel
-from model.lexicon import SOFT_DEAD, BatchRules, Lexicon, Rules, WordState, load_lexicon
+from model.lexicon import SOFT_DEAD, BatchRules, Lexicon, LexiconError, Rules, WordState, load_lexicon
 from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
+
+logger = logging.getLogger(__name__)
 
 MAX_SYMBOLS = 199  # the data filter keeps captions under 200 symbols; the models never saw longer
 LENGTH_PENALTY = 0.7  # beam scores are logprob / length**alpha, so short captions do not always win
@@ -603,7 +606,12 @@ def load_generator(
     kernel = None
     if kernel_dir is not None and str(device) == "cpu" and FrozenStep.supports(model):
         kernel = load_fused_kernel(kernel_dir)
-    words = load_lexicon(lexicon) if lexicon else None
+    words = None
+    if lexicon:
+        try:
+            words = load_lexicon(lexicon)
+        except LexiconError as exc:  # optional, like the draft table: decode without the rule
+            logger.warning("decoding without the word lexicon: %s (`memebot lexicon` rebuilds it)", exc)
     gen = CaptionGenerator(
         ckpt, device=device, model=model, draft=table, half_weights=half_weights, kernel=kernel, lexicon=words
     )

@@ -40,7 +40,6 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
     from model.generate import load_generator
-    from model.lexicon import LexiconError
     from model.requests import GenerationRequest
 
     catalog = load_catalog(config.catalog_path)
@@ -76,7 +75,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"memebot generate: no model yet ({exc})", file=sys.stderr)
         return 1
-    except (DraftTableError, LexiconError) as exc:
+    except DraftTableError as exc:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 1
     request = GenerationRequest(

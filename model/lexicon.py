@@ -149,15 +149,16 @@ def load_lexicon(path: Path, min_count: int | None = None) -> Lexicon:
                 if word:
                     counts[word] = int(count)
             seen = frozenset(int(line, 16) for line in f if line.strip())
+        file_min = int(meta.get("min_count", 1))
+        captions = int(meta.get("captions", 0))
     except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
         if isinstance(exc, LexiconError):
             raise
         raise LexiconError(f"{path}: not a readable lexicon ({exc})") from exc
-    file_min = int(meta.get("min_count", 1))
     wanted = max(file_min, min_count or file_min)
     if wanted > file_min:
         counts = {w: c for w, c in counts.items() if c >= wanted}
-    return Lexicon(counts, wanted, int(meta.get("captions", 0)), seen)
+    return Lexicon(counts, wanted, captions, seen)
 
 
 # ---- the trie ---------------------------------------------------------------------------

@@ -40,8 +40,9 @@ class GenerationRequest:
 class Caption:
     boxes: list[str]  # normalised box texts, prefix included
     logprob: float  # total log-probability of the generated symbols
-    # What best-of-N ranks by: greedy and sampling, the log-probability per generated symbol
-    # (<end> included); beam search, its length-penalised beam score. None: not scored.
+    # What best-of-N ranks by: greedy and sampling, the log-probability of the generated symbols
+    # (<end> included) / their number**rank_length_power; beam search, its length-penalised beam
+    # score. None: not scored.
     score: float | None = None
 
     @property

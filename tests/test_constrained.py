@@ -194,8 +194,26 @@ def test_lexicon_counts_words_saves_and_loads(tmp_path):
     (tmp_path / "junk.gz").write_bytes(b"not gzip")
     with pytest.raises(LexiconError):
         load_lexicon(tmp_path / "junk.gz")
+    import gzip
+
+    (tmp_path / "bad-header.gz").write_bytes(gzip.compress(b"memebot-lexicon 1\tmin_count=three\nthe\t4\n"))
+    with pytest.raises(LexiconError, match="not a readable lexicon"):
+        load_lexicon(tmp_path / "bad-header.gz")
     with pytest.raises(ValueError):
         build_lexicon(["a"], min_count=0)
+
+
+def test_an_unreadable_lexicon_file_leaves_decoding_running_without_the_rule(
+    tiny_checkpoint, tmp_path, caplog
+):
+    """The lexicon is optional, like the draft table: a damaged file must not take the model down."""
+    bad = tmp_path / "lexicon.txt.gz"
+    bad.write_bytes(b"not gzip")
+    with caplog.at_level("WARNING"):
+        gen = load_generator(tiny_checkpoint, lexicon=bad)
+    assert gen.lexicon is None and "decoding without the word lexicon" in caplog.text
+    req = GenerationRequest("Drake-Hotline-Bling", method="greedy", n_boxes=2, **RULES)
+    assert gen.generate_batch([req])[0].captions[0].boxes == SYNTHETIC_CAPTIONS["Drake-Hotline-Bling"]
 
 
 def test_the_shipped_lexicon_is_small_and_knows_words_not_the_non_words_readers_saw():
@@ -648,6 +666,22 @@ async def test_reroll_serves_the_next_best_candidate_before_sampling_anew(tmp_pa
         assert model.last.prefix == "pineapple" and model.last.method == "sample"
         fifth = await service.reroll(ALICE, fourth.id)
         assert fifth.boxes == ["draw 2 pick 1", "box"] and len(model.requests) == 2
+
+
+async def test_two_rerolls_racing_for_the_last_candidate_are_each_charged_once(tmp_path):
+    """Both 🔁 see one candidate left; one gets it, the other samples anew. The loser's turn
+    is given back before the fresh caption charges it, so a user allowed exactly three memes
+    (the first and the two rerolls) is not told to wait."""
+    import asyncio
+
+    model = Candidates()
+    config = config_for_tests(tmp_path, user_burst=3, chat_burst=100)
+    async with scripted_service(config, model) as service:
+        await service.set_settings(ADMIN, {"best_of": "2"})
+        first = await service.make_meme(ALICE, "drake")
+        a, b = await asyncio.gather(service.reroll(ALICE, first.id), service.reroll(ALICE, first.id))
+        assert sorted([a.boxes[0], b.boxes[0]]) == ["draw 1 pick 1", "draw 2 pick 0"]
+        assert len(model.requests) == 2
 
 
 async def test_candidates_with_a_banned_word_are_never_served(tmp_path):
