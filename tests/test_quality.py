@@ -72,6 +72,9 @@ def test_non_words_leave_out_the_users_words():
     prefixes = ["", "blorp", "qux", "wug"]
     assert non_word_rate(lexicon, captions, prefixes) == pytest.approx(2 / 11)
     assert non_word_rate(lexicon, [["", ""]], [""]) == 0.0
+    # The decoder lets a template's own name be written ("pablo" on Sad-Pablo-Escobar).
+    assert non_word_rate(lexicon, [["pablo sat"]], [""]) == 0.5
+    assert non_word_rate(lexicon, [["pablo sat"]], [""], ["Sad-Pablo-Escobar"]) == 0.0
     with pytest.raises(ValueError):
         non_word_rate(lexicon, captions, [""])
 

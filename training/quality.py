@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.lexicon import MIN_COUNT, count_words, is_number, words
+from model.lexicon import MIN_COUNT, count_words, is_number, template_words, words
 from model.requests import GenerationRequest
 from model.vocab import SEP, Vocab
 
@@ -91,21 +91,25 @@ def build_lexicon(texts: Iterable[str], min_count: int = LEXICON_MIN_COUNT) -> s
 
 
 def non_word_rate(
-    lexicon: set[str] | frozenset[str], captions: Sequence[Boxes], prefixes: Sequence[str]
+    lexicon: set[str] | frozenset[str],
+    captions: Sequence[Boxes],
+    prefixes: Sequence[str],
+    templates: Sequence[str] | None = None,
 ) -> float:
     """Share of generated words not in `lexicon`. The words of each caption's prefix (what the
     user typed, `|` between boxes) are taken out of its words once each and are not counted;
-    they, and numbers, count as words if the model writes them again."""
-    if len(captions) != len(prefixes):
+    they, numbers and the words of the caption's template name (`templates`, as the decoder
+    allows them) count as words if the model writes them."""
+    if len(captions) != len(prefixes) or (templates is not None and len(templates) != len(captions)):
         raise ValueError(f"{len(captions)} captions but {len(prefixes)} prefixes")
     total = bad = 0
-    for boxes, prefix in zip(captions, prefixes, strict=True):
+    for k, (boxes, prefix) in enumerate(zip(captions, prefixes, strict=True)):
         own = words(prefix.replace("|", " "))
         generated = caption_words(boxes)
         for w in own:
             if w in generated:
                 generated.remove(w)  # the first occurrence: where the prefix put it
-        allowed = set(own)
+        allowed = set(own) | set(template_words(templates[k]) if templates is not None else ())
         total += len(generated)
         bad += sum(1 for w in generated if w not in lexicon and w not in allowed and not is_number(w))
     return bad / total if total else 0.0
@@ -373,7 +377,7 @@ def measure(
         model_id=model_id,
         checkpoint=checkpoint,
         captions=len(generated),
-        non_words=non_word_rate(reference.lexicon, generated, prefixes),
+        non_words=non_word_rate(reference.lexicon, generated, prefixes, [s.template for s in samples]),
         repeats=repeat_rate(generated),
         copies=copy_rate(reference.captions, generated),
         distinct_2=distinct_2(generated),
