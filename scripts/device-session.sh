@@ -12,7 +12,9 @@
 # most; `cat votes.pt.part-* > x.pt` joins them) and results.tar.gz (logs, curves, evals, bench).
 #   here, once:  .venv/bin/memebot data pack       # -> pack/imgflip575k.npz (git-ignored)
 #                wheels of aiosqlite, rapidfuzz, pytest-asyncio for Python 3.12 in .whl/
-#   device run:  bash scripts/device-session.sh 5       with carry ["pack", ".whl"]
+#   device run:  bash scripts/device-session.sh 4     with carry ["pack", ".whl"]
+#                (ARMS="votes" for one arm; RESUME=1 to continue the run folders of a warm machine;
+#                 never `git checkout` there: its .git is an old main)
 #   dry run here: DEVICE=cpu PYTHON=.venv/bin/python EVAL_LIMIT=300 BENCH_ARGS=--quick \
 #                 bash scripts/device-session.sh 0.3
 set -uo pipefail
@@ -23,7 +25,7 @@ python=${PYTHON:-python3}
 eval_limit=${EVAL_LIMIT:-0}
 bench_args=${BENCH_ARGS:---levels 1,32,128,256 --max-batch 256 --reps 10}
 data=pack/imgflip575k.npz
-arms=(base votes)
+read -r -a arms <<<"${ARMS:-base votes}"  # ARMS="votes" trains one arm, with the GPU to itself
 declare -A recipe=([base]=training/recipes/transformer-gpu.toml [votes]=training/recipes/transformer-gpu-votes.toml)
 mkdir -p "$out" "$out/results"
 res=$out/results
@@ -39,6 +41,9 @@ trap pack_results EXIT
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$res/gpu.txt"
 "$python" -c 'import torch; print("torch", torch.__version__)' | tee -a "$res/gpu.txt"
 
+# A machine still warm from an earlier call keeps its run folders: start afresh unless told to
+# resume (RESUME=1), or a recipe of another shape would try to load the old state and fail.
+[ -n "${RESUME:-}" ] || rm -rf runs/gpu-*
 echo "== training ${arms[*]} for $minutes minutes each, side by side"
 for arm in "${arms[@]}"; do
     "$python" -m bot.cli train --recipe "${recipe[$arm]}" --data "$data" --run-dir "runs/gpu-$arm" \
