@@ -194,6 +194,9 @@ def test_dedupe_trains_on_each_caption_of_a_template_once(tmp_path: Path):
     # The first 'repost' of A stays, its two copies go; the same words on B are another meme.
     assert captions == [("A", ["repost"]), ("A", ["loved", "by all"]), ("A", ["ignored"]), ("B", ["repost"])]
     assert len(training_indices(dataset, dedupe=False)) == 6
+    liked = training_indices(dataset, dedupe=True, min_votes=5)  # the 5- and 50-vote reposts are one
+    assert [dataset.boxes(i, Vocab()) for i in liked] == [["repost"], ["loved", "by all"]]
+    assert dataset.votes[liked].tolist() == [5, 1000]
 
 
 def test_vote_weights_favour_liked_memes_and_average_one(tmp_path: Path):

@@ -64,6 +64,7 @@ class Recipe:
     # scaled to mean 1, so what imgflip users up-voted pulls harder without dropping the rest.
     dedupe: bool = False
     vote_weight: float = 0.0
+    min_votes: int = 0  # train only on memes with at least this many up-votes (a fine-tuning stage)
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any]) -> Recipe:
@@ -106,9 +107,12 @@ def loss_on(model: torch.nn.Module, batch: Batch, per_token: bool = False) -> to
     return (per_meme * batch.weights).sum() / batch.weights.abs().sum().clamp(min=1e-8)
 
 
-def training_indices(dataset: PackedDataset, dedupe: bool) -> np.ndarray:
-    """The training split; with dedupe, only the first meme of each (template, caption)."""
+def training_indices(dataset: PackedDataset, dedupe: bool, min_votes: int = 0) -> np.ndarray:
+    """The training split (its memes with at least `min_votes` up-votes); with dedupe, only the
+    first meme of each (template, caption)."""
     train_idx = dataset.split(val=False)
+    if min_votes > 0:
+        train_idx = train_idx[dataset.votes[train_idx] >= min_votes]
     if not dedupe:
         return train_idx
     seen: set[tuple[int, bytes]] = set()
@@ -263,7 +267,7 @@ def train(
         rng.bit_generator.state = state["rng"]
         log.info("resumed %s at step %d (%.1f min)", run_dir, step, elapsed / 60)
 
-    train_idx = training_indices(dataset, recipe.dedupe)
+    train_idx = training_indices(dataset, recipe.dedupe, recipe.min_votes)
     weights = meme_weights(dataset, train_idx, recipe.vote_weight)
     val_idx = dataset.split(val=True)
     eval_idx = np.random.default_rng(0).permutation(val_idx)[: recipe.eval_memes]
