@@ -187,23 +187,29 @@ class Trie:
         children: list[dict[int, int]] = [{}]
         terminal = [False]
         for word in vocabulary:
-            try:
-                ids = [index[c] for c in word]
-            except KeyError:
-                continue  # a character the model cannot write
-            node = 0
-            for i in ids:
-                nxt = children[node].get(i)
-                if nxt is None:
-                    nxt = len(children)
-                    children[node][i] = nxt
-                    children.append({})
-                    terminal.append(False)
-                node = nxt
-            terminal[node] = True
+            _insert(children, terminal, 0, word, index)
         children.append({})  # dead
         terminal.append(False)
         return cls(children, terminal, _forbid_table(children, size), _words_below(children, terminal))
+
+
+def _insert(
+    children: list[dict[int, int]], terminal: list[bool], root: int, word: str, index: Mapping[str, int]
+) -> None:
+    """Add `word` below node `root` (nodes appended as needed); a word with a character the
+    model cannot write is left out."""
+    if any(c not in index for c in word):
+        return
+    node = root
+    for c in word:
+        nxt = children[node].get(index[c])
+        if nxt is None:
+            nxt = len(children)
+            children[node][index[c]] = nxt
+            children.append({})
+            terminal.append(False)
+        node = nxt
+    terminal[node] = True
 
 
 def _words_below(children: Sequence[Mapping[int, int]], terminal: Sequence[bool]) -> list[int]:
@@ -353,20 +359,7 @@ class BatchRules:
             for w in own:
                 if banned and w in banned:
                     continue
-                node = root
-                for c in w:
-                    i = rules.index.get(c)
-                    if i is None:
-                        break
-                    nxt = xchildren[node].get(i)
-                    if nxt is None:
-                        nxt = len(xchildren)
-                        xchildren[node][i] = nxt
-                        xchildren.append({})
-                        xterminal.append(False)
-                    node = nxt
-                else:
-                    xterminal[node] = True
+                _insert(xchildren, xterminal, root, w, rules.index)
         self.xchildren, self.xterminal = xchildren, xterminal
         self.xforbid = _forbid_table(xchildren, rules.size)
         self.xbelow = _words_below(xchildren, xterminal)
