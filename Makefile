@@ -15,7 +15,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check bot model training tests bench
+	$(BIN)/ruff check common model training bot cli fakes tests bench
 
 bench:
 	$(BIN)/python bench/render.py

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from model.checkpoint import load_checkpoint  # noqa: E402
 from model.fused import load_fused_kernel  # noqa: E402
 from model.transformer import FrozenStep  # noqa: E402

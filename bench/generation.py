@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.seed_cnn import SeedCNN, seed_decode  # noqa: E402
-from bot.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from model.generate import load_generator  # noqa: E402
 from model.pool import GeneratorLoader, ModelPool  # noqa: E402
 from model.requests import GenerationRequest  # noqa: E402

@@ -6,7 +6,7 @@
 The real python-telegram-bot front end, the real MemeService, ModelPool and SQLite serve
 `/meme` commands from simulated users in group chats, mixed with 👍/👎 presses, bad input
 and a burst of commands from one user. By default the model is the scripted test double
-(tests/fakes/caption_model.py); `--checkpoint` decodes with a real one. The run is done
+(fakes/caption_model.py); `--checkpoint` decodes with a real one. The run is done
 twice: clean, then with faults injected (model batches raising, Bot API 500s and slow
 replies, the database locked by another connection). Each prints p50/p95 latency, memes/s
 and the accounting: every command answered (meme, busy or cooldown; never silence, never
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.app import open_service
-from bot.config import Config
 from bot.service import MemeService
 from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
+from common.config import Config
+from fakes.caption_model import ScriptedCaptions, config_for_tests
+from fakes.telegram_server import Call, FakeTelegramServer
 from model.pool import BatchGenerator, ModelPool
 from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback
-from tests.fakes.caption_model import ScriptedCaptions, config_for_tests
-from tests.fakes.telegram_server import Call, FakeTelegramServer
 
 FIRST_USER = 10_001
 FIRST_CHAT = -100_001

@@ -14,9 +14,9 @@ import os
 import statistics
 import time
 
-from bot.catalog import Template, load_catalog
-from bot.config import Config, load_config
 from bot.render import Renderer
+from common.catalog import Template, load_catalog
+from common.config import Config, load_config
 
 CAPTION_LENGTHS = (20, 60, 150)
 SAMPLE_TEMPLATES = 12

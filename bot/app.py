@@ -15,14 +15,14 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol
 
-from bot.catalog import load_catalog
-from bot.config import Config
+from bot.frontend import FrontEnd, StartError
 from bot.redact import redacted_logs
 from bot.render import Renderer
 from bot.service import MemeService
 from bot.storage import Storage
+from common.catalog import load_catalog
+from common.config import Config
 from model.pool import ModelPool
 
 logger = logging.getLogger(__name__)
@@ -31,15 +31,6 @@ NO_MODEL = (
     "no model yet: {path} does not exist. Run `memebot train` or pull the shipped model; "
     "until then only hand-written captions (/caption) work."
 )
-
-
-class StartError(RuntimeError):
-    """The bot cannot start; the message tells the operator what to fix."""
-
-
-class FrontEnd(Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
 
 
 def warn(text: str) -> None:

@@ -23,9 +23,7 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot.app import StartError
-from bot.catalog import Template
-from bot.config import DiscordConfig
+from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
     SETTINGS,
@@ -38,6 +36,8 @@ from bot.service import (
     report_unexpected,
 )
 from bot.storage import Score, StoredMeme
+from common.catalog import Template
+from common.config import DiscordConfig
 
 _log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from bot.graphemes import upper_cased
 from bot.textfit import FittedText, clean_caption, fit_text, tidy_whitespace
 
 if TYPE_CHECKING:
-    from bot.catalog import Box, Template
+    from common.catalog import Box, Template
 
 # Templates are photos: above this many pixels (~320 x 320) they go out as JPEG. A PNG of
 # a 480 x 360 photo meme is ~4x the bytes and ~20x the encoding time (25 ms vs 1 ms here)

@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bot.catalog import Catalog, Template, UnknownTemplate
-from bot.config import Config
-from bot.content_filter import ContentFilter
 from bot.inputs import clean_boxes, clean_text, with_typed_prefix
 from bot.ratelimit import Cooldown, TokenBucket
 from bot.render import RenderedMeme, Renderer, box_count_error
 from bot.storage import ChatSettings, NewMeme, Score, Storage, StoredMeme, UnknownMeme
+from common.catalog import Catalog, Template, UnknownTemplate
+from common.config import Config
+from common.content_filter import ContentFilter
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
 from model.requests import METHODS, GenerationRequest
 

@@ -39,8 +39,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot.app import StartError
-from bot.config import TelegramConfig
+from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
     ChatContext,
@@ -52,6 +51,7 @@ from bot.service import (
     report_unexpected,
 )
 from bot.storage import Score
+from common.config import TelegramConfig
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

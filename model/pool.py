@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from model.requests import METHODS, Abandoned, GenerationRequest, GenerationResult, ResultCallback
 
 if TYPE_CHECKING:
-    from bot.config import ModelConfig
+    from common.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --f
 [ -n "${RESUME:-}" ] || rm -rf runs/gpu-*
 echo "== training ${arms[*]} for $minutes minutes each, side by side"
 for arm in "${arms[@]}"; do
-    "$python" -m bot.cli train --recipe "${recipe[$arm]}" --data "$data" --run-dir "runs/gpu-$arm" \
+    "$python" -m cli.main train --recipe "${recipe[$arm]}" --data "$data" --run-dir "runs/gpu-$arm" \
         --device "$device" --threads 4 --max-minutes "$minutes" --quiet >"$res/train-$arm.log" 2>&1 &
 done
 wait
@@ -69,7 +69,7 @@ echo "== full validation"
 for arm in "${arms[@]}"; do
     for weights in fp16; do  # as shipped; fp32 is scored on the CPU later if wanted
         file=runs/gpu-$arm/best-fp16.pt
-        "$python" -m bot.cli eval --checkpoint "$file" --data "$data" --device "$device" --json \
+        "$python" -m cli.main eval --checkpoint "$file" --data "$data" --device "$device" --json \
             --limit "$eval_limit" >"$res/eval-$arm-$weights.json" 2>"$res/eval-$arm-$weights.err"
         "$python" -c "import json; o = json.load(open('$res/eval-$arm-$weights.json'))['overall']; print(f\"$arm $weights: validation accuracy {100 * o['accuracy']:.2f}%, {o['bits_per_char']:.3f} bits/char\")" |
             tee -a "$res/summary.txt"

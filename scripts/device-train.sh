@@ -19,9 +19,9 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 [ -f "$data" ] || { echo "no $data: run \`memebot data pack\` here and carry \"pack\"" >&2; exit 2; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
-"$python" -m bot.cli train --recipe "$recipe" --data "$data" --run-dir "$run_dir" --device "$device" \
+"$python" -m cli.main train --recipe "$recipe" --data "$data" --run-dir "$run_dir" --device "$device" \
     --max-minutes "$minutes" --quiet 2>&1 | tee "$out/train.log"
 cp "$run_dir/best.pt" "$run_dir/curves.csv" "$run_dir/curves.png" "$out/"
-"$python" -m bot.cli eval --checkpoint "$run_dir/best.pt" --data "$data" --device "$device" --json \
+"$python" -m cli.main eval --checkpoint "$run_dir/best.pt" --data "$data" --device "$device" --json \
     --limit "$eval_limit" >"$out/eval.json"
 "$python" -c "import json; o = json.load(open('$out/eval.json'))['overall']; print(f\"validation accuracy {100 * o['accuracy']:.2f}%, {o['bits_per_char']:.3f} bits/char\")"

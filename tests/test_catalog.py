@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog, parse_catalog
-from bot.cli import main
-from bot.config import Config, load_config
+from cli.main import main
+from common.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog, parse_catalog
+from common.config import Config, load_config
 from training.make_catalog import format_catalog
 
 CLASSIC_TOP = (0.02, 0.02, 0.96, 0.22)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import PROJECT_ROOT, ConfigError, load_config
+from common.config import PROJECT_ROOT, ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -74,7 +74,7 @@ def test_relative_paths_resolve_against_the_project_root():
 def test_config_is_taken_before_or_after_the_subcommand(tmp_path, capsys):
     """`memebot run --config x.toml` and `memebot --config x.toml run` read the same file, at
     any depth of subcommand; a subcommand given no --config keeps the one given before it."""
-    from bot.cli import main
+    from cli.main import main
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[generation]\nmethod = "telepathy"\n')

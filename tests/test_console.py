@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.config import ENV_OVERRIDES
 from bot.console_app import ConsoleFrontEnd
 from bot.service import MemeService
-from tests.fakes.caption_model import (
+from common.config import ENV_OVERRIDES
+from fakes.caption_model import (
     FIXED_ENDING,
     ScriptedCaptions,
     config_for_tests,
@@ -148,7 +148,7 @@ def run_chat(tmp_path: Path, script: str, checkpoint: Path) -> subprocess.Comple
     )
     env = {k: v for k, v in os.environ.items() if k not in ENV_OVERRIDES}
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "--config", str(config), "chat", "-o", str(tmp_path / "out")],
+        [sys.executable, "-m", "cli.main", "--config", str(config), "chat", "-o", str(tmp_path / "out")],
         input=script,
         capture_output=True,
         text=True,

@@ -18,8 +18,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.config import PROJECT_ROOT, load_config
 from bot.service import CANDIDATES, REROLL_OF, ChatContext, MemeOptions
+from common.config import PROJECT_ROOT, load_config
+from fakes.caption_model import (
+    ScriptedCaptions,
+    config_for_tests,
+    scripted_service,
+    write_untrained_checkpoint,
+)
 from model.checkpoint import load_checkpoint
 from model.fused import load_fused_kernel
 from model.generate import CaptionGenerator, load_generator
@@ -39,12 +45,6 @@ from model.pool import InvalidRequest, check_request, request_rows
 from model.requests import Caption, GenerationRequest, GenerationResult
 from model.vocab import END, SEP, START, Vocab, normalize_user_text
 from tests.conftest import SYNTHETIC_CAPTIONS
-from tests.fakes.caption_model import (
-    ScriptedCaptions,
-    config_for_tests,
-    scripted_service,
-    write_untrained_checkpoint,
-)
 from tests.test_speculative import requests_to_compare, table_from
 
 VOCAB = Vocab()
@@ -727,7 +727,7 @@ def test_config_has_generation_defaults_for_the_rules():
 
 
 def test_config_refuses_a_best_of_out_of_range(tmp_path):
-    from bot.config import ConfigError
+    from common.config import ConfigError
 
     path = tmp_path / "config.toml"
     path.write_text("[generation]\nbest_of = 0\n")

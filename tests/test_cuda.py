@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import torch
 
-from bot.config import ModelConfig, load_config
+from common.config import ModelConfig, load_config
 from model.generate import load_generator
 from model.pool import ModelPool
 from model.requests import GenerationRequest

@@ -151,7 +151,7 @@ def test_packed_file_trains_and_evaluates_without_the_folder(messy_dataset: Path
     the packed file loads to the same memes, split and fingerprint, with the folder gone."""
     import shutil
 
-    from bot.cli import main
+    from cli.main import main
 
     config = tmp_path / "config.toml"
     config.write_text(f'[paths]\ncache_dir = "{tmp_path / "cache"}"\n')

@@ -2,7 +2,7 @@
 
 Every test drives the real DiscordFrontEnd on a real MemeService (catalog, renderer, SQLite
 storage, model pool); only the caption model is a small deterministic stand-in, and Discord
-itself is tests/fakes/discord_server.py. The fake acts as the Discord users.
+itself is fakes/discord_server.py. The fake acts as the Discord users.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import yarl
 from PIL import Image
 
 from bot.app import run_bot
-from bot.catalog import Catalog, load_catalog
-from bot.config import Config, DiscordConfig, RenderConfig
 from bot.discord_app import DiscordFrontEnd, DiscordStartError
 from bot.service import MemeService
 from bot.storage import Score, Storage, StoredMeme
-from tests.fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_service
-from tests.fakes.discord_server import (
+from common.catalog import Catalog, load_catalog
+from common.config import Config, DiscordConfig, RenderConfig
+from fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_service
+from fakes.discord_server import (
     DEFERRED_CHANNEL_MESSAGE,
     MANAGE_GUILD,
     UPDATE_MESSAGE,
@@ -36,7 +36,7 @@ from tests.fakes.discord_server import (
     FakeMessage,
     FakeUser,
 )
-from tests.fakes.telegram_server import FakeTelegramServer
+from fakes.telegram_server import FakeTelegramServer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
 from bot.storage import NewMeme, Storage
+from cli.main import main
 from model.checkpoint import load_checkpoint
 from model.generate import load_generator
 from model.requests import GenerationRequest

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from bot.config import ModelConfig
+from common.config import ModelConfig
 from model.pool import (
     GenerationFailed,
     InvalidRequest,

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from bot.cli import main
+from cli.main import main
 from training.quality import (
     Sample,
     TrainingReference,
@@ -224,7 +224,7 @@ def test_quality_command_end_to_end(tmp_path, tiny_checkpoint, synthetic_dataset
 
 
 def test_a_readers_answers_are_scored_against_the_key(tmp_path):
-    from bot.cli import main
+    from cli.main import main
 
     pairs = tmp_path / "pairs.md"
     pairs.write_text("# pairs")

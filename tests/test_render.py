@@ -21,10 +21,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops
 
-from bot.catalog import Box, Catalog, Template, load_catalog
-from bot.cli import main
-from bot.config import Config
-from bot.doctor_cli import check as doctor_check
 from bot.fonts import RAQM, FontFile, FontSet, anton_font
 from bot.graphemes import clusters, upper_cased
 from bot.render import (
@@ -37,8 +33,12 @@ from bot.render import (
     box_count_error,
     missing_note,
 )
-from bot.render_cli import typical_caption
 from bot.textfit import ELLIPSIS, clean_caption
+from cli.doctor import check as doctor_check
+from cli.main import main
+from cli.render import typical_caption
+from common.catalog import Box, Catalog, Template, load_catalog
+from common.config import Config
 
 RENDERS = Path(__file__).parent / "renders"
 SHARED_IMAGES = Config().template_images_dir

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.catalog import UnknownTemplate, load_catalog
-from bot.config import FilterConfig
-from bot.content_filter import ContentFilter
 from bot.graphemes import keeps_format_character
 from bot.inputs import INVISIBLE, clean_text
 from bot.service import BadInputError, ChatContext, CooldownError, MemeError, MemeService
 from bot.telegram_app import parse_button, parse_settings_changes, split_first_word
+from common.catalog import UnknownTemplate, load_catalog
+from common.config import FilterConfig
+from common.content_filter import ContentFilter
+from fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_service
 from model.requests import GenerationRequest
-from tests.fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_service
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,7 +168,7 @@ _CATALOG = []
 
 def _catalog():
     if not _CATALOG:
-        from bot.config import Config
+        from common.config import Config
 
         _CATALOG.append(load_catalog(Config().catalog_path))
     return _CATALOG[0]

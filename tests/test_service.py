@@ -1,5 +1,5 @@
 """MemeService, the platform-neutral core: real catalog, renderer, SQLite and ModelPool;
-only the caption model is scripted (tests/fakes/caption_model.py)."""
+only the caption model is scripted (fakes/caption_model.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.catalog import load_catalog
 from bot.render import Renderer
 from bot.service import (
     BadInputError,
@@ -28,8 +27,9 @@ from bot.service import (
     UnknownTemplateError,
 )
 from bot.storage import Score, Storage
+from common.catalog import load_catalog
+from fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
 from model.pool import ModelPool
-from tests.fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
 
 pytestmark = pytest.mark.timeout(60)
 

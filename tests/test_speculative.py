@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bot.cli import main
-from bot.config import load_config
+from cli.main import main
+from common.config import load_config
 from model.checkpoint import build_model, load_checkpoint
 from model.draft import DraftTableError, build_draft_table, load_draft_table
 from model.generate import SPECULATE_MAX_ROWS, CaptionGenerator, load_generator

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.export import ExportError, ExportRow, read_export
 from bot.storage import (
     SCHEMA_VERSION,
     ChatSettings,
@@ -31,6 +29,8 @@ from bot.storage import (
     StorageError,
     UnknownMeme,
 )
+from cli.main import main
+from common.records import ExportError, ExportRow, read_export
 
 KEY = "test-hash-key"
 WRITER = Path(__file__).parent / "helpers" / "storage_writer.py"

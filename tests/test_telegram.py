@@ -3,7 +3,7 @@
 In-process tests run the real TelegramFrontEnd on a real MemeService (catalog, renderer,
 SQLite, ModelPool) with a scripted caption model; the last tests run `memebot run` itself
 as a subprocess, configured like an operator would, with a tiny real model.
-The fake (tests/fakes/telegram_server.py) plays Telegram and its users.
+The fake (fakes/telegram_server.py) plays Telegram and its users.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.config import ENV_OVERRIDES, Config, TelegramConfig
 from bot.render import Renderer
 from bot.service import ChatContext, MemeService
 from bot.storage import Score, Storage
 from bot.telegram_app import COMMANDS, HELP, SendRetry, TelegramFrontEnd, Timeouts
-from tests.fakes.caption_model import (
+from common.config import ENV_OVERRIDES, Config, TelegramConfig
+from fakes.caption_model import (
     ScriptedCaptions,
     config_for_tests,
     scripted_service,
     write_untrained_checkpoint,
 )
-from tests.fakes.telegram_server import GROUP_ID, Call, FakeTelegramServer
+from fakes.telegram_server import GROUP_ID, Call, FakeTelegramServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -370,7 +370,7 @@ async def memebot(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.cli",
+        "cli.main",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,

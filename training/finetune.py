@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot.config import Config
+from common.config import Config
 from model.checkpoint import Checkpoint, from_model, load_checkpoint, save_checkpoint
 from model.vocab import Vocab, normalize_box
 from training.batches import make_batch, template_id_map
@@ -110,8 +110,8 @@ def finetune(
 
 
 def finetune_command(config: Config, args: argparse.Namespace) -> int:
-    from bot.catalog import load_catalog
-    from bot.export import ExportError, read_export
+    from common.catalog import load_catalog
+    from common.records import ExportError, read_export
 
     base_path = Path(args.init_from) if args.init_from else config.checkpoint_path
     try:

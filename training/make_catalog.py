@@ -25,8 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.catalog import Box, CatalogError, Template, load_catalog, normalize_name, parse_catalog
-from bot.config import ConfigError, load_config
+from common.catalog import Box, CatalogError, Template, load_catalog, normalize_name, parse_catalog
+from common.config import ConfigError, load_config
 
 POPULAR_CSV = "popular_100_memes.csv"
 # The CSV comes from a Windows export: curly apostrophes are cp1252 bytes.

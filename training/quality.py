@@ -44,8 +44,8 @@ from model.requests import GenerationRequest
 from model.vocab import SEP, Vocab
 
 if TYPE_CHECKING:
-    from bot.catalog import Catalog
-    from bot.config import Config
+    from common.catalog import Catalog
+    from common.config import Config
     from model.pool import BatchGenerator
     from training.dataset import PackedDataset
 
@@ -303,7 +303,7 @@ def served_request(
 def served_requests(
     config: Config, catalog: Catalog, samples: Sequence[Sample], seed: int
 ) -> list[GenerationRequest]:
-    from bot.content_filter import ContentFilter
+    from common.content_filter import ContentFilter
 
     banned = ContentFilter.from_config(config.filter).banned if config.filter.enabled else ()
     boxes_of = {t.dataset_name: len(t.boxes) for t in catalog.templates}
@@ -486,7 +486,7 @@ def score_judgments(key: dict[str, Any], answers: Sequence[dict[str, Any]]) -> J
 
 
 def quality_command(config: Config, args: Any) -> int:
-    from bot.catalog import load_catalog
+    from common.catalog import load_catalog
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
     from training.dataset import load_dataset

@@ -8,9 +8,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bot.config import Config
 from bot.export import FORMATS, ExportError, choose_format, export_memes, parse_since
 from bot.storage import MemeFilter, Storage, StorageError
+from common.config import Config
 
 
 def _since(text: str) -> datetime:

@@ -1,7 +1,8 @@
 """The `memebot` command: parses arguments, loads the config once, dispatches.
 
-Each subcommand lives in the module that owns its job; that module exposes
-`register(subparsers)` which adds its parser and sets `handler(config, args) -> int`.
+Each subcommand is a small module of this package: it exposes `register(subparsers)`, which adds
+its parser and sets `handler(config, args) -> int`. The global options (`--config`, `-v`) are
+accepted before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from bot.config import ConfigError, load_config
+from common.config import ConfigError, load_config
 
 # Modules that contribute subcommands, in the order `memebot --help` lists them.
 COMMAND_MODULES = (
-    "model.generate_cli",  # generate
-    "bot.render_cli",  # render, gallery
-    "bot.catalog_cli",  # templates
-    "bot.doctor_cli",  # doctor
-    "bot.run_cli",  # chat, run
-    "bot.storage_cli",  # export, db
-    "training.cli",  # data, train, eval
-    "model.lexicon_cli",  # lexicon
+    "cli.generate",  # generate
+    "cli.render",  # render, gallery
+    "cli.templates",  # templates
+    "cli.doctor",  # doctor
+    "cli.run",  # run, chat
+    "cli.storage",  # export, db
+    "cli.data",  # data stats, data pack
+    "cli.train",  # train
+    "cli.evaluate",  # eval
+    "cli.quality",  # quality
+    "cli.draft",  # draft
+    "cli.lexicon",  # lexicon
 )
 
 
@@ -31,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memebot",
         description="A meme bot with its own caption model: generate, render, train, serve.",
     )
-    parser.add_argument("--config", help=CONFIG_HELP)
+    _add_global_options(parser, default=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -39,7 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CONFIG_HELP = "config file (default: ./config.toml if present, else built-in defaults)"
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        default=default,
+        help="config file (default: ./config.toml if present, else built-in defaults)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default or False, help="log more (every update handled)"
+    )
 
 
 def _accept_global_options(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +62,7 @@ def _accept_global_options(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
-                subparser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _add_global_options(subparser, default=argparse.SUPPRESS)
                 _accept_global_options(subparser)
 
 

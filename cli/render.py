@@ -12,10 +12,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bot.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog
-from bot.config import Config
 from bot.fonts import FontSet, anton_font
 from bot.render import RenderedMeme, Renderer, RenderError, missing_note
+from common.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog
+from common.config import Config
 
 # Output suffixes and the Pillow format each one asks for.
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}

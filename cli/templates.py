@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bot.catalog import CatalogError, Template, load_catalog
-from bot.config import Config
+from common.catalog import CatalogError, Template, load_catalog
+from common.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from bot.config import Config
 from bot.fonts import RAQM, FontError, FontSet
 from bot.graphemes import clusters
-from bot.render_cli import make_renderer
+from cli.render import make_renderer
+from common.config import Config
 
 
 @dataclass(frozen=True)

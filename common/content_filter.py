@@ -19,7 +19,7 @@ from pathlib import Path
 
 import better_profanity
 
-from bot.config import FilterConfig
+from common.config import FilterConfig
 
 WORDLIST = Path(better_profanity.__file__).parent / "profanity_wordlist.txt"
 # better-profanity's leetspeak map, folded the other way: each look-alike to its letter.

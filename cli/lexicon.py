@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.config import Config
+from common.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.config import Config
+from common.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +34,9 @@ def _numbered(path: Path, i: int, n: int) -> Path:
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.app import usable_draft, usable_lexicon
-    from bot.catalog import UnknownTemplate, load_catalog
     from bot.render import box_count_error
-    from bot.render_cli import OutputError, encoded_as, make_renderer, output_path
+    from cli.render import OutputError, encoded_as, make_renderer, output_path
+    from common.catalog import UnknownTemplate, load_catalog
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
     from model.generate import load_generator

@@ -10,7 +10,7 @@ Faults are injected per method: `fail_next("sendPhoto", status=500)` answers the
 with an error; `stall_next("getUpdates", 3.0)` holds the next call for longer than the
 client's timeout and then drops it unrecorded, as a lost request would be.
 
-See tests/fakes/README.md for how to use and extend it.
+See fakes/README.md for how to use and extend it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.config import TelegramConfig
+from common.config import TelegramConfig
 
 BOT_ID = 7000001
 GROUP_ID = -1001  # the group chat `send_text` writes in unless told otherwise

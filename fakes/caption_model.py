@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.app import open_service
-from bot.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
 from bot.service import MemeService
+from common.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
 from model.pool import ModelPool
 from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.vocab import normalize_user_text

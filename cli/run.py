@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bot.config import Config
+from common.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the chat bots enabled in the config (Telegram, Discord) until Ctrl+C or SIGTERM",
         description="Tokens come from the environment: TELEGRAM_TOKEN, DISCORD_TOKEN.",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="log every update handled")
     run.set_defaults(handler=run_command)
     chat = sub.add_parser("chat", help="make memes in this terminal: no chat platform or token needed")
     chat.add_argument("-o", "--output", type=Path, help="folder for the images (default: [paths] output_dir)")
@@ -26,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _startup_errors() -> tuple[type[Exception], ...]:
-    from bot.app import StartError
-    from bot.catalog import CatalogError
+    from bot.frontend import StartError
     from bot.render import RenderError
     from bot.storage import StorageError
+    from common.catalog import CatalogError
 
     return (StartError, CatalogError, RenderError, StorageError)
 

@@ -14,7 +14,7 @@ and `FakeMessage`s to assert on. It models the Discord rules a bot can get wrong
   across bot restarts just as they do on Discord;
 - `rate_limit()` answers a route with a 429 carrying `retry_after` and a `Via` header.
 
-See tests/fakes/README.md for how to extend it.
+See fakes/README.md for how to extend it.
 """
 
 from __future__ import annotations
