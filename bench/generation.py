@@ -25,6 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,14 +35,24 @@ from bench.seed_cnn import SeedCNN, seed_decode  # noqa: E402
 from common.config import load_config  # noqa: E402
 from model.generate import load_generator  # noqa: E402
 from model.pool import GeneratorLoader, ModelPool  # noqa: E402
-from model.requests import GenerationRequest  # noqa: E402
+from model.requests import DECODING_METHODS, DecodingMethod, GenerationRequest  # noqa: E402
 
 TEMPLATES = ["Change-My-Mind", "Drake-Hotline-Bling", "Two-Buttons", "Ancient-Aliens", "Distracted-Boyfriend"]
-METHODS = {
-    "greedy": {"method": "greedy"},
-    "sample": {"method": "sample", "temperature": 0.8, "top_p": 0.95},
-    "beam-3": {"method": "beam", "beam_width": 3},
+# Every decoding method (model/requests.py), timed with these settings beyond the defaults.
+TIMED_WITH: dict[str, dict[str, Any]] = {
+    "sample": {"temperature": 0.8, "top_p": 0.95},
+    "beam": {"beam_width": 3},
 }
+
+
+def _timed(method: DecodingMethod) -> tuple[str, dict[str, Any]]:
+    """A method's label in the tables (beam search's names its width: "beam-3") and its settings."""
+    settings = {"method": method.name, **TIMED_WITH.get(method.name, {})}
+    width = settings.get("beam_width")
+    return (f"{method.name}-{width}" if width else method.name), settings
+
+
+METHODS = dict(_timed(m) for m in DECODING_METHODS)
 # What a chat is served by default ([generation]): sampling under the word rules, best of 8.
 SERVED = {
     "method": "sample",
@@ -156,9 +167,10 @@ def variant_costs(
 
 
 def seed_cost(method: str, reps: int) -> float:
-    """Seconds per character of the seed's decoding for this method."""
+    """Seconds per character of the seed's decoding for this method (its sampling costs what
+    its greedy decoding does)."""
     model = SeedCNN().eval()
-    width = 3 if method == "beam-3" else 1
+    width = METHODS[method].get("beam_width", 1)
     seed_decode(model, 1, 4, width)  # warm-up
     times = []
     for _ in range(reps):
@@ -283,7 +295,7 @@ async def main() -> None:
     print("\nseed CNN baseline (same machine, same process, random weights):")
     print(f"{'method':<8} {'60-char ms':>11} {'ours ms':>9} {'speed-up':>9}")
     for method in METHODS:
-        seed = seed_cost(method if method != "sample" else "greedy", args.seed_reps)
+        seed = seed_cost(method, args.seed_reps)
         print(
             f"{method:<8} {60000 * seed:>11.1f} {60000 * ours_per_char[method]:>9.1f} {seed / ours_per_char[method]:>8.1f}x"
         )

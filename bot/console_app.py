@@ -16,13 +16,20 @@ from typing import TextIO
 
 from bot.render import missing_note
 from bot.service import (
+    BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
     MemeService,
+    NoTemplatesEnabledError,
+    SettingsUsageError,
+    TemplateNotEnabledError,
     UnknownTemplateError,
-    format_settings,
+    Wording,
+    caption_hints,
+    error_text,
 )
+from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 
 PLATFORM = "console"
 VOTES = {"👍": 1, "+": 1, "+1": 1, "up": 1, "👎": -1, "-": -1, "-1": -1, "down": -1}
@@ -34,8 +41,30 @@ HELP = """Commands:
   /reroll                                another meme like the last one
   /templates [words]                     list or search templates
   /history                               your last memes
-  /settings [name value]                 show or change settings
+  /settings [name value]                 show or change settings (/settings help: what they do)
   /help, /quit"""
+
+EXAMPLE_CAPTION = "/caption drake no thanks | yes please"
+# Errors whose advice names a command, in this console's words (its commands are Telegram's).
+# The console's user owns its settings: no one else to ask.
+WORDING: Wording = {
+    **caption_hints(EXAMPLE_CAPTION),
+    UnknownTemplateError: lambda e: f"{e.user_message}\nSee them all with /templates",
+    TemplateNotEnabledError: lambda e: (
+        f"{e.template.name} isn't enabled here. Choose the templates with /settings templates NAMES, "
+        "or allow them all with /settings templates all"
+    ),
+    NoTemplatesEnabledError: lambda e: (
+        "No templates are enabled here. Allow them all with /settings templates all"
+    ),
+    BannedWordError: lambda e: (
+        f'{e.what} has a word I don\'t write ("{e.hidden}"). Try other words, '
+        "or switch the filter off with /settings filter off"
+    ),
+    SettingsUsageError: lambda e: (
+        f"Name a setting and a value, e.g. /settings temperature 0.9 (or: {RESET_WORDS[0]})"
+    ),
+}
 
 
 class ConsoleFrontEnd:
@@ -104,9 +133,7 @@ class ConsoleFrontEnd:
         try:
             await command(argument.strip())
         except MemeError as exc:
-            self.say(exc.user_message)
-            if isinstance(exc, UnknownTemplateError):
-                self.say("See them all with /templates")
+            self.say(error_text(exc, WORDING))
         return True
 
     # --- commands ---
@@ -152,9 +179,11 @@ class ConsoleFrontEnd:
             self.say(f"#{m.id} {m.template}: {' | '.join(b for b in m.boxes if b)}  👍 {m.up} 👎 {m.down}")
 
     async def settings(self, argument: str) -> None:
+        if argument.strip().lower() == "help":
+            self.say(f"Change one with /settings NAME VALUE (or NAME {RESET_WORDS[0]}):\n{settings_help()}")
+            return
         if argument:
-            name, value = first_word(argument)
-            values = await self.service.set_settings(self.ctx, {name: value})
+            values = await self.service.set_settings(self.ctx, split_changes(argument))
             self.say("Saved.")
         else:
             values = await self.service.get_settings(self.ctx)

@@ -2,7 +2,9 @@
 
 Start it with `DiscordFrontEnd(service, config.discord)`, `await start()`, and `await close()`
 on shutdown. Everything a user sees comes from the service; this module only maps Discord
-interactions to service calls and service results (or typed errors) back to Discord replies.
+interactions to service calls and service results (or typed errors) back to Discord replies,
+worded for Discord where they name a command (its options) or who may change a setting
+(members with Manage Server): `WORDING`.
 
 Meme messages carry three buttons whose custom ids hold the meme id (`meme:up:42`). They are
 `DynamicItem`s registered at start-up, so presses on messages posted before a restart still
@@ -26,29 +28,43 @@ from discord import app_commands
 from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
-    SETTINGS,
+    AdminOnlyError,
+    BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
     MemeOptions,
     MemeService,
-    format_settings,
+    NoTemplatesEnabledError,
+    SettingsUsageError,
+    TemplateNotEnabledError,
+    Wording,
+    caption_hints,
+    error_text,
     report_unexpected,
+)
+from bot.settings import (
+    RESET_WORDS,
+    SETTINGS,
+    ChatSettings,
+    find_setting,
+    format_settings,
 )
 from bot.storage import Score, StoredMeme
 from common.catalog import Template
 from common.config import DiscordConfig
+from model.requests import DECODING_METHODS
 
 _log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 MAX_CHOICES = 25  # Discord's limit for autocomplete and choice lists
 MAX_MESSAGE_CHARS = 2000
+# /meme's method list from the decoding methods' table, /memeconfig's from the settings table.
 METHOD_CHOICES = [
-    app_commands.Choice(name="sample: varied, a bit random", value="sample"),
-    app_commands.Choice(name="greedy: the single most likely caption", value="greedy"),
-    app_commands.Choice(name="beam: the best of several candidates", value="beam"),
+    app_commands.Choice(name=f"{m.name}: {m.help}"[:100], value=m.name) for m in DECODING_METHODS
 ]
+SETTING_CHOICES = [app_commands.Choice(name=s.summary[:100], value=s.name) for s in SETTINGS]
 BUTTON_EMOJI = {"up": "👍", "down": "👎", "again": "🔁"}
 
 HELP_TEXT = """\
@@ -59,6 +75,30 @@ HELP_TEXT = """\
 `/history` your recent memes
 `/memeconfig` this server's settings (Manage Server only)
 Under each meme: 👍 / 👎 rate it, 🔁 makes another one like it."""
+
+EXAMPLE_CAPTION = "`/caption template:drake text:no thanks | yes please`"
+# Errors whose advice names a command or who may change a setting, in Discord's words: slash
+# commands take named options, and a server's settings are for members with Manage Server.
+WORDING: Wording = {
+    **caption_hints(EXAMPLE_CAPTION, "`/caption`"),
+    AdminOnlyError: lambda e: "Only members with Manage Server can change this server's settings.",
+    TemplateNotEnabledError: lambda e: (
+        f"{e.template.name} isn't enabled on this server. Members with Manage Server choose the "
+        "templates with `/memeconfig setting:allowed_templates`."
+    ),
+    NoTemplatesEnabledError: lambda e: (
+        "No templates are enabled on this server. Members with Manage Server can allow them all "
+        "again with `/memeconfig setting:allowed_templates value:all`."
+    ),
+    BannedWordError: lambda e: (
+        f'{e.what} has a word I don\'t write ("{e.hidden}"). Try other words; members with Manage '
+        "Server can switch the filter off with `/memeconfig setting:filter_enabled value:off`."
+    ),
+    SettingsUsageError: lambda e: (
+        f"Pick a setting and give it a value, e.g. `/memeconfig setting:temperature value:0.9` "
+        f"(or value:{RESET_WORDS[0]})."
+    ),
+}
 
 
 class DiscordStartError(StartError):
@@ -146,7 +186,7 @@ def history_text(memes: list[StoredMeme]) -> str:
     return _clip("\n".join(lines))
 
 
-def settings_text(settings: dict[str, object]) -> str:
+def settings_text(settings: ChatSettings) -> str:
     return _clip("This server's settings:\n```\n" + format_settings(settings) + "\n```")
 
 
@@ -288,15 +328,25 @@ class DiscordFrontEnd:
             memes = await self.service.history(chat_context(interaction))
             await interaction.response.send_message(history_text(memes), ephemeral=True)
 
+        async def value_choices(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            # The values the chosen setting takes whole (a method, on/off), and the reset word;
+            # numbers and template lists are typed.
+            spec = find_setting(str(interaction.namespace.setting or ""))
+            if spec is None:
+                return []
+            words = (*spec.kind.suggestions, *spec.kind.reset_words, RESET_WORDS[0])
+            typed = current.strip().lower()
+            return [app_commands.Choice(name=w, value=w) for w in words if w.startswith(typed)][:MAX_CHOICES]
+
         @tree.command(name="memeconfig", description="Show or change this server's meme settings")
         @app_commands.describe(
-            setting="The setting to change (leave empty to see them)", value="Its new value, or default"
+            setting="The setting to change (leave empty to see them)",
+            value=f"Its new value, or {RESET_WORDS[0]}",
         )
-        @app_commands.choices(
-            setting=[
-                app_commands.Choice(name=f"{s.name}: {s.help}"[:100], value=s.name) for s in SETTINGS.values()
-            ]
-        )
+        @app_commands.choices(setting=SETTING_CHOICES)
+        @app_commands.autocomplete(value=value_choices)
         @app_commands.default_permissions(manage_guild=True)
         @app_commands.guild_only()
         async def memeconfig(
@@ -309,7 +359,7 @@ class DiscordFrontEnd:
                 else:
                     current = await self.service.set_settings(ctx, {setting: value})
             except MemeError as exc:
-                await interaction.response.send_message(exc.user_message, ephemeral=True)
+                await interaction.response.send_message(error_text(exc, WORDING), ephemeral=True)
                 return
             await interaction.response.send_message(settings_text(current), ephemeral=True)
 
@@ -324,7 +374,7 @@ class DiscordFrontEnd:
         try:
             made = await making
         except MemeError as exc:
-            await self._reply_error(interaction, exc.user_message)
+            await self._reply_error(interaction, error_text(exc, WORDING))
             return
         note = missing_note(made.image.missing)  # characters no font here could draw: say so
         message = await interaction.followup.send(
@@ -361,7 +411,7 @@ class DiscordFrontEnd:
         try:
             score = await self.service.rate(ctx, meme_id, 1 if action == "up" else -1)
         except MemeError as exc:
-            await interaction.response.send_message(exc.user_message, ephemeral=True)
+            await interaction.response.send_message(error_text(exc, WORDING), ephemeral=True)
             return
         await interaction.response.edit_message(view=meme_view(meme_id, score))
 

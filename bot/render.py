@@ -1,4 +1,4 @@
-"""The meme renderer: a catalog template plus box texts in, encoded image bytes out.
+"""The meme renderer: a template (a catalog image or a user's picture) plus box texts in, encoded image bytes out.
 
 Classic meme style: Anton, white with a black outline that scales with the font size,
 upper-cased where the layout says so, each text fitted to its box (see textfit.py).
@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageColor, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageDraw, ImageOps, UnidentifiedImageError
 
 from bot.fonts import FontSet, Run, anton_font, find_fallback_fonts
 from bot.graphemes import upper_cased
 from bot.textfit import FittedText, clean_caption, fit_text, tidy_whitespace
+from common.template import CatalogImage, ImageSource
 
 if TYPE_CHECKING:
-    from common.catalog import Box, Template
+    from common.template import Box, Template
 
 # Templates are photos: above this many pixels (~320 x 320) they go out as JPEG. A PNG of
 # a 480 x 360 photo meme is ~4x the bytes and ~20x the encoding time (25 ms vs 1 ms here)
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 JPEG_MIN_PIXELS = 100_000
 JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest level: level 6 takes ~3x longer for a few % smaller photos
+ORIENTATION = 0x0112  # the EXIF tag a camera sets when the photo was taken turned
+TURNED = (5, 6, 7, 8)  # orientations whose upright picture swaps width and height
 TEMPLATE_CACHE_SIZE = 32  # decoded templates kept (~0.5-2 MB each at max_side 800)
 
 # Sizes relative to the image's short side, so a meme looks the same at any max_side.
@@ -147,6 +150,21 @@ def _colour(value: str, template: Template) -> tuple[int, ...]:
         raise RenderError(f"template {template.slug}: {value!r} is not a colour (use e.g. #ffffff)") from exc
 
 
+def _scaled(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _flattened(image: Image.Image) -> Image.Image:
+    """RGB; a transparent picture (a PNG or a sticker a user sent) on white, not on black."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
 class Renderer:
     """Renders memes; thread-safe (render() runs in worker threads via asyncio.to_thread).
 
@@ -174,22 +192,28 @@ class Renderer:
         """Every file the renderer reads comes through here."""
         return path.read_bytes()
 
-    def _load_base_image(self, path: Path) -> Image.Image:
+    def _load_base_image(self, source: ImageSource) -> Image.Image:
         """The template image decoded and scaled down to max_side; never modified afterwards."""
-        try:
-            data = self._read_bytes(path)
-        except FileNotFoundError as exc:
-            raise TemplateImageMissing(
-                f"template image {path} not found: check [paths] template_images in your config"
-            ) from exc
+        if isinstance(source, CatalogImage):
+            path = self.images_dir / source.file  # a bare file name (checked): never outside images_dir
+            try:
+                data = self._read_bytes(path)
+            except FileNotFoundError as exc:
+                raise TemplateImageMissing(
+                    f"template image {path} not found: check [paths] template_images in your config"
+                ) from exc
+            where = f"template image {path}"
+        else:
+            data, where = source.data, f"picture {source.digest[:12]}"
         try:
             image = Image.open(io.BytesIO(data))
-            scale = min(1.0, self.max_side / max(image.size))
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            size = _scaled(image.size, self.max_side)  # from the full size: a draft's halving rounds
             image.draft("RGB", size)  # JPEG: decode at a reduced scale directly, much faster
-            image = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise RenderError(f"template image {path} is not a readable image: {exc}") from exc
+            if image.getexif().get(ORIENTATION, 1) in TURNED:  # a phone photo taken upright
+                size = (size[1], size[0])
+            image = _flattened(ImageOps.exif_transpose(image))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise RenderError(f"{where} is not a readable image: {exc}") from exc
         if image.size != size:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return image
@@ -198,10 +222,8 @@ class Renderer:
         self, template: Template, texts: Sequence[str], *, uppercase: bool | None = None
     ) -> RenderedMeme:
         """The meme as PNG or JPEG bytes. `uppercase=False` keeps the texts as typed."""
-        if Path(template.image).name != template.image:  # the image must come from images_dir
-            raise RenderError(f"template {template.slug}: image {template.image!r} is not a bare file name")
         assigned = assign_texts(texts, len(template.boxes), template)
-        image = self._base_image(self.images_dir / template.image).copy()
+        image = self._base_image(template.image).copy()
         upper = self.uppercase if uppercase is None else uppercase
         missing: list[str] = []
         for box, text in zip(template.boxes, assigned, strict=True):

@@ -3,7 +3,10 @@
 Front ends (Telegram, Discord, the console) only translate their platform's events into
 calls on `MemeService` and its results back into messages. Nothing here knows about any
 chat platform: who may change settings is decided by the adapter (`ChatContext.is_admin`),
-and every refusal is a `MemeError` whose `user_message` a front end can show as is.
+and every refusal is a typed `MemeError` that carries its data (the template, the setting,
+the word). Its `user_message` is a platform-free default; an error whose advice names a
+command's syntax or a platform's roles is worded by each front end (`Wording`, `error_text`).
+Settings are bot/settings.py's table.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +26,24 @@ from typing import Any
 from bot.inputs import clean_boxes, clean_text, with_typed_prefix
 from bot.ratelimit import Cooldown, TokenBucket
 from bot.render import RenderedMeme, Renderer, box_count_error
-from bot.storage import ChatSettings, NewMeme, Score, Storage, StoredMeme, UnknownMeme
-from common.catalog import Catalog, Template, UnknownTemplate
+from bot.settings import (
+    RESET_WORDS,
+    SETTINGS,
+    BadValue,
+    ChatSettings,
+    Setting,
+    check_value,
+    effective,
+    find_setting,
+    parse_value,
+)
+from bot.storage import NewMeme, Score, Storage, StoredMeme, UnknownMeme
+from common.catalog import Catalog, UnknownTemplate
 from common.config import Config
 from common.content_filter import ContentFilter
+from common.template import Template, is_upload_key
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
-from model.requests import METHODS, GenerationRequest
+from model.requests import GenerationRequest
 
 HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
@@ -55,10 +70,6 @@ class ChatContext:
     is_private: bool = False
     scope_id: str = ""  # whose settings apply (e.g. a Discord server); "" = the chat's own
     rate_limited: bool = True  # False for the operator's own console: no flood to guard against
-
-    @property
-    def settings_scope(self) -> str:
-        return self.scope_id or self.chat_id
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,9 @@ class MadeMeme:
 
 
 class MemeError(Exception):
-    """A request the bot cannot fulfil; `user_message` is short, friendly and safe to show."""
+    """A request the bot cannot fulfil. `user_message` is short, friendly, safe to show and
+    platform-free: no command syntax, no platform's roles. Where the advice needs those, the
+    subclass carries the data and each front end words it (`Wording`)."""
 
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message)
@@ -120,11 +133,96 @@ class CooldownError(MemeError):
 
 
 class NotAllowedError(MemeError):
-    pass
+    """Refused by this chat's settings or the asker's role; a front end names who can change
+    that on its platform (a Telegram group's admins, Discord's Manage Server)."""
+
+
+class AdminOnlyError(NotAllowedError):
+    """Changing the chat's settings is for its admins, and the asker is not one."""
+
+    def __init__(self) -> None:
+        super().__init__("Only this chat's admins can change its settings.")
+
+
+class TemplateNotEnabledError(NotAllowedError):
+    """The chat's allowed_templates setting leaves this template out."""
+
+    def __init__(self, template: Template) -> None:
+        super().__init__(f"{template.name} isn't enabled in this chat.")
+        self.template = template
+
+
+class NoTemplatesEnabledError(NotAllowedError):
+    """The chat's allowed_templates setting is empty: no template to pick at random."""
+
+    def __init__(self) -> None:
+        super().__init__("No templates are enabled in this chat; an admin can change that in the settings.")
 
 
 class BadInputError(MemeError):
     pass
+
+
+class MissingCaptionError(BadInputError):
+    """A hand-written caption with no text in it."""
+
+    def __init__(self) -> None:
+        super().__init__("Give me some text for the caption, boxes separated by |.")
+
+
+class MissingTemplateError(BadInputError):
+    """A hand-written caption that names no template."""
+
+    def __init__(self) -> None:
+        super().__init__("Which template? Name one for the caption.")
+
+
+class BoxCountError(BadInputError):
+    """More box texts than the template has boxes."""
+
+    def __init__(self, template: Template, given: int, message: str) -> None:
+        super().__init__(message)
+        self.template = template
+        self.given = given
+
+
+class BannedWordError(BadInputError):
+    """The user's own text has a word the chat's filter bans; `hidden` shows its first letter."""
+
+    def __init__(self, what: str, hidden: str) -> None:
+        super().__init__(
+            f'{what} has a word I don\'t write ("{hidden}"). Try other words, '
+            "or ask an admin to switch the filter off for this chat."
+        )
+        self.what = what
+        self.hidden = hidden
+
+
+class SettingsUsageError(BadInputError):
+    """A settings change that names no setting."""
+
+    def __init__(self) -> None:
+        super().__init__(f"Name a setting and a value, e.g. temperature 0.9 (or {RESET_WORDS[0]}).")
+
+
+class UnknownSettingError(BadInputError):
+    def __init__(self, key: str) -> None:
+        known = ", ".join(s.name for s in SETTINGS)
+        super().__init__(f'There is no setting "{key[:40]}". Settings: {known}.')
+        self.key = key
+
+
+class BadSettingError(BadInputError):
+    """A value a setting does not take (`given` "" when none was given)."""
+
+    def __init__(self, setting: Setting, given: str) -> None:
+        if given:
+            text = f"{setting.name} must be {setting.kind.expected} (got {given[:40]!r})."
+        else:
+            text = f"Give {setting.name} a value: {setting.kind.values}, or {RESET_WORDS[0]}."
+        super().__init__(text)
+        self.setting = setting
+        self.given = given
 
 
 class UnknownMemeError(MemeError):
@@ -139,7 +237,7 @@ class NoModelError(MemeError):
     def __init__(self) -> None:
         super().__init__(
             "The caption model isn't installed yet, so I can't write captions. "
-            "You can still write your own with /caption, e.g. /caption drake no thanks | yes please"
+            "You can still put your own text on a template."
         )
 
 
@@ -156,128 +254,37 @@ def new_request_id() -> str:
     return secrets.token_hex(4)
 
 
+# How a front end words the errors whose advice names its commands or roles: error class ->
+# wording. A class without an entry (nor a base class with one) shows its `user_message`.
+Wording = Mapping[type[MemeError], Callable[[Any], str]]
+
+
+def error_text(error: MemeError, wording: Wording) -> str:
+    """`error` as a front end words it: the entry for its class, or the nearest base class's."""
+    for cls in type(error).__mro__:
+        if cls in wording:
+            return wording[cls](error)
+    return error.user_message
+
+
+def caption_hints(example: str, command: str = "/caption") -> Wording:
+    """The errors whose advice is how to write a caption by hand, around a front end's own example
+    of its caption command (each platform spells the command and its options its own way)."""
+    return {
+        NoModelError: lambda e: (
+            "The caption model isn't installed yet, so I can't write captions. "
+            f"You can still write your own with {command}, e.g. {example}"
+        ),
+        MissingCaptionError: lambda e: f"Give me some text, e.g. {example}",
+        MissingTemplateError: lambda e: f"Which template? e.g. {example}",
+    }
+
+
 def report_unexpected(logger: logging.Logger, what: str, error: BaseException | None) -> str:
     """Log an unexpected failure with a fresh request id; returns the reply for the user."""
     request_id = new_request_id()
     logger.error("%s failed (request %s)", what, request_id, exc_info=error)
     return UNEXPECTED.format(request_id=request_id)
-
-
-# --- settings -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    name: str  # ChatSettings field
-    help: str  # what a user may type
-    parse: Callable[[str, Catalog], Any]
-
-
-def _number(kind: type, low: float, high: float) -> Callable[[str, Catalog], Any]:
-    def parse(text: str, catalog: Catalog) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high or (isinstance(value, float) and math.isnan(value)):
-            raise ValueError(f"a {'whole ' if kind is int else ''}number from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def _method(text: str, catalog: Catalog) -> str:
-    if text.lower() not in METHODS:
-        raise ValueError(f"one of {', '.join(METHODS)}")
-    return text.lower()
-
-
-SWITCH_WORDS = {
-    "on": True,
-    "yes": True,
-    "true": True,
-    "1": True,
-    "off": False,
-    "no": False,
-    "false": False,
-    "0": False,
-}
-
-
-def _switch(text: str, catalog: Catalog) -> bool:
-    if text.lower() not in SWITCH_WORDS:
-        raise ValueError("on or off")
-    return SWITCH_WORDS[text.lower()]
-
-
-def _templates(text: str, catalog: Catalog) -> tuple[str, ...]:
-    # Commas separate names that may contain spaces ("change my mind, drake"); without
-    # commas every word is a name ("drake two-buttons").
-    names = text.split(",") if "," in text else text.split()
-    slugs: list[str] = []
-    for name in (n.strip() for n in names):
-        if not name:
-            continue
-        slug = catalog.lookup(name).slug  # UnknownTemplate names the bad one, with suggestions
-        if slug not in slugs:
-            slugs.append(slug)
-    if not slugs:
-        raise ValueError('template names separated by commas, or "all"')
-    return tuple(slugs)
-
-
-SETTINGS: dict[str, SettingSpec] = {
-    spec.name: spec
-    for spec in (
-        SettingSpec("method", "greedy, sample or beam", _method),
-        SettingSpec("temperature", "0.1 to 2 (higher = wilder captions)", _number(float, 0.1, 2.0)),
-        SettingSpec("beam_width", "1 to 16", _number(int, 1, 16)),
-        SettingSpec("max_length", "10 to 200 characters", _number(int, 10, 200)),
-        SettingSpec("filter_enabled", "on or off", _switch),
-        SettingSpec("allowed_templates", 'template names separated by commas, or "all"', _templates),
-        SettingSpec("cooldown_s", "0 to 3600 seconds between one person's memes", _number(float, 0, 3600)),
-        SettingSpec(
-            "chat_rate_per_minute", "1 to 600 memes a minute for the whole chat", _number(float, 1, 600)
-        ),
-        SettingSpec("lexicon", "on or off (on: only real words, no made-up ones)", _switch),
-        SettingSpec(
-            "best_of", "1 to 16 captions sampled, the likeliest shown, 🔁 shows the next", _number(int, 1, 16)
-        ),
-    )
-}
-# Short names people type for the long field names.
-SETTING_ALIASES = {
-    "filter": "filter_enabled",
-    "templates": "allowed_templates",
-    "cooldown": "cooldown_s",
-    "rate": "chat_rate_per_minute",
-    "beam": "beam_width",
-    "length": "max_length",
-    "words": "lexicon",
-    "best": "best_of",
-}
-RESET_WORDS = ("default", "reset", "unset")
-
-
-def setting_name(key: str) -> str | None:
-    """The settings field a user's key means, or None."""
-    key = key.strip().lower().replace("-", "_")
-    key = SETTING_ALIASES.get(key, key)
-    return key if key in SETTINGS else None
-
-
-def format_settings(values: dict[str, object]) -> str:
-    """Effective settings as plain text lines, for any front end."""
-    lines = []
-    for name, value in values.items():
-        if name == "allowed_templates":
-            shown = "all" if value is None else ", ".join(value) or "none"  # type: ignore[arg-type]
-        elif isinstance(value, bool):
-            shown = "on" if value else "off"
-        else:
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-        lines.append(f"{name}: {shown}")
-    return "\n".join(lines)
 
 
 def _stored_candidates(params: dict[str, Any]) -> list[list[str]]:
@@ -325,9 +332,15 @@ class MemeService:
     # --- memes ---
 
     async def make_meme(
-        self, ctx: ChatContext, template: str | None, prefix: str = "", options: MemeOptions | None = None
+        self,
+        ctx: ChatContext,
+        template: str | Template | None,
+        prefix: str = "",
+        options: MemeOptions | None = None,
     ) -> MadeMeme:
-        """A model-captioned meme; `template` None (or "") picks a random one."""
+        """A model-captioned meme on `template`: a Template value (a catalog one, or a user's picture
+        from `Template.from_image_bytes`), or what the user typed to name one; None (or "") picks
+        a random one."""
         options = options or MemeOptions()
         prefix = clean_text(prefix)
         if len(prefix) > self.config.limits.max_prefix_chars:
@@ -337,7 +350,7 @@ class MemeService:
         if self.pool is None:
             raise NoModelError()
         settings = await self._settings(ctx)
-        chosen = self._choose_template(template, settings)
+        chosen = self._resolve_template(template, settings)
         self._check_box_count(chosen, prefix.count("|") + 1 if prefix else 0)
         request = self._request(chosen, prefix, settings, options)
         if request.banned_words:
@@ -378,7 +391,8 @@ class MemeService:
             made = await self._next_candidate(ctx, stored, root)
             if made is not None:
                 return made
-        return await self.make_meme(ctx, stored.template, stored.prefix, MemeOptions(method="sample"))
+        template = await self._stored_template(stored.template)
+        return await self.make_meme(ctx, template, stored.prefix, MemeOptions(method="sample"))
 
     async def _next_candidate(self, ctx: ChatContext, stored: StoredMeme, root: int) -> MadeMeme | None:
         """The meme of the next best-of-N candidate kept with meme `root`, or None."""
@@ -391,8 +405,8 @@ class MemeService:
         if not _stored_candidates(origin.params):
             return None
         settings = await self._settings(ctx)
-        template = self._choose_template(stored.template, settings)
-        filtered = self._effective(settings)["filter_enabled"]
+        template = self._resolve_template(await self._stored_template(stored.template), settings)
+        filtered = settings.filter_enabled
 
         def usable(boxes: object) -> bool:
             if not (isinstance(boxes, list) and boxes and all(isinstance(b, str) for b in boxes)):
@@ -431,21 +445,21 @@ class MemeService:
             uppercase if isinstance(uppercase, bool) else None,
         )
 
-    async def caption(self, ctx: ChatContext, template: str, boxes: list[str]) -> MadeMeme:
+    async def caption(self, ctx: ChatContext, template: str | Template, boxes: list[str]) -> MadeMeme:
         """A meme with the user's own text in its boxes; needs no model."""
         boxes = clean_boxes(boxes)
         if not boxes:
-            raise BadInputError("Give me some text, e.g. /caption drake no thanks | yes please")
+            raise MissingCaptionError()
         if sum(len(box) for box in boxes) > self.config.limits.max_caption_chars:
             raise BadInputError(
                 f"That caption is too long: keep it under {self.config.limits.max_caption_chars} characters."
             )
-        if not template or not template.strip():
-            raise BadInputError("Which template? e.g. /caption drake no thanks | yes please")
+        if isinstance(template, str) and not template.strip():
+            raise MissingTemplateError()
         settings = await self._settings(ctx)
-        chosen = self._choose_template(template, settings)
+        chosen = self._resolve_template(template, settings)
         self._check_box_count(chosen, len(boxes))
-        if self._effective(settings)["filter_enabled"]:
+        if settings.filter_enabled:
             self._refuse_banned(" | ".join(boxes), "That caption")
         with self._turn(ctx, settings):
             return await self._finish(ctx, chosen, boxes, "", HANDWRITTEN, {}, HANDWRITTEN, None)
@@ -482,26 +496,27 @@ class MemeService:
 
     # --- settings ---
 
-    async def get_settings(self, ctx: ChatContext) -> dict[str, object]:
+    async def get_settings(self, ctx: ChatContext) -> ChatSettings:
         """The settings in effect for this chat: its own where set, else the config's."""
-        return self._effective(await self._settings(ctx))
+        return await self._settings(ctx)
 
-    async def set_settings(self, ctx: ChatContext, changes: dict[str, str]) -> dict[str, object]:
-        """Parse and store changes typed by a user; "default" clears a setting."""
+    async def set_settings(self, ctx: ChatContext, changes: Mapping[str, str]) -> ChatSettings:
+        """Parse and store changes typed by a user ({setting or alias: value text}); a reset
+        word ("default") clears a setting. Returns the settings then in effect."""
         if not ctx.is_admin:
-            raise NotAllowedError("Only the chat's admins can change its settings.")
-        changes = {clean_text(key): clean_text(value) for key, value in changes.items()}
-        if not changes:
-            raise BadInputError("Name a setting and a value, e.g. temperature 0.9")
+            raise AdminOnlyError()
+        cleaned = {clean_text(key).strip(): clean_text(value).strip() for key, value in changes.items()}
+        cleaned.pop("", None)
+        if not cleaned:
+            raise SettingsUsageError()
         parsed: dict[str, Any] = {}
-        for key, text in changes.items():
-            name = setting_name(key)
-            if name is None:
-                known = ", ".join(SETTINGS)
-                raise BadInputError(f'There is no setting "{key[:40]}". Settings: {known}.')
-            parsed[name] = self._parse_setting(name, text.strip())
+        for key, text in cleaned.items():
+            spec = find_setting(key)
+            if spec is None:
+                raise UnknownSettingError(key)
+            parsed[spec.name] = self._parse_setting(spec, text)
         stored = await self.storage.set_settings(ctx.platform, self._stored_scope(ctx), **parsed)
-        return self._effective(stored)
+        return effective(self.config, stored)
 
     # --- privacy ---
 
@@ -514,42 +529,56 @@ class MemeService:
         return ctx.scope_id or self._stored_chat(ctx)
 
     async def _settings(self, ctx: ChatContext) -> ChatSettings:
-        return await self.storage.get_settings(ctx.platform, self._stored_scope(ctx))
+        """The settings in effect: the chat's own over the config's defaults."""
+        return effective(self.config, await self.storage.get_settings(ctx.platform, self._stored_scope(ctx)))
 
-    def _parse_setting(self, name: str, text: str) -> Any:
+    def _parse_setting(self, spec: Setting, text: str) -> Any:
+        """A value a user typed -> the setting's value; None: back to the default."""
         if not text:
-            raise BadInputError(f"Give {name} a value: {SETTINGS[name].help}, or default.")
-        if text.lower() in RESET_WORDS or (name == "allowed_templates" and text.lower() == "all"):
-            return None
+            raise BadSettingError(spec, "")
         try:
-            return SETTINGS[name].parse(text, self.catalog)
+            return parse_value(spec, text, self.catalog)
         except UnknownTemplate as exc:
             raise UnknownTemplateError(str(exc), list(exc.suggestions)) from None
-        except ValueError as exc:
-            raise BadInputError(f"{name} must be {exc} (got {text[:40]!r}).") from None
+        except BadValue:
+            raise BadSettingError(spec, text) from None
 
-    def _effective(self, settings: ChatSettings) -> dict[str, object]:
-        g = self.config.generation
-
-        def pick(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
-        return {
-            "method": pick(settings.method, g.method),
-            "temperature": pick(settings.temperature, g.temperature),
-            "beam_width": pick(settings.beam_width, g.beam_width),
-            "max_length": pick(settings.max_length, g.max_length),
-            "filter_enabled": pick(settings.filter_enabled, self.config.filter.enabled),
-            "allowed_templates": settings.allowed_templates,  # None = every template
-            "cooldown_s": pick(settings.cooldown_s, 0.0),
-            "chat_rate_per_minute": pick(
-                settings.chat_rate_per_minute, self.config.limits.chat_rate_per_minute
-            ),
-            "lexicon": pick(settings.lexicon, g.lexicon),
-            "best_of": pick(settings.best_of, g.best_of),
-        }
+    @staticmethod
+    def _with_options(settings: ChatSettings, options: MemeOptions) -> ChatSettings:
+        """The chat's settings with one request's own choices. Those come from users too, so
+        they are checked by the same table as the settings."""
+        names = {s.name: s for s in SETTINGS}
+        chosen: dict[str, Any] = {}
+        for option in dataclasses.fields(options):
+            value = getattr(options, option.name)
+            if value is None or option.name not in names:
+                continue
+            try:
+                chosen[option.name] = check_value(option.name, value)
+            except BadValue:
+                raise BadSettingError(names[option.name], str(value)) from None
+        return dataclasses.replace(settings, **chosen)
 
     # --- steps ---
+
+    async def _stored_template(self, slug: str) -> str | Template:
+        """What a stored meme was made on: its picture, for a user's picture; else the catalog slug
+        (looked up again, so a template since disabled in the chat is refused)."""
+        if not is_upload_key(slug):
+            return slug
+        picture = await self.storage.picture_template(slug)
+        if picture is None:
+            raise BadInputError("The picture of that meme is no longer stored: send it again to make a new one.")
+        return picture
+
+    def _resolve_template(self, template: str | Template | None, settings: ChatSettings) -> Template:
+        if not isinstance(template, Template):
+            return self._choose_template(template, settings)
+        if not template.is_upload:  # a catalog template still obeys the chat's allow-list
+            allowed = settings.allowed_templates
+            if allowed is not None and template.slug not in allowed:
+                return self._choose_template(template.slug, settings)  # refuses, worded as for a name
+        return template
 
     def _choose_template(self, query: str | None, settings: ChatSettings) -> Template:
         allowed = settings.allowed_templates
@@ -558,9 +587,7 @@ class MemeService:
         if query is None or not query:
             candidates = [t for t in self.catalog.templates if allowed is None or t.slug in allowed]
             if not candidates:
-                raise NotAllowedError(
-                    "No templates are enabled in this chat; an admin can change that in the settings."
-                )
+                raise NoTemplatesEnabledError()
             # Prefer templates the model has seen captions for: its memes there are better.
             known = [t for t in candidates if t.has_data]
             return self._rng.choice(known or candidates)
@@ -571,36 +598,29 @@ class MemeService:
         except UnknownTemplate as exc:
             raise UnknownTemplateError(str(exc), list(exc.suggestions)) from None
         if allowed is not None and template.slug not in allowed:
-            raise NotAllowedError(f"{template.name} isn't enabled in this chat.")
+            raise TemplateNotEnabledError(template)
         return template
 
     def _request(
         self, template: Template, prefix: str, settings: ChatSettings, options: MemeOptions
     ) -> GenerationRequest:
-        effective = self._effective(settings)
-        chosen = dict(effective)
-        for name in ("method", "temperature", "beam_width", "max_length"):
-            value = getattr(options, name)
-            if value is not None:  # options come from users too: the same rules as settings
-                chosen[name] = self._parse_setting(name, str(value))
-        filtered = chosen["filter_enabled"]
+        chosen = self._with_options(settings, options)
         g = self.config.generation
-        method = str(chosen["method"])
         return GenerationRequest(
             template=template.dataset_name,
             prefix=prefix,
-            method=method,
-            temperature=float(chosen["temperature"]),  # type: ignore[arg-type]
+            method=chosen.method,
+            temperature=chosen.temperature,
             top_k=g.top_k,
             top_p=g.top_p,
-            beam_width=int(chosen["beam_width"]),  # type: ignore[call-overload]
-            max_length=int(chosen["max_length"]),  # type: ignore[call-overload]
-            banned_words=self.filter.banned if filtered else (),
+            beam_width=chosen.beam_width,
+            max_length=chosen.max_length,
+            banned_words=self.filter.banned if chosen.filter_enabled else (),
             n_boxes=len(template.boxes),
-            lexicon=bool(chosen["lexicon"]),
+            lexicon=chosen.lexicon,
             block_repeats=g.block_repeats,
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.
-            best_of=int(chosen["best_of"]) if method == "sample" else 1,  # type: ignore[call-overload]
+            best_of=chosen.best_of if chosen.method == "sample" else 1,
             rank_length_power=g.rank_length_power,
         )
 
@@ -614,9 +634,8 @@ class MemeService:
         user_key = f"{ctx.platform}:{ctx.user_id}"
         chat_key = f"{ctx.platform}:{ctx.chat_id}"
         cooldown_key = f"{chat_key}:{ctx.user_id}"
-        cooldown_s = settings.cooldown_s or 0.0
         user_wait = max(
-            self._user_limit.wait_time(user_key), self._cooldown.wait_time(cooldown_key, cooldown_s)
+            self._user_limit.wait_time(user_key), self._cooldown.wait_time(cooldown_key, settings.cooldown_s)
         )
         chat_rate = settings.chat_rate_per_minute
         chat_wait = self._chat_limit.wait_time(chat_key, chat_rate)
@@ -638,16 +657,12 @@ class MemeService:
         """More boxes than the template has: say how many it takes (never merge them)."""
         problem = box_count_error(template, given, "|")
         if problem:
-            raise BadInputError(problem)
+            raise BoxCountError(template, given, problem)
 
     def _refuse_banned(self, text: str, what: str) -> None:
         word = self.filter.find(text)
         if word is not None:
-            hidden = word[0] + "*" * (len(word) - 1)
-            raise BadInputError(
-                f'{what} has a word I don\'t write ("{hidden}"). Try other words, '
-                "or ask an admin to switch the filter off for this chat."
-            )
+            raise BannedWordError(what, word[0] + "*" * (len(word) - 1))
 
     async def _generate_clean(self, request: GenerationRequest) -> list[list[str]]:
         """Generate: the captions (box lists), best first, at least one. The decoder already
@@ -700,7 +715,7 @@ class MemeService:
                 platform=ctx.platform,
                 chat_id=self._stored_chat(ctx),
                 user_id=ctx.user_id,
-                template=template.slug,
+                template=template,
                 prefix=prefix,
                 boxes=boxes,
                 method=method,

@@ -14,14 +14,16 @@ accounts, while the same user still maps to the same hash for ratings and histor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +31,10 @@ from typing import Any
 
 import aiosqlite
 
+from bot.settings import BadValue, check_value
+from common.template import Box, ImageBytes, Template, is_upload_key
+
+logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another process's transaction
 USER_HASH_HEX = 32  # 128 bits of the HMAC: collisions are negligible, rows stay short
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width UTC, so text order is time order
@@ -83,6 +89,42 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE settings ADD COLUMN lexicon INTEGER",
         "ALTER TABLE settings ADD COLUMN best_of INTEGER",
     ),
+    (  # v5: the pictures users made memes on (a meme's template is "upload:<sha256>"), for 🔁
+        """CREATE TABLE pictures (
+            slug TEXT PRIMARY KEY,
+            data BLOB NOT NULL,
+            name TEXT NOT NULL,
+            boxes TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+    ),
+    (  # v6: a chat's settings as one JSON object {name: value} (bot/settings.py's table), so a new
+        # setting needs no migration; the v1-v4 columns are copied into it, unset ones left out.
+        """CREATE TABLE chat_settings (
+            platform TEXT NOT NULL,
+            scope_id TEXT NOT NULL,
+            settings TEXT NOT NULL,
+            PRIMARY KEY (platform, scope_id)
+        )""",
+        # json_patch drops the NULLs json_object writes for unset columns.
+        """INSERT INTO chat_settings (platform, scope_id, settings)
+        SELECT platform, scope_id, json_patch('{}', json_object(
+            'method', method,
+            'temperature', temperature,
+            'beam_width', beam_width,
+            'max_length', max_length,
+            'filter_enabled', json(CASE WHEN filter_enabled IS NULL THEN NULL
+                                        WHEN filter_enabled THEN 'true' ELSE 'false' END),
+            'allowed_templates', CASE WHEN json_valid(allowed_templates) THEN json(allowed_templates) END,
+            'cooldown_s', cooldown_s,
+            'chat_rate_per_minute', chat_rate_per_minute,
+            'lexicon', json(CASE WHEN lexicon IS NULL THEN NULL WHEN lexicon THEN 'true' ELSE 'false' END),
+            'best_of', best_of
+        )) FROM settings""",
+        "DELETE FROM chat_settings WHERE settings = '{}'",
+        "DROP TABLE settings",
+        "ALTER TABLE chat_settings RENAME TO settings",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -106,7 +148,7 @@ class NewMeme:
     platform: str
     chat_id: str
     user_id: str  # raw user id in; stored only as a keyed hash
-    template: str  # slug
+    template: Template  # stored by slug; a user's picture is stored too, once
     prefix: str
     boxes: list[str]
     method: str
@@ -130,7 +172,7 @@ class StoredMeme:
     platform: str
     chat_id: str
     user_hash: str
-    template: str
+    template: str  # a catalog slug, or "upload:<sha256>" for a user's picture (Storage.picture_template)
     prefix: str
     boxes: list[str]
     method: str
@@ -144,24 +186,6 @@ class StoredMeme:
     @property
     def score(self) -> Score:
         return Score(self.up, self.down)
-
-
-@dataclass(frozen=True)
-class ChatSettings:
-    # None = unset: the caller falls back to the config defaults.
-    method: str | None = None
-    temperature: float | None = None
-    beam_width: int | None = None
-    max_length: int | None = None
-    filter_enabled: bool | None = None
-    allowed_templates: tuple[str, ...] | None = None
-    cooldown_s: float | None = None
-    chat_rate_per_minute: float | None = None
-    lexicon: bool | None = None
-    best_of: int | None = None
-
-
-SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
 
 
 @dataclass(frozen=True)
@@ -233,59 +257,43 @@ def _meme_from_row(row: sqlite3.Row) -> StoredMeme:
     )
 
 
-def _settings_from_row(row: sqlite3.Row | None) -> ChatSettings:
-    if row is None:
-        return ChatSettings()
-    allowed = row["allowed_templates"]
-    return ChatSettings(
-        method=row["method"],
-        temperature=row["temperature"],
-        beam_width=row["beam_width"],
-        max_length=row["max_length"],
-        filter_enabled=None if row["filter_enabled"] is None else bool(row["filter_enabled"]),
-        allowed_templates=None if allowed is None else tuple(json.loads(allowed)),
-        cooldown_s=row["cooldown_s"],
-        chat_rate_per_minute=row["chat_rate_per_minute"],
-        lexicon=None if row["lexicon"] is None else bool(row["lexicon"]),
-        best_of=row["best_of"],
-    )
+def _decode_settings(text: str | None) -> dict[str, Any]:
+    """A chat's stored settings JSON -> {name: checked value}. A value this version does not
+    take (a hand-edited row, a setting since removed) is left out, so the default applies."""
+    if text is None:
+        return {}
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        logger.warning("ignoring a chat's unreadable stored settings %r", text[:200])
+        return {}
+    settings = {}
+    for name, value in stored.items():
+        try:
+            settings[name] = check_value(name, value)
+        except (KeyError, BadValue):
+            logger.warning("ignoring a stored setting %s = %r: not one this version takes", name, value)
+    return settings
 
 
-def _setting_to_column(name: str, value: Any) -> Any:
-    """Check one settings change and convert it to what the column stores."""
-    if name not in SETTING_NAMES:
-        raise InvalidValue(f"unknown setting {name!r} (known: {', '.join(SETTING_NAMES)})")
+def _check_setting(name: str, value: Any) -> Any:
+    """One settings change, checked against the settings table; None (clear it) passes."""
     if value is None:
         return None
-    wrong = InvalidValue(f"setting {name!r} got {value!r} ({type(value).__name__})")
-    if name == "method":
-        if not isinstance(value, str) or not value:
-            raise wrong
-        return value
-    if name in ("temperature", "cooldown_s", "chat_rate_per_minute"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if name in ("beam_width", "max_length", "best_of"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if name in ("filter_enabled", "lexicon"):
-        if not isinstance(value, bool):
-            raise wrong
-        return int(value)
-    # allowed_templates: a list of slugs; an empty list is kept (it is not the same as unset)
-    if (
-        isinstance(value, str)
-        or not isinstance(value, Sequence)
-        or not all(isinstance(t, str) for t in value)
-    ):
-        raise wrong
-    return json.dumps(list(value))
+    try:
+        return check_value(name, value)
+    except KeyError as exc:
+        raise InvalidValue(exc.args[0]) from None
+    except BadValue as exc:
+        raise InvalidValue(f"setting {name!r} must be {exc}, got {value!r}") from None
 
 
 def _check_new_meme(meme: NewMeme) -> None:
-    for name in ("platform", "chat_id", "user_id", "template", "method", "model_id"):
+    if not isinstance(meme.template, Template):
+        raise InvalidValue(f"NewMeme.template must be a Template, got {meme.template!r}")
+    for name in ("platform", "chat_id", "user_id", "method", "model_id"):
         value = getattr(meme, name)
         if not isinstance(value, str) or not value:
             raise InvalidValue(f"NewMeme.{name} must be a non-empty string, got {value!r}")
@@ -477,7 +485,7 @@ class Storage:
             meme.platform,
             meme.chat_id,
             self.user_hash(meme.platform, meme.user_id),
-            meme.template,
+            meme.template.slug,
             meme.prefix,
             json.dumps(list(meme.boxes), ensure_ascii=False),
             meme.method,
@@ -486,6 +494,17 @@ class Storage:
             format_time(self._clock()),
         )
         async with self._write() as db:
+            if isinstance(meme.template.image, ImageBytes):
+                await db.execute(
+                    "INSERT OR IGNORE INTO pictures (slug, data, name, boxes, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        meme.template.slug,
+                        meme.template.image.data,
+                        meme.template.name,
+                        json.dumps([dataclasses.asdict(box) for box in meme.template.boxes]),
+                        row[-1],
+                    ),
+                )
             cursor = await db.execute(
                 "INSERT INTO memes (platform, chat_id, user_hash, template, prefix, boxes, method,"
                 " params, model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -518,17 +537,19 @@ class Storage:
             )
             return item
 
+    async def picture_template(self, slug: str) -> Template | None:
+        """The template of a user's picture a meme was made on (slug "upload:<sha256>"); None if
+        no such picture is stored (a catalog slug, or a picture since deleted)."""
+        if not is_upload_key(slug):
+            return None
+        row = await self._fetchone("SELECT data, name, boxes FROM pictures WHERE slug = ?", (slug,))
+        if row is None:
+            return None
+        boxes = tuple(Box(**box) for box in json.loads(row["boxes"]))
+        return Template.from_image_bytes(bytes(row["data"]), name=row["name"], boxes=boxes)
+
     async def get_meme(self, meme_id: int) -> StoredMeme | None:
         row = await self._fetchone(f"{_MEMES_WITH_VOTES} WHERE m.id = ? GROUP BY m.id", (meme_id,))
-        return None if row is None else _meme_from_row(row)
-
-    async def get_meme_by_message(self, platform: str, chat_id: str, message_id: str) -> StoredMeme | None:
-        """The meme posted as this platform message (for a button press that carries only the message)."""
-        row = await self._fetchone(
-            f"{_MEMES_WITH_VOTES} WHERE m.platform = ? AND m.chat_id = ? AND m.message_id = ?"
-            " GROUP BY m.id ORDER BY m.id DESC LIMIT 1",
-            (platform, chat_id, message_id),
-        )
         return None if row is None else _meme_from_row(row)
 
     async def user_history(self, platform: str, user_id: str, n: int = 10) -> list[StoredMeme]:
@@ -539,17 +560,6 @@ class Storage:
             (platform, self.user_hash(platform, user_id), max(n, 0)),
         )
         return [_meme_from_row(r) for r in rows]
-
-    async def top_memes(self, platform: str, chat_id: str, n: int = 10) -> list[StoredMeme]:
-        """The chat's best memes by score (up - down), newest first among equals; only scores above 0."""
-        rows = await self._fetchall(
-            f"{_RATED_MEMES} WHERE m.platform = ? AND m.chat_id = ?"
-            " GROUP BY m.id HAVING up - down > 0 ORDER BY up - down DESC, m.id DESC LIMIT ?",
-            (platform, chat_id, max(n, 0)),
-        )
-        return [_meme_from_row(r) for r in rows]
-
-    # --- ratings -----------------------------------------------------------------------
 
     async def rate(self, meme_id: int, platform: str, user_id: str, value: int) -> Score:
         """Record a vote: the same vote again withdraws it, the other value replaces it."""
@@ -596,35 +606,48 @@ class Storage:
 
     # --- settings ----------------------------------------------------------------------
 
-    async def get_settings(self, platform: str, scope_id: str) -> ChatSettings:
+    async def get_settings(self, platform: str, scope_id: str) -> dict[str, Any]:
+        """The settings one chat/server set itself, {name: value} (bot/settings.py's types);
+        a setting it never set is not in it."""
         row = await self._fetchone(
-            "SELECT * FROM settings WHERE platform = ? AND scope_id = ?", (platform, scope_id)
+            "SELECT settings FROM settings WHERE platform = ? AND scope_id = ?", (platform, scope_id)
         )
-        return _settings_from_row(row)
+        return _decode_settings(None if row is None else row["settings"])
 
-    async def set_settings(self, platform: str, scope_id: str, **changes: Any) -> ChatSettings:
-        """Change some settings of one chat/server; a value of None clears that setting."""
-        columns = {name: _setting_to_column(name, value) for name, value in changes.items()}
-        if not columns:
+    async def set_settings(self, platform: str, scope_id: str, **changes: Any) -> dict[str, Any]:
+        """Change some settings of one chat/server; a value of None clears that setting.
+        Returns what it has set afterwards, as `get_settings`."""
+        checked = {name: _check_setting(name, value) for name, value in changes.items()}
+        if not checked:
             return await self.get_settings(platform, scope_id)
-        # Column names come from SETTING_NAMES only (checked above), never from the caller.
-        names = list(columns)
-        placeholders = ", ".join("?" for _ in names)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in names)
-        all_unset = " AND ".join(f"{name} IS NULL" for name in SETTING_NAMES)
         scope = (platform, scope_id)
         async with self._write() as db:
-            await db.execute(
-                f"INSERT INTO settings (platform, scope_id, {', '.join(names)}) VALUES (?, ?, {placeholders})"
-                f" ON CONFLICT (platform, scope_id) DO UPDATE SET {updates}",
-                (*scope, *columns.values()),
-            )
-            # A row with nothing set means the same as no row; drop it so stats count real overrides.
-            await db.execute(
-                f"DELETE FROM settings WHERE platform = ? AND scope_id = ? AND {all_unset}", scope
-            )
-            cursor = await db.execute("SELECT * FROM settings WHERE platform = ? AND scope_id = ?", scope)
-            return _settings_from_row(await cursor.fetchone())
+            row = await (
+                await db.execute("SELECT settings FROM settings WHERE platform = ? AND scope_id = ?", scope)
+            ).fetchone()
+            # Changed in place, the rest of the object as it was: keys this version does not
+            # know (written by a newer one) are kept.
+            try:
+                stored = json.loads(row["settings"]) if row is not None else {}
+            except ValueError:
+                stored = {}
+            if not isinstance(stored, dict):
+                stored = {}
+            for name, value in checked.items():
+                if value is None:
+                    stored.pop(name, None)
+                else:
+                    stored[name] = value
+            if stored:
+                await db.execute(
+                    "INSERT INTO settings (platform, scope_id, settings) VALUES (?, ?, ?)"
+                    " ON CONFLICT (platform, scope_id) DO UPDATE SET settings = excluded.settings",
+                    (*scope, json.dumps(stored, ensure_ascii=False, sort_keys=True)),
+                )
+            else:
+                # Nothing set means the same as no row; none, so stats count real overrides.
+                await db.execute("DELETE FROM settings WHERE platform = ? AND scope_id = ?", scope)
+            return _decode_settings(json.dumps(stored))
 
     # --- export, stats, backup ----------------------------------------------------------
 

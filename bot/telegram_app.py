@@ -2,8 +2,9 @@
 
 Nothing about memes is decided here. A command becomes a `ChatContext` plus arguments,
 the service's answer becomes a photo with an inline keyboard (👍 n, 👎 n, 🔁), and a
-`MemeError` becomes a short reply. Button data carries the meme id, so buttons on old
-messages keep working after a restart.
+`MemeError` becomes a short reply, worded for Telegram where it names a command or who may
+change a setting (`WORDING`). Button data carries the meme id, so buttons on old messages
+keep working after a restart.
 
 Telegram talks to whatever Bot API server `[telegram] api_url` names: the public one, a
 self-hosted server (which allows larger files), or the tests' fake.
@@ -42,14 +43,22 @@ from telegram.ext import (
 from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
+    AdminOnlyError,
+    BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
     MemeService,
+    NoTemplatesEnabledError,
+    SettingsUsageError,
+    TemplateNotEnabledError,
     UnknownTemplateError,
-    format_settings,
+    Wording,
+    caption_hints,
+    error_text,
     report_unexpected,
 )
+from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
 from common.config import TelegramConfig
 
@@ -84,6 +93,30 @@ HELP = """I make memes with my own caption model.
 /settings — this chat's settings; admins change them with /settings temperature 0.9
 
 Vote with 👍 / 👎 under a meme; 🔁 makes another one like it."""
+
+EXAMPLE_CAPTION = "/caption drake no thanks | yes please"
+# Errors whose advice names a command or who may change a setting, in Telegram's words: its
+# commands take their arguments after a space, and a group's settings are its admins'.
+WORDING: Wording = {
+    **caption_hints(EXAMPLE_CAPTION),
+    UnknownTemplateError: lambda e: f"{e.user_message}\nSee them all with /templates",
+    AdminOnlyError: lambda e: "Only the group's admins can change its settings.",
+    TemplateNotEnabledError: lambda e: (
+        f"{e.template.name} isn't enabled in this chat. "
+        "The group's admins choose the templates with /settings templates."
+    ),
+    NoTemplatesEnabledError: lambda e: (
+        "No templates are enabled in this chat. The group's admins can allow them all again "
+        "with /settings templates all"
+    ),
+    BannedWordError: lambda e: (
+        f'{e.what} has a word I don\'t write ("{e.hidden}"). Try other words; '
+        "admins can switch the filter off with /settings filter off"
+    ),
+    SettingsUsageError: lambda e: (
+        f"Name a setting and a value, e.g. /settings temperature 0.9 (or: {RESET_WORDS[0]})"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -149,15 +182,6 @@ def split_first_word(text: str) -> tuple[str, str]:
     """ "drake no thanks | yes" -> ("drake", "no thanks | yes"); any whitespace separates."""
     parts = text.split(maxsplit=1)
     return (parts[0] if parts else ""), (parts[1].strip() if len(parts) > 1 else "")
-
-
-def parse_settings_changes(text: str) -> dict[str, str]:
-    """ "temperature 0.9" or "temperature=0.9 method=beam" -> {name: value}."""
-    if "=" in text:
-        pairs = (item.partition("=") for item in text.split())
-        return {key.strip(): value.strip() for key, _, value in pairs}
-    key, value = split_first_word(text)
-    return {key: value}
 
 
 def meme_caption(made: MadeMeme) -> str:
@@ -328,11 +352,13 @@ class TelegramFrontEnd:
                 text = (
                     "Settings here:\n"
                     + format_settings(values)
-                    + "\n\nAdmins change one with e.g. /settings temperature 0.9 (or: default)"
+                    + f"\n\nAdmins change one with /settings NAME VALUE (or NAME {RESET_WORDS[0]}), "
+                    + "e.g. /settings temperature 0.9\n"
+                    + settings_help()
                 )
             else:
                 ctx = self.context(update, is_admin=await self.is_admin(update))
-                values = await self.service.set_settings(ctx, parse_settings_changes(argument))
+                values = await self.service.set_settings(ctx, split_changes(argument))
                 text = "Saved. Settings here now:\n" + format_settings(values)
         except MemeError as exc:
             text = self.error_text(exc)
@@ -459,9 +485,7 @@ class TelegramFrontEnd:
 
     @staticmethod
     def error_text(exc: MemeError) -> str:
-        if isinstance(exc, UnknownTemplateError):
-            return f"{exc.user_message}\nSee them all with /templates"
-        return exc.user_message
+        return error_text(exc, WORDING)
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """Anything unexpected: one log line with a request id, and a short reply that quotes

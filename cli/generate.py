@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from common.config import Config
+from model.requests import DECODING_METHODS, METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", type=Path, help="write the meme here (with --n 3: meme-1.png, meme-2.png, ...)"
     )
-    p.add_argument("--method", choices=("greedy", "sample", "beam"), help="default: from config")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        help="; ".join(f"{m.name}: {m.help}" for m in DECODING_METHODS) + " (default: from config)",
+    )
     p.add_argument("--n", type=int, default=1, help="how many candidates (default 1)")
     p.add_argument("--temperature", type=float, help="sampling temperature (default: from config)")
     p.add_argument("--top-k", type=int)

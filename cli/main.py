@@ -21,7 +21,8 @@ COMMAND_MODULES = (
     "cli.templates",  # templates
     "cli.doctor",  # doctor
     "cli.run",  # run, chat
-    "cli.storage",  # export, db
+    "cli.export",  # export
+    "cli.database",  # db
     "cli.data",  # data stats, data pack
     "cli.train",  # train
     "cli.evaluate",  # eval

@@ -24,6 +24,8 @@ from PIL import ImageColor
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA
 
+from common.template import IMAGE_FILE_RE, Box, CatalogImage, Template
+
 ALIGNMENTS = ("left", "center", "right")
 
 # A fuzzy match is taken only when it scores this well (0-100) and beats the best other
@@ -45,43 +47,12 @@ MAX_QUERY_CHARS = 100
 
 _SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _DATASET_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-# A bare file name: no folders, no "..", so the image path cannot leave the images folder.
-_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.(?:jpg|jpeg|png)")
 _APOSTROPHES = str.maketrans("", "", "'’‘`´")
 _WORD_RE = re.compile(r"[^\W_]+")
 
 
 class CatalogError(ValueError):
     """The catalog file is missing or wrong; the message names the template and the field."""
-
-
-@dataclass(frozen=True)
-class Box:
-    """Where one caption goes: a rectangle in fractions of the image size, and its text style."""
-
-    x: float  # top-left corner and size, fractions of image width/height
-    y: float
-    w: float
-    h: float
-    align: str = "center"  # left | center | right
-    color: str = "#ffffff"  # text fill
-    outline: str = "#000000"  # outline colour; "" = none
-    angle: float = 0.0  # degrees, counter-clockwise, rotation about the box centre
-    uppercase: bool = True  # the layout's case style
-
-
-@dataclass(frozen=True)
-class Template:
-    slug: str  # kebab-case, e.g. "change-my-mind"
-    name: str  # display name, "Change My Mind"
-    imgflip_id: int
-    dataset_name: str  # dataset file stem, e.g. "Change-My-Mind"; also the model's template key
-    image: str  # file name in the template-images folder
-    width: int  # image size in px
-    height: int
-    aliases: tuple[str, ...]
-    has_data: bool  # caption data exists in the dataset
-    boxes: tuple[Box, ...]
 
 
 class UnknownTemplate(LookupError):
@@ -238,10 +209,10 @@ class Catalog:
         return [self.templates[i] for _, i in self._ranked(q)[:n]]
 
     def image_path(self, template: Template, images_dir: Path) -> Path:
-        """Where the template's blank image is: always inside images_dir."""
-        if not _IMAGE_RE.fullmatch(template.image):
-            raise ValueError(f"template {template.slug}: image {template.image!r} is not a plain file name")
-        return images_dir / template.image
+        """Where a catalog template's blank image is: always inside images_dir."""
+        if not isinstance(template.image, CatalogImage):
+            raise ValueError(f"template {template.slug}: not a catalog image")
+        return images_dir / template.image.file
 
     def _fuzzy_scores(self, q: str) -> list[tuple[float, int]]:
         """Best fuzzy score per template, best first (ties in catalog order).
@@ -396,7 +367,7 @@ def _parse_template(raw: Any, position: int) -> Template:
         raise CatalogError(
             f"{where}: dataset_name {values['dataset_name']!r} must be a file stem like Change-My-Mind"
         )
-    if not _IMAGE_RE.fullmatch(values["image"]):
+    if not IMAGE_FILE_RE.fullmatch(values["image"]):
         raise CatalogError(
             f"{where}: image {values['image']!r} must be a bare .jpg/.png file name, no folders"
         )
@@ -416,7 +387,7 @@ def _parse_template(raw: Any, position: int) -> Template:
         name=values["name"],
         imgflip_id=values["imgflip_id"],
         dataset_name=values["dataset_name"],
-        image=values["image"],
+        image=CatalogImage(values["image"]),
         width=values["width"],
         height=values["height"],
         aliases=tuple(aliases),

@@ -223,6 +223,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    # model/requests.py's METHODS, written out because common/ sits below model/
+    # (tests/test_methods.py keeps the two equal).
     ("generation", "method"): ("greedy", "sample", "beam"),
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from bot.app import open_service
 from bot.service import MemeService
 from common.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
-from model.pool import ModelPool
+from model.pool import WARMUP_REQUEST, ModelPool
 from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
 from model.vocab import normalize_user_text
 
@@ -55,9 +55,10 @@ class ScriptedCaptions:
         if self.fail:
             raise RuntimeError("scripted model failure")
         with self._lock:
-            # The pool's warm-up request has no template: answer it without recording it.
+            # The pool's warm-up request is answered without being recorded.
             return [
-                self.answer(r) if r.template else GenerationResult([Caption([""], 0.0)]) for r in requests
+                GenerationResult([Caption([""], 0.0)]) if r is WARMUP_REQUEST else self.answer(r)
+                for r in requests
             ]
 
     def answer(self, request: GenerationRequest) -> GenerationResult:

@@ -1,7 +1,7 @@
 """The word lexicon and the word rules that decoding obeys: no non-words, no loops.
 
 A caption is written one character at a time, so nothing stops a network from spelling
-"friendshirt" or from going round "start to start to start". The generator (model/generate.py)
+"friendshirt" or from going round "start to start to start". The generator (model/decoding.py)
 therefore masks, at every step and for every method, the characters that would break one of
 these rules, the same way it keeps a banned word from being completed:
 

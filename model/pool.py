@@ -25,7 +25,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from model.requests import METHODS, Abandoned, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import (
+    METHODS,
+    Abandoned,
+    GenerationRequest,
+    GenerationResult,
+    ResultCallback,
+    request_rows,
+)
 
 if TYPE_CHECKING:
     from common.config import ModelConfig
@@ -131,13 +138,6 @@ class _Worker:
     index: int
     thread: ThreadPoolExecutor  # exactly one thread, so the generator never sees two callers
     generator: BatchGenerator
-
-
-def request_rows(request: GenerationRequest) -> int:
-    """How many rows a request adds to a batch."""
-    if request.method == "beam":
-        return max(1, request.beam_width)
-    return max(1, request.n, request.best_of if request.method == "sample" else 1)
 
 
 def check_request(request: GenerationRequest) -> None:

@@ -5,7 +5,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-METHODS = ("greedy", "sample", "beam")
+
+@dataclass(frozen=True)
+class DecodingMethod:
+    """A way of choosing a caption's symbols, as callers ask for it by name."""
+
+    name: str  # GenerationRequest.method
+    help: str  # one line for people choosing it (a command's --help, a chat's settings)
+    # The GenerationRequest fields that change its captions beyond COMMON_PARAMETERS, which every
+    # method reads: a front end offers these with it and can leave the others out.
+    parameters: tuple[str, ...]
+
+
+# What every method reads: what to caption, how long, how many, and the rules on words.
+COMMON_PARAMETERS = (
+    "template",
+    "prefix",
+    "max_length",
+    "n",
+    "banned_words",
+    "n_boxes",
+    "lexicon",
+    "block_repeats",
+)
+# The decoding methods, defined once: the generator, the pool's checks, the command line and
+# the benchmarks take their names from here. model/generate.py decodes each (DECODERS).
+DECODING_METHODS = (
+    DecodingMethod("greedy", "the single most likely caption", ()),
+    DecodingMethod(
+        "sample",
+        "varied, a bit random",
+        ("temperature", "top_k", "top_p", "seed", "best_of", "rank_length_power"),
+    ),
+    DecodingMethod("beam", "the best of several candidates", ("beam_width",)),
+)
+METHODS = tuple(m.name for m in DECODING_METHODS)
 
 
 @dataclass(frozen=True)
@@ -64,3 +98,11 @@ ResultCallback = Callable[[int, GenerationResult], None]
 # i's caller has given up (timed out, or its interaction expired). Its rows then leave the batch
 # and it gets an empty result that nobody reads.
 Abandoned = Callable[[int], bool]
+
+
+def request_rows(request: GenerationRequest) -> int:
+    """How many rows a request decodes, its size in a batch: `n` for greedy, the larger of `n`
+    and `best_of` for sampling, `beam_width` for beam search."""
+    if request.method == "beam":
+        return max(1, request.beam_width)
+    return max(1, request.n, request.best_of if request.method == "sample" else 1)

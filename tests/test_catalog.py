@@ -4,6 +4,7 @@ name lookup as users type it, search for autocomplete, validation of a bad file,
 
 from __future__ import annotations
 
+import io
 import json
 import tomllib
 from collections import Counter
@@ -16,6 +17,7 @@ from PIL import Image
 from cli.main import main
 from common.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog, parse_catalog
 from common.config import Config, load_config
+from common.template import CatalogImage
 from training.make_catalog import format_catalog
 
 CLASSIC_TOP = (0.02, 0.02, 0.96, 0.22)
@@ -346,12 +348,19 @@ def test_a_missing_or_broken_file_says_so(tmp_path: Path) -> None:
         load_catalog(write(tmp_path, "[[template]\n"))
 
 
+def png_bytes(size: tuple[int, int] = (64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "grey").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_image_path_never_leaves_the_images_folder(catalog: Catalog, tmp_path: Path) -> None:
     doge = catalog.get("doge")
     assert catalog.image_path(doge, tmp_path) == tmp_path / "Doge.jpg"
-    sneaky = replace(doge, image="../../etc/passwd")  # a Template not from load_catalog
-    with pytest.raises(ValueError):
-        catalog.image_path(sneaky, tmp_path)
+    with pytest.raises(ValueError):  # not even a Template built by hand can name such a file
+        replace(doge, image=CatalogImage("../../etc/passwd"))
+    with pytest.raises(ValueError):  # a user's picture has no file in the folder at all
+        catalog.image_path(Template.from_image_bytes(png_bytes()), tmp_path)
 
 
 # --- the CLI ---------------------------------------------------------------------------------

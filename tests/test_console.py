@@ -109,6 +109,31 @@ async def test_caption_templates_errors_and_quit(service: MemeService, tmp_path:
     assert len(list((tmp_path / "out").iterdir())) == 1
 
 
+async def test_settings_help_and_hints_name_the_consoles_own_commands(service: MemeService, tmp_path: Path):
+    script = "\n".join(
+        [
+            "/settings help",
+            "/settings templates=drake cooldown=3",
+            "/meme two-buttons",
+            "/caption drake no | fuck yes",
+            "/caption drake",
+            "/settings =",
+            "/settings templates all",
+        ]
+    )
+    out = await chat(service, tmp_path / "out", script)
+    text = "\n".join(out)
+    assert "temperature (or temp): higher = wilder captions (0.1 to 2)" in out
+    assert "allowed_templates: drake-hotline-bling" in out and "cooldown_s: 3" in out
+    assert "Two Buttons isn't enabled here. Choose the templates with /settings templates NAMES" in text
+    assert "or switch the filter off with /settings filter off" in text
+    assert "Give me some text, e.g. /caption drake no thanks | yes please" in out
+    assert any(line.startswith("Name a setting and a value, e.g. /settings temperature 0.9") for line in out)
+    assert out[-1] == "best_of: 8" and "allowed_templates: all" in out
+    # The console's user owns its settings: nobody else to ask, and no other platform's words.
+    assert "admin" not in text and "Manage Server" not in text and "memeconfig" not in text
+
+
 async def test_three_boxes_emoji_and_what_could_not_be_drawn_are_told(service: MemeService, tmp_path: Path):
     script = "\n".join(
         [
@@ -165,6 +190,7 @@ def test_piped_chat_without_a_model_explains_and_still_captions(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "no model yet" in result.stderr and "memebot train" in result.stderr
     assert "caption model isn't installed yet" in result.stdout
+    assert "You can still write your own with /caption, e.g. /caption drake no thanks | yes please" in result.stdout
     assert "#1 Drake Hotline Bling: no | yes" in result.stdout
     assert (tmp_path / "out" / "meme-1.jpg").exists() or (tmp_path / "out" / "meme-1.png").exists()
     assert elapsed < 20, f"memebot chat took {elapsed:.1f} s to answer two commands"

@@ -45,6 +45,7 @@ from model.pool import InvalidRequest, check_request, request_rows
 from model.requests import Caption, GenerationRequest, GenerationResult
 from model.vocab import END, SEP, START, Vocab, normalize_user_text
 from tests.conftest import SYNTHETIC_CAPTIONS
+from tests.helpers.templates import catalog_template
 from tests.test_speculative import requests_to_compare, table_from
 
 VOCAB = Vocab()
@@ -631,11 +632,11 @@ async def test_lexicon_and_best_of_are_server_settings_that_reach_the_model(tmp_
     config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
     async with scripted_service(config, model) as service:
         settings = await service.get_settings(ALICE)
-        assert settings["lexicon"] is True and settings["best_of"] == 8
+        assert settings.lexicon is True and settings.best_of == 8
         await service.make_meme(ALICE, "drake")
         assert (model.last.lexicon, model.last.block_repeats, model.last.best_of) == (True, True, 8)
         await service.set_settings(ADMIN, {"words": "off", "best": "3"})
-        assert (await service.get_settings(ALICE))["best_of"] == 3
+        assert (await service.get_settings(ALICE)).best_of == 3
         await service.make_meme(ALICE, "drake")
         assert (model.last.lexicon, model.last.best_of) == (False, 3)
         await service.make_meme(ALICE, "drake", options=MemeOptions(method="greedy"))
@@ -643,7 +644,7 @@ async def test_lexicon_and_best_of_are_server_settings_that_reach_the_model(tmp_
         with pytest.raises(Exception, match="best_of must be a whole number from 1 to 16"):
             await service.set_settings(ADMIN, {"best_of": "17"})
         await service.set_settings(ADMIN, {"best_of": "default", "lexicon": "default"})
-        assert (await service.get_settings(ALICE))["best_of"] == 8
+        assert (await service.get_settings(ALICE)).best_of == 8
 
 
 async def test_reroll_serves_the_next_best_candidate_before_sampling_anew(tmp_path):
@@ -710,7 +711,7 @@ async def test_storage_pops_list_items_of_a_memes_params_one_caller_at_a_time(tm
 
     async with await Storage.open(tmp_path / "db.sqlite", "key") as storage:
         meme_id = await storage.record_meme(
-            NewMeme("test", "c", "u", "drake", "", ["a"], "sample", {"k": [1, 2, 3], "x": 1}, "m")
+            NewMeme("test", "c", "u", catalog_template("drake"), "", ["a"], "sample", {"k": [1, 2, 3], "x": 1}, "m")
         )
         got = await asyncio.gather(*(storage.pop_param_item(meme_id, "k") for _ in range(5)))
         assert sorted(g for g in got if g is not None) == [1, 2, 3] and got.count(None) == 2
@@ -718,7 +719,7 @@ async def test_storage_pops_list_items_of_a_memes_params_one_caller_at_a_time(tm
         with pytest.raises(UnknownMeme):
             await storage.pop_param_item(meme_id + 1, "k")
         settings = await storage.set_settings("test", "c", lexicon=False, best_of=5)
-        assert (settings.lexicon, settings.best_of) == (False, 5)
+        assert (settings["lexicon"], settings["best_of"]) == (False, 5)
 
 
 def test_config_has_generation_defaults_for_the_rules():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -23,6 +24,7 @@ from PIL import Image
 from bot.app import run_bot
 from bot.discord_app import DiscordFrontEnd, DiscordStartError
 from bot.service import MemeService
+from bot.settings import SETTINGS
 from bot.storage import Score, Storage, StoredMeme
 from common.catalog import Catalog, load_catalog
 from common.config import Config, DiscordConfig, RenderConfig
@@ -37,6 +39,7 @@ from fakes.discord_server import (
     FakeUser,
 )
 from fakes.telegram_server import FakeTelegramServer
+from model.requests import DECODING_METHODS, METHODS
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,9 +125,13 @@ async def final_message(fake: FakeDiscord, interaction: FakeInteraction) -> Fake
 async def stored_meme(fake: FakeDiscord, bot: Bot, message: FakeMessage) -> StoredMeme:
     """The database row of the meme a message shows, once the bot has linked the two."""
     for _ in range(100):
-        meme = await bot.storage.get_meme_by_message("discord", str(fake.channel_id), str(message.id))
-        if meme is not None:
-            return meme
+        with sqlite3.connect(bot.service.config.database_path) as db:  # a second reader, as `memebot db` is
+            row = db.execute(
+                "SELECT id FROM memes WHERE platform = 'discord' AND chat_id = ? AND message_id = ?",
+                (str(fake.channel_id), str(message.id)),
+            ).fetchone()
+        if row is not None:
+            return await bot.storage.get_meme(row[0])
         await asyncio.sleep(0.02)  # the link is written just after the message is posted
     raise AssertionError(f"no meme in the database is linked to message {message.id}")
 
@@ -148,7 +155,13 @@ async def test_start_up_syncs_every_command_with_no_privileged_intents(fake: Fak
     assert fake.identify is not None and fake.identify["intents"] & PRIVILEGED_INTENTS == 0
     meme_options = {o["name"]: o for o in synced["meme"]["options"]}
     assert meme_options["template"].get("autocomplete") is True
-    assert [c["value"] for c in meme_options["method"]["choices"]] == ["sample", "greedy", "beam"]
+    # The decoding methods and the settings, each from its one table.
+    assert [c["value"] for c in meme_options["method"]["choices"]] == list(METHODS)
+    assert meme_options["method"]["choices"][0]["name"] == f"{METHODS[0]}: {DECODING_METHODS[0].help}"
+    config_options = {o["name"]: o for o in synced["memeconfig"]["options"]}
+    assert [c["value"] for c in config_options["setting"]["choices"]] == [s.name for s in SETTINGS]
+    assert all(len(c["name"]) <= 100 for c in config_options["setting"]["choices"])
+    assert config_options["value"].get("autocomplete") is True
     # Hidden from members without Manage Server, and not offered in DMs.
     assert int(synced["memeconfig"]["default_member_permissions"]) == MANAGE_GUILD
     assert synced["memeconfig"]["contexts"] == [0]  # guild only
@@ -322,18 +335,67 @@ async def test_only_manage_server_members_change_settings(fake: FakeDiscord, sta
     refused = await fake.run_command("memeconfig", ALICE, setting="cooldown_s", value="60")
     await fake.wait_until(lambda: refused.acknowledged)
     (reply,) = refused.messages
-    assert reply.ephemeral and "admin" in reply.content
-    assert (await bot.storage.get_settings("discord", server)).cooldown_s is None
+    assert reply.ephemeral and "Only members with Manage Server can change" in reply.content
+    assert "admins" not in reply.content  # Telegram's word, not Discord's
+    assert "cooldown_s" not in await bot.storage.get_settings("discord", server)
 
     allowed = await fake.run_command("memeconfig", ADMIN, setting="cooldown_s", value="60")
     await fake.wait_until(lambda: allowed.acknowledged)
     assert allowed.messages[0].ephemeral and "cooldown_s: 60" in allowed.messages[0].content
-    assert (await bot.storage.get_settings("discord", server)).cooldown_s == 60
+    assert (await bot.storage.get_settings("discord", server))["cooldown_s"] == 60
 
     # The setting is the server's: it applies in this channel's next memes.
     await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
     reply = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
     assert reply.ephemeral and "Slow down" in reply.content and not reply.attachments
+
+
+async def test_refusals_and_hints_name_manage_server_and_discords_options(fake: FakeDiscord, start_bot) -> None:
+    """The service says what is wrong; Discord's words say how to fix it on Discord: named
+    options, and members with Manage Server (not Telegram's "/caption drake ..." or admins)."""
+    await start_bot()
+
+    async def reply_to(user: FakeUser, command: str, **options: str) -> str:
+        interaction = await fake.run_command(command, user, **options)
+        message = await final_message(fake, interaction)
+        assert message.ephemeral and not message.attachments
+        return message.content
+
+    saved = await reply_to(ADMIN, "memeconfig", setting="allowed_templates", value="drake, change my mind")
+    assert "allowed_templates: drake-hotline-bling, change-my-mind" in saved
+    refused = await reply_to(ALICE, "meme", template="two buttons")
+    assert "Two Buttons isn't enabled on this server" in refused
+    assert "Manage Server" in refused and "`/memeconfig setting:allowed_templates`" in refused
+
+    banned = await reply_to(ALICE, "caption", template="drake", text="no | fuck yes")
+    assert 'has a word I don\'t write ("f***")' in banned
+    assert "Manage Server" in banned and "`/memeconfig setting:filter_enabled value:off`" in banned
+
+    empty = await reply_to(ALICE, "caption", template="drake", text="   ")
+    assert empty == "Give me some text, e.g. `/caption template:drake text:no thanks | yes please`"
+    no_template = await reply_to(ALICE, "caption", template=" ", text="no thanks | yes please")
+    assert "`/caption template:drake text:no thanks | yes please`" in no_template
+
+    # Values are checked by the settings table, whoever types them.
+    bad = await reply_to(ADMIN, "memeconfig", setting="temperature", value="hot")
+    assert bad == "temperature must be a number from 0.1 to 2 (got 'hot')."
+    assert "Give best_of a value: 1 to 16, or default." == await reply_to(
+        ADMIN, "memeconfig", setting="best_of", value=""
+    )
+    assert "admins" not in refused + banned + empty + no_template
+
+
+async def test_memeconfig_offers_the_values_each_setting_takes(fake: FakeDiscord, start_bot) -> None:
+    await start_bot()
+
+    async def offered(setting: str, typed: str = "") -> list[str]:
+        choices = await fake.autocomplete("memeconfig", ADMIN, focused="value", setting=setting, value=typed)
+        return [c["value"] for c in choices]
+
+    assert await offered("method") == [*METHODS, "default"]
+    assert await offered("filter_enabled", "o") == ["on", "off"]
+    assert await offered("allowed_templates") == ["all", "default"]
+    assert await offered("temperature") == ["default"]  # numbers are typed
 
 
 # ---- rate limits ------------------------------------------------------------------------------
@@ -381,6 +443,16 @@ async def test_run_bot_serves_discord_and_telegram_side_by_side(fake: FakeDiscor
         (photo,) = await telegram.wait_for("sendPhoto")
         assert message.attachments and message.button_texts() == ["👍 0", "👎 0", "🔁"]
         assert photo.chat_id == -100
+
+        # One service, one error; each platform says how to write a caption in its own syntax.
+        no_model = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+        telegram.send_text("/meme drake", chat_id=-100)
+        (told,) = await telegram.wait_for("sendMessage")
+        assert "caption model isn't installed" in no_model.content
+        assert "`/caption template:drake text:no thanks | yes please`" in no_model.content
+        assert "caption model isn't installed" in told.params["text"]
+        assert "/caption drake no thanks | yes please" in told.params["text"]
+        assert "template:" not in told.params["text"]
 
         stop.set()
         await asyncio.wait_for(running, timeout=10)  # a clean stop: run_bot returns

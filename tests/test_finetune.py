@@ -12,6 +12,7 @@ from cli.main import main
 from model.checkpoint import load_checkpoint
 from model.generate import load_generator
 from model.requests import GenerationRequest
+from tests.helpers.templates import catalog_template
 from training.finetune import caption_weight
 
 NEW_CAPTION = ["rated captions", "make better memes"]
@@ -23,7 +24,7 @@ async def _rated_database(path: Path) -> None:
         for i in range(6):
             good = await storage.record_meme(
                 NewMeme(
-                    "telegram", "chat", f"user{i}", "drake-hotline-bling", "", NEW_CAPTION, "sample", {}, "m"
+                    "telegram", "chat", f"user{i}", catalog_template("drake-hotline-bling"), "", NEW_CAPTION, "sample", {}, "m"
                 )
             )
             for voter in range(3):
@@ -33,7 +34,7 @@ async def _rated_database(path: Path) -> None:
                 "telegram",
                 "chat",
                 "u",
-                "drake-hotline-bling",
+                catalog_template("drake-hotline-bling"),
                 "",
                 ["a bad caption", "nobody liked"],
                 "sample",

@@ -39,6 +39,7 @@ from cli.main import main
 from cli.render import typical_caption
 from common.catalog import Box, Catalog, Template, load_catalog
 from common.config import Config
+from common.template import CatalogImage
 
 RENDERS = Path(__file__).parent / "renders"
 SHARED_IMAGES = Config().template_images_dir
@@ -60,7 +61,7 @@ def template(
         name=slug.replace("-", " ").title(),
         imgflip_id=1,
         dataset_name=slug.title(),
-        image=image,
+        image=CatalogImage(image),
         width=size[0],
         height=size[1],
         aliases=(),
@@ -488,8 +489,8 @@ def test_missing_or_broken_template_images_raise_clear_errors(renderer: Renderer
         renderer.render(template("absent.png", [BOXES["top"]]), ["x"])
     with pytest.raises(RenderError, match="not a readable image"):
         renderer.render(template("broken.jpg", [BOXES["top"]]), ["x"])
-    with pytest.raises(RenderError, match="bare file name"):
-        renderer.render(template("../images/plain.png", [BOXES["top"]]), ["x"])
+    with pytest.raises(ValueError, match="bare"):  # no template can point outside the images folder
+        template("../images/plain.png", [BOXES["top"]])
 
 
 # --- the command line -------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from bot.graphemes import keeps_format_character
 from bot.inputs import INVISIBLE, clean_text
 from bot.service import BadInputError, ChatContext, CooldownError, MemeError, MemeService
-from bot.telegram_app import parse_button, parse_settings_changes, split_first_word
+from bot.settings import split_changes
+from bot.telegram_app import parse_button, split_first_word
 from common.catalog import UnknownTemplate, load_catalog
 from common.config import FilterConfig
 from common.content_filter import ContentFilter
@@ -230,7 +231,7 @@ def test_the_joiners_inside_an_emoji_stay_and_hide_no_word():
 def test_command_parsing_never_fails_unexpectedly(text: str):
     first, rest = split_first_word(text)
     assert " " not in first and rest == rest.strip()
-    changes = parse_settings_changes(text)
+    changes = split_changes(text)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in changes.items())
     try:
         action, meme_id, vote = parse_button(text)

@@ -14,18 +14,31 @@ from PIL import Image
 
 from bot.render import Renderer
 from bot.service import (
+    AdminOnlyError,
     BadInputError,
+    BadSettingError,
+    BannedWordError,
+    BoxCountError,
     BusyError,
     ChatContext,
     CooldownError,
     GenerationError,
+    MemeError,
     MemeOptions,
     MemeService,
+    MissingCaptionError,
+    MissingTemplateError,
     NoModelError,
     NotAllowedError,
+    NoTemplatesEnabledError,
+    SettingsUsageError,
+    TemplateNotEnabledError,
     UnknownMemeError,
+    UnknownSettingError,
     UnknownTemplateError,
+    error_text,
 )
+from bot.settings import ChatSettings
 from bot.storage import Score, Storage
 from common.catalog import load_catalog
 from fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
@@ -93,7 +106,7 @@ async def test_no_template_picks_a_random_one_the_model_knows(service: MemeServi
 
 async def test_random_pick_respects_the_chats_allowed_templates(service: MemeService):
     settings = await service.set_settings(ADMIN, {"templates": "drake, two buttons"})
-    assert settings["allowed_templates"] == ("drake-hotline-bling", "two-buttons")
+    assert settings.allowed_templates == ("drake-hotline-bling", "two-buttons")
     picked = {(await service.make_meme(ALICE, "")).template.slug for _ in range(6)}
     assert picked <= {"drake-hotline-bling", "two-buttons"}
     with pytest.raises(NotAllowedError, match="isn't enabled"):
@@ -132,7 +145,7 @@ async def test_settings_resolve_options_over_chat_over_config(service: MemeServi
     assert (model.last.method, model.last.temperature) == ("greedy", 1.5)
 
     await service.set_settings(ADMIN, {"temperature": "default"})
-    assert (await service.get_settings(ALICE))["temperature"] == config.temperature
+    assert (await service.get_settings(ALICE)).temperature == config.temperature
 
 
 async def test_settings_are_admin_only_and_bad_values_are_explained(service: MemeService):
@@ -151,7 +164,85 @@ async def test_settings_are_admin_only_and_bad_values_are_explained(service: Mem
             await service.set_settings(ADMIN, changes)
     with pytest.raises(UnknownTemplateError, match="drake"):
         await service.set_settings(ADMIN, {"templates": "drakkar"})
-    assert (await service.get_settings(ALICE))["temperature"] == service.config.generation.temperature
+    assert (await service.get_settings(ALICE)).temperature == service.config.generation.temperature
+
+
+async def test_settings_are_typed_values_that_reach_the_model_as_they_are(service: MemeService, model):
+    settings = await service.set_settings(
+        ADMIN, {"temp": "1.25", "beam-width": "7", "length": "80", "filter": "no", "cooldown": "2"}
+    )
+    assert isinstance(settings, ChatSettings)
+    assert (settings.temperature, settings.beam_width, settings.max_length) == (1.25, 7, 80)
+    assert (settings.filter_enabled, settings.cooldown_s) == (False, 2.0)
+    assert isinstance(settings.cooldown_s, float) and isinstance(settings.beam_width, int)
+    await service.make_meme(ALICE, "drake", options=MemeOptions(method="beam"))
+    assert (model.last.temperature, model.last.beam_width, model.last.max_length) == (1.25, 7, 80)
+    assert model.last.banned_words == ()
+    # Every reset word, and "all" for the template list, goes back to the server's default.
+    await service.set_settings(ADMIN, {"temperature": "reset", "beam": "unset", "templates": "drake"})
+    settings = await service.set_settings(ADMIN, {"length": "DEFAULT", "templates": "all"})
+    assert (settings.temperature, settings.beam_width, settings.max_length) == (
+        service.config.generation.temperature,
+        service.config.generation.beam_width,
+        service.config.generation.max_length,
+    )
+    assert settings.allowed_templates is None
+
+
+async def test_errors_carry_their_data_and_default_wording_names_no_platform(tmp_path: Path):
+    """The service's own wording is platform-free; the data lets each front end say more."""
+    async with scripted_service(config_for_tests(tmp_path, user_burst=100, chat_burst=100), None) as service:
+        caught: list[MemeError] = []
+
+        async def expect(kind: type[MemeError], call) -> MemeError:
+            with pytest.raises(kind) as raised:
+                await call
+            caught.append(raised.value)
+            return raised.value
+
+        await expect(NoModelError, service.make_meme(ALICE, "drake"))
+        await expect(MissingCaptionError, service.caption(ALICE, "drake", [" "]))
+        await expect(MissingTemplateError, service.caption(ALICE, " ", ["text"]))
+        boxes = await expect(BoxCountError, service.caption(ALICE, "drake", ["a", "b", "c"]))
+        assert (boxes.template.slug, boxes.given) == ("drake-hotline-bling", 3)
+        banned = await expect(BannedWordError, service.caption(ALICE, "drake", ["no", "fuck yes"]))
+        assert (banned.what, banned.hidden) == ("That caption", "f***")
+        await expect(AdminOnlyError, service.set_settings(ALICE, {"temperature": "0.5"}))
+        await expect(SettingsUsageError, service.set_settings(ADMIN, {}))
+        await expect(SettingsUsageError, service.set_settings(ADMIN, {" ": "1"}))
+        assert (await expect(UnknownSettingError, service.set_settings(ADMIN, {"colour": "red"}))).key == "colour"
+        bad = await expect(BadSettingError, service.set_settings(ADMIN, {"best": "99"}))
+        assert (bad.setting.name, bad.given) == ("best_of", "99")
+        await service.set_settings(ADMIN, {"templates": "drake"})
+        off = await expect(TemplateNotEnabledError, service.caption(ALICE, "two buttons", ["a", "b"]))
+        assert off.template.slug == "two-buttons"
+        # Nothing named is refused: an empty list would silently allow no template at all.
+        await expect(BadSettingError, service.set_settings(ADMIN, {"templates": ","}))
+    config = config_for_tests(tmp_path / "b", user_burst=100, chat_burst=100)
+    async with scripted_service(config, ScriptedCaptions()) as service:
+        await service.storage.set_settings("test", "chat-1", allowed_templates=[])
+        await expect(NoTemplatesEnabledError, service.make_meme(ALICE, None))
+    for error in caught:
+        text = error.user_message
+        assert text and not any(
+            word in text for word in ("/caption", "/settings", "/memeconfig", "Manage Server", "group")
+        ), text
+
+
+def test_a_front_end_words_an_error_by_its_class_or_nearest_base():
+    wording = {
+        NotAllowedError: lambda e: "ask someone else",
+        TemplateNotEnabledError: lambda e: f"no {e.template} here",
+    }
+    assert error_text(AdminOnlyError(), wording) == "ask someone else"  # its base's entry
+    assert error_text(TemplateNotEnabledError(_Named("drake")), wording) == "no drake here"
+    assert error_text(NoModelError(), wording) == NoModelError().user_message  # no entry: the default
+
+
+class _Named(str):
+    @property
+    def name(self) -> str:
+        return str(self)
 
 
 async def test_user_options_follow_the_same_rules_as_settings(service: MemeService):
@@ -213,7 +304,7 @@ async def test_caption_needs_no_model_and_works_for_every_template(tmp_path: Pat
         config_for_tests(tmp_path, user_burst=1000, chat_burst=1000), None
     ) as service:
         assert not service.has_model
-        with pytest.raises(NoModelError, match="/caption"):
+        with pytest.raises(NoModelError, match="your own text"):  # each front end names its /caption
             await service.make_meme(ALICE, "drake")
         ids = set()
         for template in service.catalog.templates:
@@ -341,7 +432,7 @@ async def test_chat_rate_setting_overrides_the_configured_chat_limit(tmp_path: P
             await service.make_meme(BOB, "drake")
         clock.now += 5
         await service.make_meme(BOB, "drake")
-        assert (await service.get_settings(ALICE))["chat_rate_per_minute"] == 6
+        assert (await service.get_settings(ALICE)).chat_rate_per_minute == 6
 
 
 async def test_unlimited_context_is_never_rate_limited(tmp_path: Path, clock: Clock):

@@ -13,8 +13,9 @@ from cli.main import main
 from common.config import load_config
 from model.checkpoint import build_model, load_checkpoint
 from model.draft import DraftTableError, build_draft_table, load_draft_table
-from model.generate import SPECULATE_MAX_ROWS, CaptionGenerator, load_generator
+from model.generate import CaptionGenerator, load_generator
 from model.requests import GenerationRequest
+from model.speculation import SPECULATE_MAX_ROWS
 from model.transformer import FrozenStep
 from model.vocab import END, PAD, START, Vocab
 from tests.conftest import SYNTHETIC_CAPTIONS, write_dataset

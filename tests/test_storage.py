@@ -21,7 +21,6 @@ import pytest
 
 from bot.storage import (
     SCHEMA_VERSION,
-    ChatSettings,
     InvalidValue,
     NewMeme,
     Score,
@@ -31,6 +30,7 @@ from bot.storage import (
 )
 from cli.main import main
 from common.records import ExportError, ExportRow, read_export
+from tests.helpers.templates import catalog_template
 
 KEY = "test-hash-key"
 WRITER = Path(__file__).parent / "helpers" / "storage_writer.py"
@@ -49,7 +49,7 @@ def new_meme(
         platform=platform,
         chat_id=chat_id,
         user_id=user_id,
-        template=template,
+        template=catalog_template(template),
         prefix=f"prefix {i}",
         boxes=boxes if boxes is not None else [f"top {i}", f"bottom {i}"],
         method="sample",
@@ -181,7 +181,7 @@ async def test_record_meme_rejects_malformed_memes(storage: Storage) -> None:
 # --- queries -----------------------------------------------------------------------------
 
 
-async def test_history_is_the_users_newest_first_and_top_is_by_score(storage: Storage) -> None:
+async def test_history_is_the_users_newest_first(storage: Storage) -> None:
     ids = [await storage.record_meme(new_meme(i, user_id="alice")) for i in range(5)]
     await storage.record_meme(new_meme(99, user_id="bob"))
     await storage.record_meme(new_meme(98, user_id="alice", platform="discord"))
@@ -190,20 +190,6 @@ async def test_history_is_the_users_newest_first_and_top_is_by_score(storage: St
     assert all(m.user_hash == storage.user_hash("telegram", "alice") for m in history)
     assert await storage.user_history("telegram", "nobody") == []
 
-    other_chat = await storage.record_meme(new_meme(7, chat_id="chat-2"))
-    for voter in ("a", "b", "c"):
-        await storage.rate(other_chat, "telegram", voter, 1)
-    await storage.rate(ids[0], "telegram", "a", 1)
-    for voter in ("a", "b"):
-        await storage.rate(ids[2], "telegram", voter, 1)
-    await storage.rate(ids[3], "telegram", "a", -1)
-    await storage.rate(ids[4], "telegram", "a", 1)
-    top = await storage.top_memes("telegram", "chat-1", n=10)
-    # Best score first, newer first among equals; unrated and negative memes are not "top".
-    assert [m.id for m in top] == [ids[2], ids[4], ids[0]]
-    assert [m.score.value for m in top] == [2, 1, 1]
-    assert [m.id for m in await storage.top_memes("telegram", "chat-1", n=1)] == [ids[2]]
-    assert [m.id for m in await storage.top_memes("telegram", "chat-2")] == [other_chat]
 
 
 async def test_message_id_maps_a_button_press_back_to_its_meme(storage: Storage) -> None:
@@ -215,16 +201,13 @@ async def test_message_id_maps_a_button_press_back_to_its_meme(storage: Storage)
     assert meme.boxes == ["when the", "tests pass"]
     assert meme.params == {"temperature": 0.8, "seed": 0}
     assert meme.created_at.tzinfo is not None
-    found = await storage.get_meme_by_message("telegram", "chat-1", "4242")
-    assert found is not None and found.id == meme_id
-    assert await storage.get_meme_by_message("telegram", "chat-2", "4242") is None
 
 
 # --- settings ----------------------------------------------------------------------------
 
 
 async def test_settings_unset_is_none_set_and_clear(storage: Storage) -> None:
-    assert await storage.get_settings("discord", "guild-1") == ChatSettings()
+    assert await storage.get_settings("discord", "guild-1") == {}
     changed = await storage.set_settings(
         "discord",
         "guild-1",
@@ -232,26 +215,28 @@ async def test_settings_unset_is_none_set_and_clear(storage: Storage) -> None:
         allowed_templates=["drake", "two-buttons"],
         filter_enabled=False,
     )
-    assert changed == ChatSettings(
-        temperature=0.5, allowed_templates=("drake", "two-buttons"), filter_enabled=False
-    )
+    assert changed == {"temperature": 0.5, "allowed_templates": ("drake", "two-buttons"), "filter_enabled": False}
     assert await storage.get_settings("discord", "guild-1") == changed
     # Another server, or the same id on another platform, is untouched.
-    assert await storage.get_settings("discord", "guild-2") == ChatSettings()
-    assert await storage.get_settings("telegram", "guild-1") == ChatSettings()
+    assert await storage.get_settings("discord", "guild-2") == {}
+    assert await storage.get_settings("telegram", "guild-1") == {}
 
     updated = await storage.set_settings("discord", "guild-1", beam_width=4, cooldown_s=30, temperature=None)
-    assert updated == ChatSettings(
-        beam_width=4, cooldown_s=30.0, allowed_templates=("drake", "two-buttons"), filter_enabled=False
-    )
+    assert updated == {
+        "beam_width": 4,
+        "cooldown_s": 30.0,
+        "allowed_templates": ("drake", "two-buttons"),
+        "filter_enabled": False,
+    }
+    assert isinstance(updated["cooldown_s"], float)  # typed as the table says, whatever was passed
     assert (await storage.stats()).settings == 1
     # An empty allow-list is a real setting (nothing allowed), distinct from unset.
-    assert (await storage.set_settings("discord", "guild-1", allowed_templates=[])).allowed_templates == ()
+    assert (await storage.set_settings("discord", "guild-1", allowed_templates=[]))["allowed_templates"] == ()
 
     cleared = await storage.set_settings(
         "discord", "guild-1", beam_width=None, cooldown_s=None, allowed_templates=None, filter_enabled=None
     )
-    assert cleared == ChatSettings()
+    assert cleared == {}
     assert (await storage.stats()).settings == 0
 
 
@@ -264,11 +249,14 @@ async def test_settings_reject_unknown_names_and_wrong_types(storage: Storage) -
         {"filter_enabled": 1},
         {"allowed_templates": "drake"},
         {"method": ""},
+        {"method": "telepathy"},  # not a decoding method
+        {"temperature": 50.0},  # out of the setting's range
+        {"best_of": 0},
     ]
     for changes in bad_changes:
         with pytest.raises(InvalidValue):
             await storage.set_settings("telegram", "chat-1", **changes)
-    assert await storage.get_settings("telegram", "chat-1") == ChatSettings()
+    assert await storage.get_settings("telegram", "chat-1") == {}
 
 
 # --- schema versions ---------------------------------------------------------------------
@@ -309,21 +297,98 @@ async def test_v1_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Pat
     conn.close()
 
     async with await Storage.open(path, KEY) as store:
-        assert (await store.stats()).schema_version == SCHEMA_VERSION == 4
+        assert (await store.stats()).schema_version == SCHEMA_VERSION == 6
         meme = await store.get_meme(7)
         assert meme.boxes == ["when the", "code works"]
         assert meme.params == {"beam_width": 3}
         assert meme.created_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
         assert (meme.message_id, meme.model_id, meme.score) == ("555", "lstm-v1", Score(1, 0))
         settings = await store.get_settings("telegram", "chat-1")
-        assert settings == ChatSettings(method="greedy", max_length=80, filter_enabled=True)
-        # The v2 columns exist and work on the migrated file.
-        assert (await store.set_settings("telegram", "chat-1", cooldown_s=15)).cooldown_s == 15.0
+        assert settings == {"method": "greedy", "max_length": 80, "filter_enabled": True}
+        # A setting the v1 schema had no column for works on the migrated file.
+        assert (await store.set_settings("telegram", "chat-1", cooldown_s=15))["cooldown_s"] == 15.0
         assert await store.record_meme(new_meme()) == 8
     assert integrity(path) == "ok"
     with sqlite3.connect(path) as conn:
         indices = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"memes_by_user", "memes_by_chat", "memes_by_message"} <= indices
+
+
+# The settings table as v4 left it: one column per setting (v6 keeps them as one JSON object).
+V4_SETTINGS = """
+ALTER TABLE settings ADD COLUMN allowed_templates TEXT;
+ALTER TABLE settings ADD COLUMN cooldown_s REAL;
+ALTER TABLE settings ADD COLUMN chat_rate_per_minute REAL;
+ALTER TABLE settings ADD COLUMN lexicon INTEGER;
+ALTER TABLE settings ADD COLUMN best_of INTEGER;
+PRAGMA user_version = 4;
+"""
+
+
+async def test_v4_settings_columns_move_into_one_json_object_value_for_value(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA + V4_SETTINGS)
+        rows = [
+            # platform, scope, method, temperature, beam_width, max_length, filter, allowed, cooldown,
+            # chat rate, lexicon, best_of
+            ("discord", "g1", "beam", 0.3, 5, 60, 0, '["drake", "two-buttons"]', 30.0, 6.0, 0, 3),
+            ("telegram", "c1", None, None, None, None, 1, "[]", None, None, 1, None),
+            ("telegram", "c2", None, None, None, None, None, None, None, None, None, None),  # nothing set
+            ("telegram", "c3", "telepathy", 0.5, None, None, None, "not json", None, None, None, None),
+        ]
+        conn.executemany("INSERT INTO settings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.close()
+
+    async with await Storage.open(path, KEY) as store:
+        assert await store.get_settings("discord", "g1") == {
+            "method": "beam",
+            "temperature": 0.3,
+            "beam_width": 5,
+            "max_length": 60,
+            "filter_enabled": False,
+            "allowed_templates": ("drake", "two-buttons"),
+            "cooldown_s": 30.0,
+            "chat_rate_per_minute": 6.0,
+            "lexicon": False,
+            "best_of": 3,
+        }
+        # An empty allow-list stays a setting (nothing allowed); switches stay booleans.
+        assert await store.get_settings("telegram", "c1") == {
+            "filter_enabled": True,
+            "allowed_templates": (),
+            "lexicon": True,
+        }
+        assert await store.get_settings("telegram", "c2") == {}
+        # A value this version does not take is left out (the default applies), the rest kept.
+        assert await store.get_settings("telegram", "c3") == {"temperature": 0.5}
+        assert (await store.stats()).settings == 3  # the row with nothing set is gone
+    assert integrity(path) == "ok"
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(settings)")]
+    conn.close()
+    assert columns == ["platform", "scope_id", "settings"]
+
+
+async def test_stored_settings_this_version_cannot_read_fall_back_to_defaults(storage: Storage) -> None:
+    """A hand-edited row, or keys a newer version wrote: reading never fails, and a change
+    keeps the keys it does not know."""
+    await storage.set_settings("telegram", "c", best_of=4)
+    with sqlite3.connect(storage.path) as conn:
+        conn.execute(
+            "UPDATE settings SET settings = ? WHERE scope_id = 'c'",
+            ('{"best_of": 4, "beam_width": "wide", "colour": "red"}',),
+        )
+        conn.execute("INSERT INTO settings VALUES ('telegram', 'broken', '[not json')")
+    conn.close()
+    assert await storage.get_settings("telegram", "c") == {"best_of": 4}
+    assert await storage.get_settings("telegram", "broken") == {}
+    assert await storage.set_settings("telegram", "c", lexicon=False) == {"best_of": 4, "lexicon": False}
+    with sqlite3.connect(storage.path) as conn:
+        (stored,) = conn.execute("SELECT settings FROM settings WHERE scope_id = 'c'").fetchone()
+    conn.close()
+    assert json.loads(stored)["colour"] == "red"
+    assert await storage.set_settings("telegram", "broken", cooldown_s=5) == {"cooldown_s": 5.0}
 
 
 async def test_newer_schema_or_a_non_database_file_is_refused_with_advice(tmp_path: Path) -> None:
@@ -377,7 +442,7 @@ def test_database_survives_sigkill_mid_write(tmp_path: Path) -> None:
                 assert (meme.boxes, meme.params, meme.template) == (
                     expected.boxes,
                     expected.params,
-                    expected.template,
+                    expected.template.slug,
                 )
                 if meme_id in committed:
                     assert meme.score == Score(1, 0)
@@ -608,3 +673,25 @@ def test_db_stats_and_backup_cli(
     assert main(["--config", str(export_config), "db", "backup", str(dest)]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["--config", str(export_config), "db", "backup", str(dest), "--force"]) == 0
+
+
+def test_db_check_cli_says_whether_the_file_is_sound(
+    export_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(export_config), "db", "check"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+
+    database = export_config.parent / "export.db"
+    with sqlite3.connect(database) as conn:  # a big table, so its pages lie past the header
+        conn.execute("CREATE TABLE padding (x TEXT)")
+        conn.executemany("INSERT INTO padding VALUES (?)", [("y" * 500,) for _ in range(200)])
+        conn.execute("CREATE INDEX padding_x ON padding (x)")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # committed: now everything into the main file
+    conn.close()
+    data = bytearray(database.read_bytes())
+    middle = len(data) // 2  # the table's pages: damaged, while the schema on page 1 still reads
+    data[middle : middle + 8192] = b"\xff" * 8192
+    database.write_bytes(bytes(data))
+    assert main(["--config", str(export_config), "db", "check"]) == 1
+    err = capsys.readouterr().err
+    assert "damaged" in err or "malformed" in err

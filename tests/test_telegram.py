@@ -223,7 +223,8 @@ async def test_settings_are_refused_to_members_and_an_admins_change_applies(harn
     server = harness.server
     server.send_text("/settings temperature 0.3", user_id=ALICE)
     (refusal,) = await server.wait_for("sendMessage")
-    assert "Only the chat's admins" in refusal.params["text"]
+    assert "Only the group's admins can change" in refusal.params["text"]
+    assert "Manage Server" not in refusal.params["text"]  # Discord's words, not Telegram's
     assert server.sent("getChatMember")[0].params["user_id"] == str(ALICE)
 
     server.set_member(GROUP, ADMIN, "administrator")
@@ -253,6 +254,41 @@ async def test_group_owner_and_private_chat_users_may_change_settings(harness: H
     assert "cooldown_s: 5" in replies(server, ALICE)[-1]
     assert len(server.sent("getChatMember")) == calls  # no need to ask Telegram in a private chat
     assert "reply_parameters" not in server.sent("sendMessage", ALICE)[-1].params
+
+
+async def test_refusals_and_hints_name_group_admins_and_telegrams_command_syntax(harness: Harness):
+    """The service says what is wrong; Telegram's words say how to fix it on Telegram: the
+    command with its arguments after a space, and the group's admins (not Discord's options
+    or Manage Server)."""
+    server = harness.server
+    server.set_member(GROUP, ADMIN, "administrator")
+
+    async def reply_to(text: str, user_id: int = ALICE) -> str:
+        before = len(replies(server))
+        server.send_text(text, user_id=user_id)
+        await server.wait_for("sendMessage", before + 1)
+        return replies(server)[-1]
+
+    assert "allowed_templates: drake-hotline-bling" in await reply_to("/settings templates drake", ADMIN)
+    refused = await reply_to("/meme two-buttons")
+    assert refused.startswith("Two Buttons isn't enabled in this chat.")
+    assert "group's admins" in refused and "/settings templates" in refused
+
+    banned = await reply_to("/caption drake no | fuck yes")
+    assert 'has a word I don\'t write ("f***")' in banned and "/settings filter off" in banned
+    assert (await reply_to("/caption drake")) == "Give me some text, e.g. /caption drake no thanks | yes please"
+
+    usage = await reply_to("/settings =", ADMIN)
+    assert usage.startswith("Name a setting and a value, e.g. /settings temperature 0.9")
+    assert (await reply_to("/settings temp hot", ADMIN)) == (
+        "temperature must be a number from 0.1 to 2 (got 'hot')."
+    )
+    shown = await reply_to("/settings")  # anyone may look: the values, then what each one does
+    assert "allowed_templates: drake-hotline-bling" in shown
+    assert "temperature (or temp): higher = wilder captions (0.1 to 2)" in shown
+    everything = refused + banned + usage + shown
+    assert "Manage Server" not in everything and "memeconfig" not in everything and "template:" not in everything
+    assert not server.sent("sendPhoto")
 
 
 async def test_unknown_template_gets_suggestions(harness: Harness):
@@ -448,7 +484,7 @@ async def test_no_raw_user_id_reaches_the_database_file(harness: Harness):
     await until(lambda: harness.service.storage.score(meme_id(photo)))
     private = ChatContext("telegram", str(PRIVATE_USER), str(PRIVATE_USER), is_private=True)
     assert len(await harness.service.history(private)) == 2  # still the user's own history
-    assert (await harness.service.get_settings(private))["cooldown_s"] == 1
+    assert (await harness.service.get_settings(private)).cooldown_s == 1
     files = list(harness.config.database_path.parent.glob(harness.config.database_path.name + "*"))
     data = b"".join(path.read_bytes() for path in files)
     assert data and str(PRIVATE_USER).encode() not in data

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.catalog import Box, CatalogError, Template, load_catalog, normalize_name, parse_catalog
+from common.catalog import CatalogError, load_catalog, normalize_name, parse_catalog
 from common.config import ConfigError, load_config
+from common.template import Box, CatalogImage, Template
 
 POPULAR_CSV = "popular_100_memes.csv"
 # The CSV comes from a Windows export: curly apostrophes are cp1252 bytes.
@@ -101,7 +102,7 @@ def read_templates(dataset_dir: Path, images_dir: Path) -> list[Template]:
                     name=row["Name"].strip(),
                     imgflip_id=imgflip_id,
                     dataset_name=stem,
-                    image=image,
+                    image=CatalogImage(image),
                     width=width,
                     height=height,
                     aliases=tuple(_split_names(row["Alternate Names"], meta_aliases)),
@@ -174,7 +175,7 @@ def format_catalog(templates: Sequence[Template]) -> str:
             f"name = {_toml_string(t.name)}",
             f"imgflip_id = {t.imgflip_id}",
             f"dataset_name = {_toml_string(t.dataset_name)}",
-            f"image = {_toml_string(t.image)}",
+            f"image = {_toml_string(t.image.file)}",
             f"width = {t.width}",
             f"height = {t.height}",
             f"aliases = [{aliases}]",

@@ -342,7 +342,7 @@ def generate_all(
 ) -> list[list[str]]:
     """Each request's first caption's boxes, decoded in batches of at most `max_rows` rows (the
     pool's max_batch). Seeded requests decode the same in any batch."""
-    from model.pool import request_rows
+    from model.requests import request_rows
 
     out: list[list[str]] = []
     start = 0

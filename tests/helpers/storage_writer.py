@@ -12,8 +12,24 @@ import sys
 from pathlib import Path
 
 from bot.storage import NewMeme, Storage
+from common.template import Box, CatalogImage, Template
 
 KEY = "kill-test-key"
+
+
+# Built here, not imported from tests/: this file runs as a script in a subprocess.
+DRAKE = Template(
+    slug="drake",
+    name="Drake",
+    imgflip_id=1,
+    dataset_name="Drake",
+    image=CatalogImage("drake.jpg"),
+    width=600,
+    height=600,
+    aliases=(),
+    has_data=True,
+    boxes=(Box(x=0.0, y=0.0, w=1.0, h=0.5), Box(x=0.0, y=0.5, w=1.0, h=0.5)),
+)
 
 
 def meme_for(i: int) -> NewMeme:
@@ -22,7 +38,7 @@ def meme_for(i: int) -> NewMeme:
         platform="telegram",
         chat_id="kill-chat",
         user_id=f"writer-{i % 7}",
-        template="drake",
+        template=DRAKE,
         prefix=str(i),
         boxes=[f"top {i} " + "x" * (500 + 37 * (i % 60)), f"bottom {i}"],
         method="sample",
