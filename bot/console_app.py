@@ -16,12 +16,14 @@ from typing import TextIO
 
 from bot.render import missing_note
 from bot.service import (
+    BadPictureError,
     BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
     MemeService,
     NoTemplatesEnabledError,
+    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     UnknownTemplateError,
@@ -30,6 +32,7 @@ from bot.service import (
     error_text,
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
+from common.template import MAX_UPLOAD_BYTES, too_big
 
 PLATFORM = "console"
 VOTES = {"👍": 1, "+": 1, "+1": 1, "up": 1, "👎": -1, "-": -1, "-1": -1, "down": -1}
@@ -37,6 +40,7 @@ VOTES = {"👍": 1, "+": 1, "+1": 1, "up": 1, "👎": -1, "-": -1, "-1": -1, "do
 HELP = """Commands:
   /meme [template] [start of caption]   e.g. /meme change-my-mind pineapple on
   /caption template text | more text     your own text, box by box
+  /meme PICTURE.jpg [start of caption]   your own picture (a file) instead of a template; /caption too
   /rate 👍 | /rate 👎                     rate the last meme (also + or -)
   /reroll                                another meme like the last one
   /templates [words]                     list or search templates
@@ -140,11 +144,11 @@ class ConsoleFrontEnd:
 
     async def meme(self, argument: str) -> None:
         template, prefix = first_word(argument)
-        self.show(await self.service.make_meme(self.ctx, template or None, prefix))
+        self.show(await self.service.make_meme(self.ctx, picture_at(template) or template or None, prefix))
 
     async def caption(self, argument: str) -> None:
         template, text = first_word(argument)
-        self.show(await self.service.caption(self.ctx, template, text.split("|")))
+        self.show(await self.service.caption(self.ctx, picture_at(template) or template, text.split("|")))
 
     async def reroll(self, argument: str) -> None:
         if self.last is None:
@@ -194,16 +198,36 @@ class ConsoleFrontEnd:
 
     # --- output ---
 
+    def found(self, made: MadeMeme) -> str:
+        if made.found is not None and made.found.how == "recognized":
+            return f" (recognised {made.template.name}: /meme {made.template.slug})"
+        return ""
+
     def show(self, made: MadeMeme) -> None:
         self.last = made
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / f"meme-{made.id}{made.image.extension}"
         path.write_bytes(made.image.data)
-        self.say(f"#{made.id} {made.template.name}: {made.text or '(empty)'}")
+        self.say(f"#{made.id} {made.template.name}{self.found(made)}: {made.text or '(empty)'}")
         note = missing_note(made.image.missing)
         if note:
             self.say(note)
         self.say(f"saved {display_path(path)}")
+
+
+def picture_at(word: str) -> Picture | None:
+    """The picture file a command names in place of a template (`/meme cat.jpg when the`), if
+    `word` is a file; BadPictureError when it is one that cannot be read or is too big."""
+    path = Path(word).expanduser() if word else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:  # refused before reading it
+            raise BadPictureError(too_big(size))
+        return Picture(path.read_bytes(), name=path.name)
+    except OSError as exc:
+        raise BadPictureError(f"I can't read {path}: {exc.strerror or exc}") from None
 
 
 def first_word(text: str) -> tuple[str, str]:

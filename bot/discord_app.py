@@ -29,6 +29,7 @@ from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
     AdminOnlyError,
+    BadPictureError,
     BannedWordError,
     ChatContext,
     MadeMeme,
@@ -36,6 +37,7 @@ from bot.service import (
     MemeOptions,
     MemeService,
     NoTemplatesEnabledError,
+    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     Wording,
@@ -53,11 +55,15 @@ from bot.settings import (
 from bot.storage import Score, StoredMeme
 from common.catalog import Template
 from common.config import DiscordConfig
+from common.template import MAX_UPLOAD_BYTES, too_big
 from model.requests import DECODING_METHODS
 
 _log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
+MAKE_A_MEME = "Make a meme"  # the message context-menu command (a name of up to 32 characters)
+NO_PICTURE = "That message has no picture to make a meme on: pick Make a meme on a message with an image."
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 MAX_CHOICES = 25  # Discord's limit for autocomplete and choice lists
 MAX_MESSAGE_CHARS = 2000
 # /meme's method list from the decoding methods' table, /memeconfig's from the settings table.
@@ -165,6 +171,29 @@ def meme_file(meme: MadeMeme) -> discord.File:
     return discord.File(
         io.BytesIO(meme.image.data), filename=f"meme-{meme.id}{meme.image.extension}", description=alt
     )
+
+
+def is_picture(attachment: discord.Attachment) -> bool:
+    kind = attachment.content_type or ""
+    return kind.startswith("image/") or attachment.filename.lower().endswith(PICTURE_SUFFIXES)
+
+
+async def fetch_picture(attachment: discord.Attachment) -> Picture:
+    """An attachment's bytes; BadPictureError (worded) when it is too big or cannot be had."""
+    if attachment.size > MAX_UPLOAD_BYTES:  # refused before downloading it
+        raise BadPictureError(too_big(attachment.size))
+    try:
+        return Picture(await attachment.read())
+    except (discord.HTTPException, aiohttp.ClientError) as exc:
+        _log.info("could not download an attachment: %s", exc)
+        raise BadPictureError("I couldn't download that picture from Discord: try again.") from None
+
+
+def found_note(made: MadeMeme) -> str:
+    """Say which template the bot recognised in a picture, and how to name it directly."""
+    if made.found is not None and made.found.how == "recognized":
+        return f"Recognised **{made.template.name}** (`/meme template:{made.template.slug}`)"
+    return ""
 
 
 def templates_text(query: str, found: list[Template]) -> str:
@@ -294,6 +323,7 @@ class DiscordFrontEnd:
             template="Meme template (leave empty for a random one)",
             prefix="Start the caption yourself; | moves to the next box",
             method="How the caption is chosen",
+            image="Your own picture to make the meme on, instead of a template",
         )
         @app_commands.choices(method=METHOD_CHOICES)
         @app_commands.autocomplete(template=template_choices)
@@ -302,20 +332,44 @@ class DiscordFrontEnd:
             template: str | None = None,
             prefix: str = "",
             method: str | None = None,
+            image: discord.Attachment | None = None,
         ) -> None:
             ctx = chat_context(interaction)
             await interaction.response.defer(thinking=True)
             options = MemeOptions(method=method) if method else None
-            await self._send_meme(interaction, self.service.make_meme(ctx, template, prefix, options))
 
-        @tree.command(name="caption", description="Put your own caption on a template")
-        @app_commands.describe(template="Meme template", text="The caption; separate the boxes with |")
+            async def make() -> MadeMeme:
+                on = await fetch_picture(image) if image is not None else template
+                return await self.service.make_meme(ctx, on, prefix, options)
+
+            await self._send_meme(interaction, make())
+
+        @tree.command(name="caption", description="Put your own caption on a template or picture")
+        @app_commands.describe(
+            text="The caption; separate the boxes with |",
+            template="Meme template",
+            image="Your own picture to put the caption on, instead of a template",
+        )
         @app_commands.autocomplete(template=template_choices)
-        async def caption(interaction: discord.Interaction, template: str, text: str) -> None:
+        async def caption(
+            interaction: discord.Interaction,
+            text: str,
+            template: str | None = None,
+            image: discord.Attachment | None = None,
+        ) -> None:
             ctx = chat_context(interaction)
             await interaction.response.defer(thinking=True)
             boxes = [box.strip() for box in text.split("|")]
-            await self._send_meme(interaction, self.service.caption(ctx, template, boxes))
+
+            async def make() -> MadeMeme:
+                on = await fetch_picture(image) if image is not None else template or ""
+                return await self.service.caption(ctx, on, boxes)
+
+            await self._send_meme(interaction, make())
+
+        @tree.context_menu(name=MAKE_A_MEME)
+        async def make_a_meme(interaction: discord.Interaction, message: discord.Message) -> None:
+            await self.on_make_a_meme(interaction, message)
 
         @tree.command(name="templates", description="Find a meme template")
         @app_commands.describe(query="Part of a template's name; leave empty to list them")
@@ -369,18 +423,42 @@ class DiscordFrontEnd:
 
     # ---- replies ------------------------------------------------------------------------------
 
-    async def _send_meme(self, interaction: discord.Interaction, making: Awaitable[MadeMeme]) -> None:
+    async def on_make_a_meme(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """A message's context menu: its picture (with its text as the caption's start), posted
+        in the channel with credit to its author."""
+        picture = next((a for a in message.attachments if is_picture(a)), None)
+        if picture is None:
+            await interaction.response.send_message(NO_PICTURE, ephemeral=True)
+            return
+        ctx = chat_context(interaction)
+        await interaction.response.defer(thinking=True)
+        prefix = message.clean_content.strip()
+
+        async def make() -> MadeMeme:
+            return await self.service.make_meme(ctx, await fetch_picture(picture), prefix)
+
+        await self._send_meme(interaction, make(), credit=f"From {message.author.mention}'s message")
+
+    async def _send_meme(
+        self, interaction: discord.Interaction, making: Awaitable[MadeMeme], credit: str = ""
+    ) -> None:
         """Finish a deferred interaction with the meme, or with the error only the user sees."""
         try:
             made = await making
         except MemeError as exc:
             await self._reply_error(interaction, error_text(exc, WORDING))
             return
-        note = missing_note(made.image.missing)  # characters no font here could draw: say so
+        lines = [
+            credit,
+            found_note(made),
+            missing_note(made.image.missing),
+        ]  # missing: no font here draws them
+        content = "\n".join(line for line in lines if line)
         message = await interaction.followup.send(
-            **({"content": note} if note else {}),
+            **({"content": content} if content else {}),
             file=meme_file(made),
             view=meme_view(made.id, made.score),
+            allowed_mentions=discord.AllowedMentions.none(),  # credit names the author; no ping
             wait=True,
         )
         await self.service.attach_message(made.id, str(message.id))

@@ -20,7 +20,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageOps, UnidentifiedImageError
 from bot.fonts import FontSet, Run, anton_font, find_fallback_fonts
 from bot.graphemes import upper_cased
 from bot.textfit import FittedText, clean_caption, fit_text, tidy_whitespace
-from common.template import CatalogImage, ImageSource
+from common.template import ORIENTATION, TURNED, CatalogImage, ImageSource
 
 if TYPE_CHECKING:
     from common.template import Box, Template
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 JPEG_MIN_PIXELS = 100_000
 JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest level: level 6 takes ~3x longer for a few % smaller photos
-ORIENTATION = 0x0112  # the EXIF tag a camera sets when the photo was taken turned
-TURNED = (5, 6, 7, 8)  # orientations whose upright picture swaps width and height
 TEMPLATE_CACHE_SIZE = 32  # decoded templates kept (~0.5-2 MB each at max_side 800)
 
 # Sizes relative to the image's short side, so a meme looks the same at any max_side.
@@ -192,8 +190,9 @@ class Renderer:
         """Every file the renderer reads comes through here."""
         return path.read_bytes()
 
-    def _load_base_image(self, source: ImageSource) -> Image.Image:
-        """The template image decoded and scaled down to max_side; never modified afterwards."""
+    def _load_base_image(self, source: ImageSource, band: float) -> Image.Image:
+        """The template image decoded, below a white band of `band` (a fraction of the whole
+        height) if any, scaled down to max_side; never modified afterwards."""
         if isinstance(source, CatalogImage):
             path = self.images_dir / source.file  # a bare file name (checked): never outside images_dir
             try:
@@ -214,6 +213,10 @@ class Renderer:
             image = _flattened(ImageOps.exif_transpose(image))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise RenderError(f"{where} is not a readable image: {exc}") from exc
+        if band > 0:
+            canvas = Image.new("RGB", (image.width, round(image.height / (1 - band))), (255, 255, 255))
+            canvas.paste(image, (0, canvas.height - image.height))
+            image, size = canvas, _scaled(canvas.size, self.max_side)
         if image.size != size:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return image
@@ -223,7 +226,7 @@ class Renderer:
     ) -> RenderedMeme:
         """The meme as PNG or JPEG bytes. `uppercase=False` keeps the texts as typed."""
         assigned = assign_texts(texts, len(template.boxes), template)
-        image = self._base_image(template.image).copy()
+        image = self._base_image(template.image, template.band).copy()
         upper = self.uppercase if uppercase is None else uppercase
         missing: list[str] = []
         for box, text in zip(template.boxes, assigned, strict=True):

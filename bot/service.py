@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import math
 import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from PIL import Image, ImageOps
 
 from bot.inputs import clean_boxes, clean_text, with_typed_prefix
 from bot.ratelimit import Cooldown, TokenBucket
@@ -41,13 +45,15 @@ from bot.storage import NewMeme, Score, Storage, StoredMeme, UnknownMeme
 from common.catalog import Catalog, UnknownTemplate
 from common.config import Config
 from common.content_filter import ContentFilter
-from common.template import Template, is_upload_key
+from common.template import ImageError, Template, is_upload_key
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
 from model.requests import GenerationRequest
 
 HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
 MAX_HISTORY = 50
+# Pictures users sent lately, kept in memory for 🔁 (about 100 MB of photos at the most).
+RECENT_PICTURES = 64
 logger = logging.getLogger(__name__)
 MAX_MEME_ID = 2**63 - 1  # SQLite's largest integer: a bigger id from a button is forged
 UNEXPECTED = "Something went wrong on my side (error {request_id}). Please try again in a moment."
@@ -91,11 +97,39 @@ class MadeMeme:
     image: RenderedMeme
     score: Score
     prefix: str
+    found: Found | None = None  # how the template was found, when the user did not name it
 
     @property
     def text(self) -> str:
         """The caption on one line, boxes separated by " | " (for captions and alt text)."""
         return " | ".join(box for box in self.boxes if box.strip())
+
+
+class Recognition(Protocol):
+    @property
+    def template(self) -> Template: ...
+
+
+class Recognizer(Protocol):
+    """Tells which catalog template a picture shows, if any (bot/recognize.py)."""
+
+    def recognize(self, image: Image.Image) -> Recognition | None: ...
+
+
+@dataclass(frozen=True)
+class Found:
+    """A template the user did not name: recognised in their picture, or picked for their text."""
+
+    how: str  # "recognized" | "picked"
+    alternatives: tuple[Template, ...] = ()  # for "picked": the next best, to offer
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture a user sent, to make a meme on: what a front end hands the service."""
+
+    data: bytes
+    name: str = "Your picture"
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -161,6 +195,10 @@ class NoTemplatesEnabledError(NotAllowedError):
 
 class BadInputError(MemeError):
     pass
+
+
+class BadPictureError(BadInputError):
+    """A picture that cannot be a meme (not an image, too big, corrupt); the message says what to send."""
 
 
 class MissingCaptionError(BadInputError):
@@ -241,6 +279,15 @@ class NoModelError(MemeError):
         )
 
 
+class PictureGoneError(BadInputError):
+    """🔁 on a meme made on a picture this process no longer holds and the chat did not keep."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "I no longer have the picture of that meme (this chat doesn't keep pictures): send it again."
+        )
+
+
 class NoCandidateLeft(Exception):
     """Inside the service: the best-of-N candidate a 🔁 meant to serve was taken meanwhile."""
 
@@ -311,6 +358,7 @@ class MemeService:
         pool: ModelPool | None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        recognizer: Recognizer | None = None,
     ) -> None:
         # pool=None: no model is installed; hand-written captions still work.
         self.config = config
@@ -324,6 +372,8 @@ class MemeService:
         self._chat_limit = TokenBucket(limits.chat_rate_per_minute, limits.chat_burst, clock)
         self._cooldown = Cooldown(clock)
         self.filter = ContentFilter.from_config(config.filter)
+        self.recognizer = recognizer
+        self._pictures: OrderedDict[str, Template] = OrderedDict()  # slug -> picture, newest last
 
     @property
     def has_model(self) -> bool:
@@ -334,13 +384,13 @@ class MemeService:
     async def make_meme(
         self,
         ctx: ChatContext,
-        template: str | Template | None,
+        template: str | Template | Picture | None,
         prefix: str = "",
         options: MemeOptions | None = None,
     ) -> MadeMeme:
-        """A model-captioned meme on `template`: a Template value (a catalog one, or a user's picture
-        from `Template.from_image_bytes`), or what the user typed to name one; None (or "") picks
-        a random one."""
+        """A model-captioned meme on `template`: what the user typed to name one, a picture they
+        sent (the catalog template it shows, if recognised), or a Template value; None (or "")
+        picks a random one."""
         options = options or MemeOptions()
         prefix = clean_text(prefix)
         if len(prefix) > self.config.limits.max_prefix_chars:
@@ -350,7 +400,7 @@ class MemeService:
         if self.pool is None:
             raise NoModelError()
         settings = await self._settings(ctx)
-        chosen = self._resolve_template(template, settings)
+        chosen, found = await self._resolve_template(template, settings)
         self._check_box_count(chosen, prefix.count("|") + 1 if prefix else 0)
         request = self._request(chosen, prefix, settings, options)
         if request.banned_words:
@@ -370,9 +420,18 @@ class MemeService:
         if len(candidates) > 1:
             # Best of N: the runners-up, best first, for 🔁 on this meme (see reroll).
             params[CANDIDATES] = candidates[1:]
-        return await self._finish(
-            ctx, chosen, candidates[0], prefix, request.method, params, self.pool.model_id, options.uppercase
+        made = await self._finish(
+            ctx,
+            settings,
+            chosen,
+            candidates[0],
+            prefix,
+            request.method,
+            params,
+            self.pool.model_id,
+            options.uppercase,
         )
+        return dataclasses.replace(made, found=found)
 
     async def reroll(self, ctx: ChatContext, meme_id: int) -> MadeMeme:
         """A new meme on the same template and prefix. When the meme came from a best-of-N
@@ -405,7 +464,7 @@ class MemeService:
         if not _stored_candidates(origin.params):
             return None
         settings = await self._settings(ctx)
-        template = self._resolve_template(await self._stored_template(stored.template), settings)
+        template, _ = await self._resolve_template(await self._stored_template(stored.template), settings)
         filtered = settings.filter_enabled
 
         def usable(boxes: object) -> bool:
@@ -436,6 +495,7 @@ class MemeService:
         uppercase = params.get("uppercase")  # drawn in the style of the meme it stands in for
         return await self._finish(
             ctx,
+            settings,
             template,
             boxes,
             origin.prefix,
@@ -445,7 +505,9 @@ class MemeService:
             uppercase if isinstance(uppercase, bool) else None,
         )
 
-    async def caption(self, ctx: ChatContext, template: str | Template, boxes: list[str]) -> MadeMeme:
+    async def caption(
+        self, ctx: ChatContext, template: str | Template | Picture, boxes: list[str]
+    ) -> MadeMeme:
         """A meme with the user's own text in its boxes; needs no model."""
         boxes = clean_boxes(boxes)
         if not boxes:
@@ -457,12 +519,13 @@ class MemeService:
         if isinstance(template, str) and not template.strip():
             raise MissingTemplateError()
         settings = await self._settings(ctx)
-        chosen = self._resolve_template(template, settings)
+        chosen, found = await self._resolve_template(template, settings)
         self._check_box_count(chosen, len(boxes))
         if settings.filter_enabled:
             self._refuse_banned(" | ".join(boxes), "That caption")
         with self._turn(ctx, settings):
-            return await self._finish(ctx, chosen, boxes, "", HANDWRITTEN, {}, HANDWRITTEN, None)
+            made = await self._finish(ctx, settings, chosen, boxes, "", HANDWRITTEN, {}, HANDWRITTEN, None)
+        return dataclasses.replace(made, found=found)
 
     async def rate(self, ctx: ChatContext, meme_id: int, value: int) -> Score:
         """Vote +1 or -1; the same vote again withdraws it. Returns the meme's new score."""
@@ -566,19 +629,50 @@ class MemeService:
         (looked up again, so a template since disabled in the chat is refused)."""
         if not is_upload_key(slug):
             return slug
-        picture = await self.storage.picture_template(slug)
+        picture = self._pictures.get(slug) or await self.storage.picture_template(slug)
         if picture is None:
-            raise BadInputError("The picture of that meme is no longer stored: send it again to make a new one.")
+            raise PictureGoneError()
         return picture
 
-    def _resolve_template(self, template: str | Template | None, settings: ChatSettings) -> Template:
+    async def _resolve_template(
+        self, template: str | Template | Picture | None, settings: ChatSettings
+    ) -> tuple[Template, Found | None]:
+        if isinstance(template, Picture):
+            chosen, recognized = await asyncio.to_thread(self._picture_template, template)
+            allowed = settings.allowed_templates
+            if recognized and (allowed is None or chosen.slug in allowed):
+                return chosen, Found("recognized")
+            # Not a template, or one this chat left out: the picture as it is, with the classic layout.
+            return Template.from_image_bytes(template.data, name=template.name), None
         if not isinstance(template, Template):
-            return self._choose_template(template, settings)
+            return self._choose_template(template, settings), None
         if not template.is_upload:  # a catalog template still obeys the chat's allow-list
             allowed = settings.allowed_templates
             if allowed is not None and template.slug not in allowed:
-                return self._choose_template(template.slug, settings)  # refuses, worded as for a name
-        return template
+                return self._choose_template(template.slug, settings), None  # refuses, worded as for a name
+        return template, None
+
+    def _picture_template(self, picture: Picture) -> tuple[Template, bool]:
+        """The catalog template a picture shows (True), else the picture itself (False).
+        CPU work (decoding, hashing): runs in a worker thread."""
+        try:
+            template = Template.from_image_bytes(picture.data, name=picture.name)
+        except ImageError as exc:
+            raise BadPictureError(str(exc)) from None
+        if self.recognizer is not None:
+            with Image.open(io.BytesIO(picture.data)) as image:  # readable: checked just above
+                recognition = self.recognizer.recognize(ImageOps.exif_transpose(image).convert("RGB"))
+            if recognition is not None:
+                return recognition.template, True
+        return template, False
+
+    def _remember_picture(self, template: Template) -> None:
+        """Keep the newest pictures in memory, so 🔁 works on them where the chat does not store
+        pictures (until this process restarts or RECENT_PICTURES newer ones push them out)."""
+        self._pictures[template.slug] = template
+        self._pictures.move_to_end(template.slug)
+        while len(self._pictures) > RECENT_PICTURES:
+            self._pictures.popitem(last=False)
 
     def _choose_template(self, query: str | None, settings: ChatSettings) -> Template:
         allowed = settings.allowed_templates
@@ -698,6 +792,7 @@ class MemeService:
     async def _finish(
         self,
         ctx: ChatContext,
+        settings: ChatSettings,
         template: Template,
         boxes: list[str],
         prefix: str,
@@ -721,8 +816,11 @@ class MemeService:
                 method=method,
                 params=params,
                 model_id=model_id,
+                keep_picture=settings.keep_pictures,
             )
         )
+        if template.is_upload:
+            self._remember_picture(template)
         return MadeMeme(
             id=meme_id, template=template, boxes=boxes, image=image, score=Score(0, 0), prefix=prefix
         )

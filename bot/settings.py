@@ -302,6 +302,12 @@ class ChatSettings:
         lambda c: c.generation.best_of,
         ("best",),
     )
+    keep_pictures: bool = _setting(
+        Switch(),
+        "keep the pictures people caption here (otherwise only their hash), so 🔁 works after a restart",
+        lambda c: c.storage.keep_pictures,
+        ("pictures",),
+    )
 
 
 def _table() -> tuple[Setting, ...]:

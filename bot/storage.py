@@ -32,7 +32,7 @@ from typing import Any
 import aiosqlite
 
 from bot.settings import BadValue, check_value
-from common.template import Box, ImageBytes, Template, is_upload_key
+from common.template import Box, ImageBytes, Layout, Template, is_upload_key
 
 logger = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another process's transaction
@@ -89,12 +89,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE settings ADD COLUMN lexicon INTEGER",
         "ALTER TABLE settings ADD COLUMN best_of INTEGER",
     ),
-    (  # v5: the pictures users made memes on (a meme's template is "upload:<sha256>"), for 🔁
+    (  # v5: the pictures users made memes on, where their chat keeps them (a meme's template is
+        # "upload:<sha256>"; without the picture kept, the hash is all that is stored)
         """CREATE TABLE pictures (
             slug TEXT PRIMARY KEY,
             data BLOB NOT NULL,
             name TEXT NOT NULL,
             boxes TEXT NOT NULL,
+            band REAL NOT NULL DEFAULT 0,
             created_at TEXT NOT NULL
         )""",
     ),
@@ -148,12 +150,13 @@ class NewMeme:
     platform: str
     chat_id: str
     user_id: str  # raw user id in; stored only as a keyed hash
-    template: Template  # stored by slug; a user's picture is stored too, once
+    template: Template  # stored by slug (a user's picture: by its SHA-256)
     prefix: str
     boxes: list[str]
     method: str
     params: dict
     model_id: str
+    keep_picture: bool = False  # also store a user's picture itself (once), so 🔁 outlives a restart
 
 
 @dataclass(frozen=True)
@@ -494,14 +497,16 @@ class Storage:
             format_time(self._clock()),
         )
         async with self._write() as db:
-            if isinstance(meme.template.image, ImageBytes):
+            if meme.keep_picture and isinstance(meme.template.image, ImageBytes):
                 await db.execute(
-                    "INSERT OR IGNORE INTO pictures (slug, data, name, boxes, created_at) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO pictures (slug, data, name, boxes, band, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         meme.template.slug,
                         meme.template.image.data,
                         meme.template.name,
                         json.dumps([dataclasses.asdict(box) for box in meme.template.boxes]),
+                        meme.template.band,
                         row[-1],
                     ),
                 )
@@ -542,11 +547,11 @@ class Storage:
         no such picture is stored (a catalog slug, or a picture since deleted)."""
         if not is_upload_key(slug):
             return None
-        row = await self._fetchone("SELECT data, name, boxes FROM pictures WHERE slug = ?", (slug,))
+        row = await self._fetchone("SELECT data, name, boxes, band FROM pictures WHERE slug = ?", (slug,))
         if row is None:
             return None
-        boxes = tuple(Box(**box) for box in json.loads(row["boxes"]))
-        return Template.from_image_bytes(bytes(row["data"]), name=row["name"], boxes=boxes)
+        layout = Layout(tuple(Box(**box) for box in json.loads(row["boxes"])), row["band"])
+        return Template.from_image_bytes(bytes(row["data"]), name=row["name"], layout=layout)
 
     async def get_meme(self, meme_id: int) -> StoredMeme | None:
         row = await self._fetchone(f"{_MEMES_WITH_VOTES} WHERE m.id = ? GROUP BY m.id", (meme_id,))

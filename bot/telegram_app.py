@@ -37,6 +37,7 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
+    MessageHandler,
     filters,
 )
 
@@ -44,12 +45,14 @@ from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
     AdminOnlyError,
+    BadPictureError,
     BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
     MemeService,
     NoTemplatesEnabledError,
+    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     UnknownTemplateError,
@@ -61,6 +64,7 @@ from bot.service import (
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
 from common.config import TelegramConfig
+from common.template import MAX_UPLOAD_BYTES, too_big
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +76,8 @@ HISTORY_SIZE = 10
 SEARCH_RESULTS = 15
 # Telegram sends an anonymous group admin's messages from this account, with the group as sender_chat.
 ANONYMOUS_ADMIN_ID = 1087968824
+# A photo's caption that is one of the commands taking a picture, maybe addressed "@bot".
+PICTURE_COMMAND = r"^/(?i:meme|caption)(@\w+)?(\s|$)"
 
 COMMANDS = (
     ("meme", "Make a meme: /meme [template] [start of the caption]"),
@@ -88,6 +94,8 @@ HELP = """I make memes with my own caption model.
 /meme change-my-mind — a meme on that template
 /meme change-my-mind pineapple on — I finish your caption ("|" moves to the next box)
 /caption drake no thanks | yes please — your own text, box by box
+Your own picture: reply to a photo with /meme [start of the caption] or /caption top | bottom, or send
+a photo with the command as its caption. A picture of a known template is recognised.
 /templates [words] — find a template
 /history — your last memes
 /settings — this chat's settings; admins change them with /settings temperature 0.9
@@ -170,12 +178,34 @@ def parse_button(data: str) -> tuple[str, int, int]:
 
 
 def command_argument(message: Message) -> str:
-    """Everything after the /command (and @botname), as typed: spacing and "|" kept."""
-    text = message.text or ""
-    for entity in message.entities:
+    """Everything after the /command (and @botname), as typed: spacing and "|" kept. The command
+    is the message's text, or a photo's caption."""
+    text = message.text or message.caption or ""
+    for entity in message.entities or message.caption_entities:
         if entity.type == "bot_command" and entity.offset == 0:
             return text[entity.length :].strip()
     return text.partition(" ")[2].strip()
+
+
+@dataclass(frozen=True)
+class PictureRef:
+    file_id: str
+    size: int | None  # bytes, where Telegram says
+
+
+def picture_of(message: Message) -> PictureRef | None:
+    """The picture a command is about: the message's own (a photo or an image file with the
+    command as its caption), else the one in the message it replies to."""
+    for candidate in (message, message.reply_to_message):
+        if candidate is None:
+            continue
+        if candidate.photo:  # sizes smallest first: the largest is the picture itself
+            largest = candidate.photo[-1]
+            return PictureRef(largest.file_id, largest.file_size)
+        document = candidate.document
+        if document is not None and (document.mime_type or "").startswith("image/"):
+            return PictureRef(document.file_id, document.file_size)
+    return None
 
 
 def split_first_word(text: str) -> tuple[str, str]:
@@ -186,7 +216,13 @@ def split_first_word(text: str) -> tuple[str, str]:
 
 def meme_caption(made: MadeMeme) -> str:
     """The caption under the photo: the text (for screen readers and search) and the template."""
-    caption = f"{made.text}\n— {made.template.name} · /meme {made.template.slug}"
+    if made.template.is_upload:
+        source = "your picture"
+    elif made.found is not None and made.found.how == "recognized":
+        source = f"recognised: {made.template.name} · /meme {made.template.slug}"
+    else:
+        source = f"{made.template.name} · /meme {made.template.slug}"
+    caption = f"{made.text}\n— {source}"
     caption = caption if len(caption) <= MAX_CAPTION else caption[: MAX_CAPTION - 1] + "…"
     note = missing_note(made.image.missing)  # characters no font here could draw: say so
     if note:
@@ -260,6 +296,13 @@ class TelegramFrontEnd:
         }
         for name, callback in handlers.items():
             self.app.add_handler(CommandHandler(name, callback, filters=only_new))
+        # A photo (or an image file) whose caption is the command: CommandHandler reads text only.
+        picture = filters.PHOTO | filters.Document.IMAGE
+        self.app.add_handler(
+            MessageHandler(
+                only_new & picture & filters.CaptionRegex(PICTURE_COMMAND), self.on_picture_command
+            )
+        )
         self.app.add_handler(CallbackQueryHandler(self.on_button, pattern=r"^(v|r):"))
         self.app.add_error_handler(self.on_error)
 
@@ -311,15 +354,52 @@ class TelegramFrontEnd:
 
     async def on_meme(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        template, prefix = split_first_word(command_argument(message))
         ctx = self.context(update)
+        ref = picture_of(message)
+        if ref is not None:  # the whole argument is the caption's start: the picture is the template
+            prefix = command_argument(message)
+
+            async def on_picture() -> MadeMeme:
+                return await self.service.make_meme(ctx, await self.fetch_picture(ref), prefix)
+
+            await self.make_and_send(message, on_picture)
+            return
+        template, prefix = split_first_word(command_argument(message))
         await self.make_and_send(message, lambda: self.service.make_meme(ctx, template or None, prefix))
 
     async def on_caption(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        template, text = split_first_word(command_argument(message))
         ctx = self.context(update)
+        ref = picture_of(message)
+        if ref is not None:
+            boxes = command_argument(message).split("|")
+
+            async def on_picture() -> MadeMeme:
+                return await self.service.caption(ctx, await self.fetch_picture(ref), boxes)
+
+            await self.make_and_send(message, on_picture)
+            return
+        template, text = split_first_word(command_argument(message))
         await self.make_and_send(message, lambda: self.service.caption(ctx, template, text.split("|")))
+
+    async def on_picture_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        caption = update.effective_message.caption or ""
+        command, _, mention = caption.split(maxsplit=1)[0][1:].partition("@")
+        if mention and mention.lower() != (self.app.bot.username or "").lower():
+            return  # addressed to another bot in the group
+        await (self.on_meme if command.lower() == "meme" else self.on_caption)(update, context)
+
+    async def fetch_picture(self, ref: PictureRef) -> Picture:
+        """The picture's bytes from Telegram; BadPictureError (worded) when it cannot be had."""
+        if ref.size is not None and ref.size > MAX_UPLOAD_BYTES:  # refused before downloading it
+            raise BadPictureError(too_big(ref.size))
+        try:
+            file = await self.app.bot.get_file(ref.file_id)
+            data = await file.download_as_bytearray()
+        except TelegramError as exc:
+            logger.info("telegram: could not download a picture: %s", exc)
+            raise BadPictureError("I couldn't download that picture from Telegram: send it again.") from None
+        return Picture(bytes(data))
 
     async def on_templates(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = command_argument(update.effective_message)

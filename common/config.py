@@ -98,6 +98,9 @@ class StorageConfig:
     database: Path = Path("memebot.db")
     # Key for hashing user ids; the environment variable wins so it can stay out of files.
     user_hash_key: str = field(default="memebot-default-key-change-me", repr=False)
+    # A user's own picture is stored as its SHA-256 only; a chat's admins may turn keeping the
+    # picture itself on (the keep_pictures setting), and this is the default for every chat.
+    keep_pictures: bool = False
 
 
 @dataclass

@@ -21,9 +21,11 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.(?:jpg|jpeg|png)")
 # The key of a user's picture: a catalog slug is kebab-case, so ":" can never clash with one.
 UPLOAD_PREFIX = "upload:"
+ORIENTATION = 0x0112  # the EXIF tag a camera sets when the photo was taken turned
+TURNED = (5, 6, 7, 8)  # orientations whose upright picture swaps width and height
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 MAX_UPLOAD_BYTES = 10 * 2**20  # Telegram's own limit for photos sent as photos
-MAX_UPLOAD_PIXELS = 50_000_000  # beyond this a picture is a decompression bomb, not a meme
+MAX_UPLOAD_PIXELS = 40_000_000  # beyond this a picture is a decompression bomb, not a meme
 MIN_UPLOAD_SIDE = 32
 
 
@@ -46,8 +48,34 @@ class Box:
     uppercase: bool = True  # the layout's case style
 
 
-# The classic layout for a picture of one's own: a line across the top, a line across the bottom.
-TOP_AND_BOTTOM = (Box(x=0.03, y=0.02, w=0.94, h=0.22), Box(x=0.03, y=0.76, w=0.94, h=0.22))
+# A picture of one's own gets the classic layout: a line across the top, a line across the
+# bottom, each as tall as a fifth of the picture's width would make it (text size follows the
+# width), within these bounds of the picture's height.
+BOX_HEIGHT_PER_WIDTH = 0.22
+MIN_BOX_HEIGHT, MAX_BOX_HEIGHT = 0.12, 0.3
+# Past these width/height ratios two lines on the picture would be slivers (a panorama) or lost
+# in it (a long screenshot): the caption goes in a white band above the picture instead.
+WIDE, TALL = 2.2, 1 / 2.2
+BAND_HEIGHT_PER_WIDTH = {"wide": 0.16, "tall": 0.45}  # the band's height, as a fraction of the width
+
+
+@dataclass(frozen=True)
+class Layout:
+    boxes: tuple[Box, ...]
+    band: float = 0.0  # a white band above the picture, as a fraction of the whole canvas's height
+
+
+def classic_layout(width: int, height: int) -> Layout:
+    """Where text goes on a picture of this size: top and bottom lines, or a band above it."""
+    ratio = width / height
+    if TALL <= ratio <= WIDE:
+        h = min(MAX_BOX_HEIGHT, max(MIN_BOX_HEIGHT, BOX_HEIGHT_PER_WIDTH * ratio))
+        return Layout((Box(x=0.03, y=0.02, w=0.94, h=h), Box(x=0.03, y=0.98 - h, w=0.94, h=h)))
+    band_px = BAND_HEIGHT_PER_WIDTH["wide" if ratio > WIDE else "tall"] * width
+    band = band_px / (band_px + height)
+    # Black on white, as typed: the band is the modern caption style, not the impact one.
+    text = Box(x=0.04, y=band * 0.08, w=0.92, h=band * 0.84, color="#000000", outline="", uppercase=False)
+    return Layout((text,), band)
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,7 @@ class Template:
     aliases: tuple[str, ...]
     has_data: bool  # caption data exists in the dataset
     boxes: tuple[Box, ...]
+    band: float = 0.0  # a white band above the image, a fraction of the canvas height (Layout.band)
 
     @property
     def is_upload(self) -> bool:
@@ -96,17 +125,19 @@ class Template:
 
     @classmethod
     def from_image_bytes(
-        cls, data: bytes, *, name: str = "Your picture", boxes: tuple[Box, ...] = TOP_AND_BOTTOM
+        cls, data: bytes, *, name: str = "Your picture", layout: Layout | None = None
     ) -> Template:
-        """A template from a picture's bytes (JPEG, PNG, WebP, GIF's first frame, BMP); raises
-        ImageError, worded for the user, for anything else."""
+        """A template from a picture's bytes (JPEG, PNG, WebP, GIF's first frame, BMP), with the
+        classic layout for its shape unless `layout` is given; raises ImageError, worded for the
+        user, for anything else. width and height are the canvas's: the picture turned upright
+        (EXIF), plus the band above it."""
         if len(data) > MAX_UPLOAD_BYTES:
-            raise ImageError(
-                f"That picture is {len(data) / 2**20:.1f} MB; send one under {MAX_UPLOAD_BYTES // 2**20} MB."
-            )
+            raise ImageError(too_big(len(data)))
         width, height = _checked_size(data)
-        if not boxes:
+        layout = layout or classic_layout(width, height)
+        if not layout.boxes:
             raise ValueError("a template needs at least one box")
+        height = round(height / (1 - layout.band))
         image = ImageBytes.of(data)
         return cls(
             slug=UPLOAD_PREFIX + image.digest,
@@ -118,8 +149,15 @@ class Template:
             height=height,
             aliases=(),
             has_data=False,
-            boxes=tuple(boxes),
+            boxes=layout.boxes,
+            band=layout.band,
         )
+
+
+def too_big(n_bytes: int) -> str:
+    """The refusal for a picture of n_bytes over MAX_UPLOAD_BYTES (a front end may know the size
+    before downloading it)."""
+    return f"That picture is {n_bytes / 2**20:.1f} MB; send one under {MAX_UPLOAD_BYTES // 2**20} MB."
 
 
 def is_upload_key(slug: str) -> bool:
@@ -137,10 +175,26 @@ def _checked_size(data: bytes) -> tuple[int, int]:
                 raise ImageError(
                     f"That picture is {width}×{height} pixels; send one under {MAX_UPLOAD_PIXELS // 10**6} megapixels."
                 )
-            image.verify()  # a truncated or corrupt file fails here, not mid-render
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            if image.getexif().get(ORIENTATION, 1) in TURNED:  # drawn upright: the sides swap
+                width, height = height, width
+            # Decoded once here (a JPEG at a reduced scale: cheap), so a truncated or corrupt
+            # file is refused now, in words, not when the meme is drawn.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as exc:
         if isinstance(exc, ImageError):
             raise
+        if isinstance(exc, Image.DecompressionBombError):  # Pillow's own guard, past twice its limit
+            raise ImageError(
+                f"That picture is too large: send one under {MAX_UPLOAD_PIXELS // 10**6} megapixels."
+            ) from None
         raise unreadable from None
     if min(width, height) < MIN_UPLOAD_SIDE:
         raise ImageError(

@@ -47,6 +47,9 @@ CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE, UPDATE_MESSAGE, AUTO
     8,
 )
 
+ATTACHMENT_OPTION = 11  # application command option type
+MESSAGE_COMMAND = 3  # application command type: a message's context menu
+
 # Option types whose values a command invocation carries as JSON numbers or booleans.
 _OPTION_TYPES = {"str": 3, "int": 4, "bool": 5, "float": 10}
 
@@ -117,18 +120,29 @@ class FakeAttachment:
 
 
 @dataclass
+class Upload:
+    """A file a user attaches: to a command's attachment option, or to a message they post."""
+
+    data: bytes
+    filename: str = "picture.png"
+    content_type: str = "image/png"
+
+
+@dataclass
 class FakeMessage:
-    """A message the bot posted (as an interaction response or follow-up)."""
+    """A message in the test channel: one the bot posted (an interaction response or follow-up),
+    or one a user posted (`author`), which message commands can target."""
 
     id: int
     channel_id: int
-    interaction_id: int
+    interaction_id: int | None
     content: str = ""
     flags: int = 0
     components: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[FakeAttachment] = field(default_factory=list)
     deleted: bool = False
     edits: int = 0
+    author: FakeUser | None = None  # None: the bot
 
     @property
     def ephemeral(self) -> bool:
@@ -151,28 +165,23 @@ class FakeMessage:
         return texts
 
     def to_json(self, fake: FakeDiscord) -> dict[str, Any]:
+        if self.author is None:
+            sender = {
+                "type": 20,  # chat input command reply
+                "author": fake.bot_user,
+                "webhook_id": str(fake.application_id),
+                "application_id": str(fake.application_id),
+            }
+        else:
+            sender = {"type": 0, "author": self.author.user_json(), "member": self.author.member_json()}
         return {
             "id": str(self.id),
-            "type": 20,  # chat input command reply
+            **sender,
             "channel_id": str(self.channel_id),
-            "author": fake.bot_user,
-            "webhook_id": str(fake.application_id),
-            "application_id": str(fake.application_id),
             "content": self.content,
             "flags": self.flags,
             "components": self.components,
-            "attachments": [
-                {
-                    "id": str(a.id),
-                    "filename": a.filename,
-                    "size": len(a.data),
-                    "url": f"{fake.url}/attachments/{self.channel_id}/{a.id}/{a.filename}",
-                    "proxy_url": f"{fake.url}/attachments/{self.channel_id}/{a.id}/{a.filename}",
-                    "content_type": a.content_type,
-                    **({"description": a.description} if a.description else {}),
-                }
-                for a in self.attachments
-            ],
+            "attachments": [fake.attachment_json(a, self.channel_id) for a in self.attachments],
             "embeds": [],
             "mentions": [],
             "mention_roles": [],
@@ -257,6 +266,8 @@ class FakeDiscord:
         self.sessions = 0  # gateway connections that completed IDENTIFY
         self.interactions: dict[str, FakeInteraction] = {}  # by token
         self.messages: dict[int, FakeMessage] = {}
+        self.uploads: dict[int, FakeAttachment] = {}  # files users attached to command options
+        self.downloads: list[str] = []  # attachment paths fetched (by the bot: tests only look)
         self._ids = itertools.count(1_200_000_000_000_000_000)
         self._ws: web.WebSocketResponse | None = None
         self._seq = 0
@@ -337,7 +348,14 @@ class FakeDiscord:
         """A user runs slash command `name` with `options`, checked against what the bot synced;
         `dm`: in their direct messages with the bot, where only global commands that allow DMs exist."""
         command = self._command(name, dm=dm)
+        uploads = {key: self._stored(value) for key, value in options.items() if isinstance(value, Upload)}
+        options = {key: uploads.get(key, value) for key, value in options.items()}
         data = {**self._command_data(command), "options": self._options(command, options)}
+        if uploads:  # an attachment option carries the id; the file itself comes in `resolved`
+            channel = self.dm_channel_id if dm else self.channel_id
+            data["resolved"] = {
+                "attachments": {str(a.id): self.attachment_json(a, channel) for a in uploads.values()}
+            }
         return await self._dispatch_interaction(APPLICATION_COMMAND, data, user, dm=dm)
 
     async def autocomplete(
@@ -357,6 +375,50 @@ class FakeDiscord:
         callback = interaction.callbacks[0]
         assert callback["type"] == AUTOCOMPLETE_RESULT, callback
         return callback["data"]["choices"]
+
+    async def run_message_command(self, name: str, user: FakeUser, target: FakeMessage) -> FakeInteraction:
+        """A user picks `name` in the context menu of message `target` (a message command)."""
+        command = self._command(name)
+        if command.get("type") != MESSAGE_COMMAND:
+            raise AssertionError(f"{name!r} is not a message command (type {command.get('type')})")
+        data = {
+            **self._command_data(command),
+            "target_id": str(target.id),
+            "resolved": {"messages": {str(target.id): target.to_json(self)}},
+        }
+        return await self._dispatch_interaction(APPLICATION_COMMAND, data, user)
+
+    def post_message(
+        self, user: FakeUser, content: str = "", uploads: tuple[Upload, ...] = ()
+    ) -> FakeMessage:
+        """A user posts a message (text, files) in the test channel; the bot is not told (no intent)."""
+        message = FakeMessage(
+            id=next(self._ids),
+            channel_id=self.channel_id,
+            interaction_id=None,
+            content=content,
+            attachments=[self._stored(upload) for upload in uploads],
+            author=user,
+        )
+        self.messages[message.id] = message
+        return message
+
+    def attachment_json(self, a: FakeAttachment, channel_id: int) -> dict[str, Any]:
+        url = f"{self.url}/attachments/{channel_id}/{a.id}/{a.filename}"
+        return {
+            "id": str(a.id),
+            "filename": a.filename,
+            "size": len(a.data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": a.content_type,
+            **({"description": a.description} if a.description else {}),
+        }
+
+    def _stored(self, upload: Upload) -> FakeAttachment:
+        attachment = FakeAttachment(next(self._ids), upload.filename, upload.data, upload.content_type)
+        self.uploads[attachment.id] = attachment
+        return attachment
 
     async def press_button(
         self, message: FakeMessage, custom_id: str, user: FakeUser, *, dm: bool = False
@@ -413,6 +475,11 @@ class FakeDiscord:
                     raise AssertionError(f"/{command['name']}: option {name!r} is required")
                 continue
             value = values[name]
+            if spec["type"] == ATTACHMENT_OPTION or isinstance(value, FakeAttachment):
+                if spec["type"] != ATTACHMENT_OPTION or not isinstance(value, FakeAttachment):
+                    raise AssertionError(f"/{command['name']} {name}: an attachment option takes an Upload")
+                options.append({"name": name, "type": ATTACHMENT_OPTION, "value": str(value.id)})
+                continue
             choices = [c["value"] for c in spec.get("choices", [])]
             if choices and not partial and value not in choices:
                 raise AssertionError(f"/{command['name']} {name}: {value!r} is not one of {choices}")
@@ -629,6 +696,7 @@ class FakeDiscord:
             synced.append(
                 {
                     "type": 1,
+                    "description": "",  # what Discord stores for a context-menu command
                     "default_member_permissions": None,
                     "nsfw": False,
                     **cmd,
@@ -793,8 +861,10 @@ class FakeDiscord:
         return web.Response(status=204)
 
     async def _get_attachment(self, request: web.Request) -> web.Response:
-        for message in self.messages.values():
-            for a in message.attachments:
-                if str(a.id) == request.match_info["id"]:
-                    return web.Response(body=a.data, headers={"Content-Type": a.content_type})
+        wanted = request.match_info["id"]
+        self.downloads.append(request.path)
+        stored = [a for m in self.messages.values() for a in m.attachments] + list(self.uploads.values())
+        for a in stored:
+            if str(a.id) == wanted:
+                return web.Response(body=a.data, headers={"Content-Type": a.content_type})
         raise web.HTTPNotFound()

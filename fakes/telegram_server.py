@@ -30,6 +30,7 @@ from common.config import TelegramConfig
 
 BOT_ID = 7000001
 GROUP_ID = -1001  # the group chat `send_text` writes in unless told otherwise
+BOT_DOWNLOAD_LIMIT = 20 * 2**20  # getFile refuses bigger files: bots download at most 20 MB
 ADMIN_STATUSES = ("creator", "administrator")
 
 
@@ -98,6 +99,7 @@ class FakeTelegramServer:
         self.chats: dict[int, dict[str, Any]] = {}  # chat id -> Bot API chat object
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> message
         self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> status; default "member"
+        self.files: dict[str, bytes] = {}  # file_id -> content: what users sent and the bot's photos
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count] = defaultdict(lambda: itertools.count(1))
@@ -116,6 +118,7 @@ class FakeTelegramServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -190,6 +193,70 @@ class FakeTelegramServer:
         if text.startswith("/"):
             command = text.split()[0]
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        self.messages[(chat_id, message["message_id"])] = message
+        self.push_update({"message": message})
+        return message
+
+    def add_file(self, data: bytes, kind: str = "photo") -> str:
+        """Store `data` as Telegram stores an upload; returns its file_id."""
+        file_id = f"{kind}-{len(self.files) + 1}"
+        self.files[file_id] = data
+        return file_id
+
+    def send_photo(
+        self,
+        data: bytes,
+        caption: str | None = None,
+        *,
+        chat_id: int = GROUP_ID,
+        user_id: int = 501,
+        as_document: bool = False,
+        size: tuple[int, int] = (800, 600),
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """A user sends a picture: as a photo (Telegram lists a thumbnail and the full size) or
+        as a file (`as_document`), with an optional caption (a leading /command gets its entity)."""
+        chat = self.chat(chat_id, "group" if chat_id != user_id else "private")
+        file_id = self.add_file(data, "document" if as_document else "photo")
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids[chat_id]),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": _user(user_id),
+            **extra,
+        }
+        if as_document:
+            message["document"] = {
+                "file_id": file_id,
+                "file_unique_id": file_id,
+                "file_name": "picture.png",
+                "mime_type": "image/png",
+                "file_size": len(data),
+            }
+        else:
+            thumbnail = self.add_file(data[:64], "thumb")  # never the one to caption
+            width, height = size
+            message["photo"] = [
+                {
+                    "file_id": thumbnail,
+                    "file_unique_id": thumbnail,
+                    "width": 90,
+                    "height": 90,
+                    "file_size": 64,
+                },
+                {
+                    "file_id": file_id,
+                    "file_unique_id": file_id,
+                    "width": width,
+                    "height": height,
+                    "file_size": len(data),
+                },
+            ]
+        if caption is not None:
+            message["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                message["caption_entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
         self.messages[(chat_id, message["message_id"])] = message
         self.push_update({"message": message})
         return message
@@ -357,6 +424,28 @@ class FakeTelegramServer:
             body["parameters"] = {"retry_after": retry_after}
         return web.json_response(body, status=status)
 
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        file_id = request.match_info["path"].rpartition("/")[2]
+        if file_id not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[file_id], content_type="application/octet-stream")
+
+    async def _api_getFile(self, call: Call) -> dict[str, Any]:
+        file_id = str(call.params.get("file_id", ""))
+        if file_id not in self.files:
+            raise ApiError(400, "Bad Request: invalid file_id")
+        size = len(self.files[file_id])
+        if size > BOT_DOWNLOAD_LIMIT:
+            raise ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": file_id,
+            "file_unique_id": file_id,
+            "file_size": size,
+            "file_path": f"files/{file_id}",
+        }
+
     async def _api_getMe(self, call: Call) -> dict[str, Any]:
         return {**self.bot_user, "can_join_groups": True, "can_read_all_group_messages": False}
 
@@ -420,7 +509,7 @@ class FakeTelegramServer:
 
     async def _api_sendPhoto(self, call: Call) -> dict[str, Any]:
         photo = call.files.get("photo", b"")
-        file_id = f"photo-{len(self.calls)}"
+        file_id = self.add_file(photo, "sent")
         content: dict[str, Any] = {
             "photo": [
                 {

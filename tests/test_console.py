@@ -129,7 +129,7 @@ async def test_settings_help_and_hints_name_the_consoles_own_commands(service: M
     assert "or switch the filter off with /settings filter off" in text
     assert "Give me some text, e.g. /caption drake no thanks | yes please" in out
     assert any(line.startswith("Name a setting and a value, e.g. /settings temperature 0.9") for line in out)
-    assert out[-1] == "best_of: 8" and "allowed_templates: all" in out
+    assert out[-1] == "keep_pictures: off" and "allowed_templates: all" in out
     # The console's user owns its settings: nobody else to ask, and no other platform's words.
     assert "admin" not in text and "Manage Server" not in text and "memeconfig" not in text
 
@@ -190,7 +190,10 @@ def test_piped_chat_without_a_model_explains_and_still_captions(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "no model yet" in result.stderr and "memebot train" in result.stderr
     assert "caption model isn't installed yet" in result.stdout
-    assert "You can still write your own with /caption, e.g. /caption drake no thanks | yes please" in result.stdout
+    assert (
+        "You can still write your own with /caption, e.g. /caption drake no thanks | yes please"
+        in result.stdout
+    )
     assert "#1 Drake Hotline Bling: no | yes" in result.stdout
     assert (tmp_path / "out" / "meme-1.jpg").exists() or (tmp_path / "out" / "meme-1.png").exists()
     assert elapsed < 20, f"memebot chat took {elapsed:.1f} s to answer two commands"
@@ -204,3 +207,22 @@ def test_piped_chat_with_a_model_makes_a_meme(tmp_path: Path):
     first = result.stdout.splitlines()[0]
     assert first.startswith("#1 Change My Mind: pineapple on")  # then the untrained model's gibberish
     assert len(list((tmp_path / "out").iterdir())) == 1
+
+
+async def test_a_picture_file_in_place_of_a_template(service: MemeService, tmp_path: Path):
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (360, 240), "orange").save(picture)
+    not_a_picture = tmp_path / "notes.txt"
+    not_a_picture.write_text("hello")
+    out = await chat(
+        service,
+        tmp_path / "out",
+        f"/settings method greedy\n/meme {picture} when the cat\n/reroll\n/caption {picture} top | bottom\n"
+        f"/meme {not_a_picture} hi\n",
+    )
+    made = [line for line in out if line.startswith("#")]
+    assert made[0] == f"#1 cat.png: when the cat {FIXED_ENDING} | box 2"  # top and bottom lines
+    assert len(made) == 3 and made[2].endswith("top | bottom")
+    saved = [Path(line.removeprefix("saved ")) for line in out if line.startswith("saved ")]
+    assert all(Image.open(path).size == (360, 240) for path in saved)
+    assert "isn't a picture" in out[-1]

@@ -32,11 +32,13 @@ from fakes.caption_model import ScriptedCaptions, config_for_tests, scripted_ser
 from fakes.discord_server import (
     DEFERRED_CHANNEL_MESSAGE,
     MANAGE_GUILD,
+    MESSAGE_COMMAND,
     UPDATE_MESSAGE,
     FakeDiscord,
     FakeInteraction,
     FakeMessage,
     FakeUser,
+    Upload,
 )
 from fakes.telegram_server import FakeTelegramServer
 from model.requests import DECODING_METHODS, METHODS
@@ -151,7 +153,8 @@ def image_size(message: FakeMessage) -> tuple[int, int]:
 async def test_start_up_syncs_every_command_with_no_privileged_intents(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     synced = {c["name"]: c for c in fake.commands[None]}
-    assert set(synced) == {"meme", "caption", "templates", "history", "memeconfig", "help"}
+    assert set(synced) == {"meme", "caption", "templates", "history", "memeconfig", "help", "Make a meme"}
+    assert synced["Make a meme"]["type"] == MESSAGE_COMMAND  # in a message's context menu
     assert fake.identify is not None and fake.identify["intents"] & PRIVILEGED_INTENTS == 0
     meme_options = {o["name"]: o for o in synced["meme"]["options"]}
     assert meme_options["template"].get("autocomplete") is True
@@ -350,7 +353,9 @@ async def test_only_manage_server_members_change_settings(fake: FakeDiscord, sta
     assert reply.ephemeral and "Slow down" in reply.content and not reply.attachments
 
 
-async def test_refusals_and_hints_name_manage_server_and_discords_options(fake: FakeDiscord, start_bot) -> None:
+async def test_refusals_and_hints_name_manage_server_and_discords_options(
+    fake: FakeDiscord, start_bot
+) -> None:
     """The service says what is wrong; Discord's words say how to fix it on Discord: named
     options, and members with Manage Server (not Telegram's "/caption drake ..." or admins)."""
     await start_bot()
@@ -407,7 +412,7 @@ async def test_a_rate_limited_command_sync_is_retried_after_retry_after(fake: Fa
     attempts = [r for r in fake.requests if r.method == "PUT"]
     assert [r.status for r in attempts] == [429, 200]
     assert attempts[1].at - attempts[0].at >= 0.3
-    assert len(fake.commands[None]) == 6
+    assert len(fake.commands[None]) == 7  # six slash commands and the message command
 
 
 async def test_a_rate_limited_follow_up_is_retried_after_retry_after(fake: FakeDiscord, start_bot) -> None:
@@ -462,3 +467,63 @@ async def test_run_bot_serves_discord_and_telegram_side_by_side(fake: FakeDiscor
         assert {(await storage.get_meme(i)).platform for i in (1, 2)} == {"discord", "telegram"}
     finally:
         await storage.close()
+
+
+# ---- your own picture -----------------------------------------------------------------------------
+
+
+def picture_bytes(size: tuple[int, int] = (400, 300), fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 80, 40)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+async def test_meme_and_caption_take_an_image_attachment(fake: FakeDiscord, start_bot) -> None:
+    bot = await start_bot()
+    interaction = await fake.run_command(
+        "meme", ALICE, prefix="when the build", method="greedy", image=Upload(picture_bytes((400, 300)))
+    )
+    message = await final_message(fake, interaction)
+    assert not message.ephemeral and message.button_texts() == ["👍 0", "👎 0", "🔁"]
+    assert image_size(message) == (320, 240)  # the picture itself, at the configured max side
+    stored = await stored_meme(fake, bot, message)
+    assert stored.template.startswith("upload:") and stored.boxes[0] == "when the build with extra cheese"
+    assert bot.model.last.template == ""  # written for "any picture", not for a template
+
+    caption = await fake.run_command(
+        "caption", BOB, text="top | bottom", image=Upload(picture_bytes((300, 300)))
+    )
+    message = await final_message(fake, caption)
+    assert message.attachments[0].description == "top | bottom" and image_size(message) == (300, 300)
+
+
+async def test_make_a_meme_on_a_messages_picture_credits_its_author(fake: FakeDiscord, start_bot) -> None:
+    bot = await start_bot()
+    post = fake.post_message(
+        BOB, "my cat at 3am", uploads=(Upload(picture_bytes((500, 400), "JPEG"), "cat.jpg", "image/jpeg"),)
+    )
+    interaction = await fake.run_message_command("Make a meme", ALICE, post)
+    message = await final_message(fake, interaction)
+    assert not message.ephemeral and f"<@{BOB.id}>" in message.content  # credit, without a ping
+    stored = await stored_meme(fake, bot, message)
+    assert stored.prefix == "my cat at 3am" and stored.user_hash == bot.storage.user_hash(
+        "discord", str(ALICE.id)
+    )
+
+    text_only = fake.post_message(BOB, "no picture here")
+    refusal = await final_message(fake, await fake.run_message_command("Make a meme", ALICE, text_only))
+    assert refusal.ephemeral and "no picture" in refusal.content
+
+
+async def test_an_image_that_cannot_be_a_meme_is_refused_only_to_the_user(
+    fake: FakeDiscord, start_bot
+) -> None:
+    await start_bot()
+    broken = await fake.run_command("meme", ALICE, image=Upload(b"not a picture", "x.png"))
+    message = await final_message(fake, broken)
+    assert message.ephemeral and "isn't a picture" in message.content
+
+    huge = await fake.run_command("caption", ALICE, text="hi", image=Upload(bytes(11 * 2**20), "big.png"))
+    message = await final_message(fake, huge)
+    assert message.ephemeral and "under 10 MB" in message.content
+    assert len(fake.downloads) == 1 and fake.downloads[0].endswith("/x.png")  # the 11 MB one was refused by its size

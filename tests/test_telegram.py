@@ -276,7 +276,9 @@ async def test_refusals_and_hints_name_group_admins_and_telegrams_command_syntax
 
     banned = await reply_to("/caption drake no | fuck yes")
     assert 'has a word I don\'t write ("f***")' in banned and "/settings filter off" in banned
-    assert (await reply_to("/caption drake")) == "Give me some text, e.g. /caption drake no thanks | yes please"
+    assert (
+        await reply_to("/caption drake")
+    ) == "Give me some text, e.g. /caption drake no thanks | yes please"
 
     usage = await reply_to("/settings =", ADMIN)
     assert usage.startswith("Name a setting and a value, e.g. /settings temperature 0.9")
@@ -287,7 +289,9 @@ async def test_refusals_and_hints_name_group_admins_and_telegrams_command_syntax
     assert "allowed_templates: drake-hotline-bling" in shown
     assert "temperature (or temp): higher = wilder captions (0.1 to 2)" in shown
     everything = refused + banned + usage + shown
-    assert "Manage Server" not in everything and "memeconfig" not in everything and "template:" not in everything
+    assert (
+        "Manage Server" not in everything and "memeconfig" not in everything and "template:" not in everything
+    )
     assert not server.sent("sendPhoto")
 
 
@@ -535,3 +539,68 @@ async def test_the_token_never_appears_in_memebot_output(tmp_path: Path):
     assert "request " in output  # the handler errors were logged, with their ids
     assert SECRET_TOKEN not in output and "SECRET-TOKEN-abc" not in output
     assert proc.returncode == 0
+
+
+# --- your own picture -----------------------------------------------------------------------------
+
+
+def photo_bytes(size: tuple[int, int] = (480, 360), fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 120, 200)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+async def test_reply_to_a_photo_with_meme_captions_that_picture(harness: Harness):
+    server = harness.server
+    photo = server.send_photo(photo_bytes((480, 360)), user_id=BOB)
+    command = server.send_text("/meme when the cat", user_id=ALICE, reply_to_message=photo)
+
+    (sent,) = await server.wait_for("sendPhoto")
+    assert sent.params["reply_parameters"]["message_id"] == command["message_id"]
+    assert (
+        sent.params["caption"].startswith("when the cat take 1") and "your picture" in sent.params["caption"]
+    )
+    image = Image.open(io.BytesIO(sent.files["photo"]))
+    assert image.size == (480, 360)  # the picture itself, not a template
+    assert [c.params["file_id"] for c in server.sent("getFile")] == [
+        photo["photo"][-1]["file_id"]
+    ]  # the full size
+    stored = await harness.service.storage.get_meme(meme_id(sent))
+    assert stored.template.startswith("upload:") and stored.prefix == "when the cat"
+
+    server.press(server.message_of(sent), f"r:{meme_id(sent)}", user_id=ALICE)  # 🔁 on the picture
+    (_, again) = await server.wait_for("sendPhoto", count=2)
+    assert Image.open(io.BytesIO(again.files["photo"])).size == (480, 360)
+
+
+async def test_a_photo_with_the_command_as_caption_and_an_image_file_both_work(harness: Harness):
+    server = harness.server
+    server.send_photo(photo_bytes((400, 400)), "/caption top text | bottom text", user_id=ALICE)
+    (sent,) = await server.wait_for("sendPhoto")
+    assert sent.params["caption"].startswith("top text | bottom text")
+
+    server.send_photo(
+        photo_bytes((300, 200), "PNG"), "/meme@memebot_test_bot", user_id=ALICE, as_document=True
+    )
+    (_, second) = await server.wait_for("sendPhoto", count=2)
+    assert Image.open(io.BytesIO(second.files["photo"])).size == (300, 200)
+
+    server.send_photo(photo_bytes(), "/meme@some_other_bot hello", user_id=ALICE)  # not for us
+    server.send_photo(photo_bytes(), "just a holiday photo", user_id=ALICE)  # no command at all
+    await asyncio.sleep(0.5)
+    assert len(server.sent("sendPhoto")) == 2 and not replies(server)
+
+
+async def test_a_picture_that_cannot_be_a_meme_gets_a_clear_answer(harness: Harness):
+    server = harness.server
+    not_an_image = server.send_photo(b"this is not an image at all", user_id=BOB, as_document=True)
+    server.send_text("/meme", user_id=ALICE, reply_to_message=not_an_image)
+    (answer,) = await server.wait_for("sendMessage")
+    assert "isn't a picture" in answer.params["text"] and "JPEG" in answer.params["text"]
+
+    huge = server.send_photo(b"\xff\xd8" + bytes(11 * 2**20), user_id=BOB)
+    server.send_text("/caption top | bottom", user_id=ALICE, reply_to_message=huge)
+    (_, too_big) = await server.wait_for("sendMessage", count=2)
+    assert "MB" in too_big.params["text"] and "under 10 MB" in too_big.params["text"]
+    assert len(server.sent("getFile")) == 1  # the 11 MB one was refused by its size, never downloaded
+    assert not server.sent("sendPhoto") and (await harness.service.storage.stats()).memes == 0

@@ -9,25 +9,28 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bot.render import Renderer
-from bot.service import ChatContext, MemeOptions, MemeService
-from bot.storage import Storage
+from bot.service import BadPictureError, ChatContext, MemeOptions, MemeService, Picture, PictureGoneError
 from common.template import (
     MAX_UPLOAD_BYTES,
-    TOP_AND_BOTTOM,
     UPLOAD_PREFIX,
     Box,
     ImageBytes,
     ImageError,
+    Layout,
     Template,
+    classic_layout,
 )
 from fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
 
 pytestmark = pytest.mark.timeout(60)
 
 ALICE = ChatContext("test", chat_id="chat-1", user_id="alice")
+ADMIN = ChatContext("test", chat_id="chat-1", user_id="carol", is_admin=True)
 ORIENTATION = 0x0112
 
 
@@ -54,7 +57,9 @@ def test_a_picture_becomes_a_template_keyed_by_its_content() -> None:
     template = Template.from_image_bytes(data)
     assert template.is_upload and template.slug.startswith(UPLOAD_PREFIX)
     assert (template.width, template.height) == (400, 300)
-    assert template.boxes == TOP_AND_BOTTOM and template.dataset_name == ""
+    assert len(template.boxes) == 2 and template.band == 0 and template.dataset_name == ""
+    top, bottom = template.boxes
+    assert top.y < 0.05 and bottom.y + bottom.h > 0.95  # a line across the top, one across the bottom
     assert isinstance(template.image, ImageBytes) and template.image.data == data
     # The same picture sent twice is the same template; another picture is another.
     assert Template.from_image_bytes(bytes(data)) == template
@@ -73,6 +78,7 @@ def test_every_common_picture_format_is_taken(fmt: str) -> None:
         (b"%PDF-1.4 not an image", "isn't a picture"),
         (picture((400, 300))[:200], "isn't a picture"),  # cut off in transit
         (picture((20, 300)), "too small"),
+        (picture((8000, 6000), "PNG", compress_level=1), "megapixels"),
         (b"\x89PNG" + b"\0" * (MAX_UPLOAD_BYTES + 1), "MB"),
     ],
 )
@@ -82,9 +88,25 @@ def test_what_is_not_a_usable_picture_is_refused_in_words(data: bytes, message: 
 
 
 def test_a_picture_can_carry_its_own_boxes() -> None:
-    one_box = (Box(x=0.1, y=0.7, w=0.8, h=0.25),)
-    template = Template.from_image_bytes(picture(), name="My cat", boxes=one_box)
-    assert template.boxes == one_box and template.name == "My cat"
+    one_box = Layout((Box(x=0.1, y=0.7, w=0.8, h=0.25),))
+    template = Template.from_image_bytes(picture(), name="My cat", layout=one_box)
+    assert template.boxes == one_box.boxes and template.name == "My cat"
+
+
+@pytest.mark.parametrize(
+    ("size", "band"),
+    [((400, 400), False), ((800, 400), False), ((400, 800), False), ((1200, 300), True), ((300, 1000), True)],
+)
+def test_the_layout_follows_the_pictures_shape(size: tuple[int, int], band: bool) -> None:
+    layout = classic_layout(*size)
+    if not band:  # top and bottom lines, as tall as the width makes text, within bounds
+        assert layout.band == 0 and len(layout.boxes) == 2
+        heights_px = [box.h * size[1] for box in layout.boxes]
+        assert all(0.1 * size[0] <= h <= 0.35 * size[0] for h in heights_px)
+    else:  # a panorama or a long screenshot: the caption in a white band above the picture
+        assert layout.band > 0 and len(layout.boxes) == 1
+        (box,) = layout.boxes
+        assert box.y + box.h <= layout.band and box.color == "#000000" and not box.outline
 
 
 # --- rendering a picture ---------------------------------------------------------------------------------
@@ -109,6 +131,32 @@ def test_a_phone_photo_taken_upright_is_drawn_upright(renderer: Renderer) -> Non
     assert (meme.width, meme.height) == (200, 400)
 
 
+def test_a_panorama_gets_its_caption_in_a_white_band_above(renderer: Renderer) -> None:
+    template = Template.from_image_bytes(picture((1200, 300), "PNG", (20, 20, 20)))
+    assert template.height > 300 and template.band > 0
+    image = decode(renderer.render(template, ["when the panorama is wide"]).data)
+    band_rows = round(image.height * template.band)
+    band = image.crop((0, 0, image.width, band_rows))
+    below = image.crop((0, band_rows + 2, image.width, image.height))
+    assert band.getextrema()[0][0] < 80  # dark text on the band...
+    assert max(band.getpixel((x, 1)) for x in range(0, image.width, 5)) == (
+        255,
+        255,
+        255,
+    )  # ...which is white
+    assert below.getextrema()[0][1] < 40  # and the picture below it is untouched
+
+
+def test_an_animated_gif_is_its_first_frame(renderer: Renderer) -> None:
+    frames = [Image.new("RGB", (120, 90), colour) for colour in ("red", "blue", "green")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    template = Template.from_image_bytes(buffer.getvalue())
+    image = decode(renderer.render(template, ["", ""]).data)
+    r, g, b = image.getpixel((60, 45))
+    assert r > 200 and g < 60 and b < 60
+
+
 def test_text_is_drawn_on_the_picture(renderer: Renderer) -> None:
     template = Template.from_image_bytes(picture((300, 300)))
     blank = decode(renderer.render(template, ["", ""]).data)
@@ -131,6 +179,12 @@ async def service(tmp_path: Path):
         yield service
 
 
+def stored_pictures(service: MemeService) -> int:
+    with sqlite3.connect(service.config.database_path) as db:  # another reader, as `memebot db` is
+        (count,) = db.execute("SELECT COUNT(*) FROM pictures").fetchone()
+    return count
+
+
 async def test_a_meme_on_a_users_picture_is_rendered_stored_and_rerolled(service: MemeService) -> None:
     data = picture((500, 400), "JPEG")
     template = Template.from_image_bytes(data, name="Alice's cat")
@@ -139,32 +193,34 @@ async def test_a_meme_on_a_users_picture_is_rendered_stored_and_rerolled(service
     assert made.template == template
     assert made.boxes[0].startswith("when the") and FIXED_ENDING in " ".join(made.boxes)
     assert decode(made.image.data).size == (made.image.width, made.image.height) == (500, 400)
-
     stored = await service.storage.get_meme(made.id)
     assert stored.template == template.slug and stored.boxes == made.boxes
-    kept = await service.storage.picture_template(template.slug)
-    assert kept == template and kept.image.data == data and kept.name == "Alice's cat"
 
     again = await service.reroll(ALICE, made.id)
     assert again.id != made.id and again.template == template and again.boxes[0].startswith("when the")
-
     handwritten = await service.caption(ALICE, template, ["top text", "bottom text"])
     assert handwritten.template == template and handwritten.boxes == ["top text", "bottom text"]
 
 
-async def test_the_picture_is_stored_once_and_survives_a_restart(
+async def test_a_sent_picture_is_kept_as_its_hash_only_unless_the_chat_keeps_pictures(
     service: MemeService, tmp_path: Path
 ) -> None:
-    template = Template.from_image_bytes(picture((300, 200)))
-    first = await service.caption(ALICE, template, ["one"])
-    await service.caption(ALICE, template, ["two"])
-    with sqlite3.connect(service.config.database_path) as db:  # another reader, as `memebot db` is
-        (count,) = db.execute("SELECT COUNT(*) FROM pictures").fetchone()
-    assert count == 1
-    path = service.config.database_path
-    async with await Storage.open(path, service.config.storage.user_hash_key) as reopened:
-        meme = await reopened.get_meme(first.id)
-        assert (await reopened.picture_template(meme.template)) == template
+    made = await service.make_meme(ALICE, Picture(picture((300, 200))), "", MemeOptions(method="greedy"))
+    assert made.template.slug.startswith(UPLOAD_PREFIX) and made.found is None
+    assert stored_pictures(service) == 0  # the hash in the meme's row, nothing else
+    assert (await service.reroll(ALICE, made.id)).template == made.template  # from memory
+
+    async with scripted_service(service.config, ScriptedCaptions()) as restarted:
+        with pytest.raises(PictureGoneError, match="send it again"):
+            await restarted.reroll(ALICE, made.id)
+
+    await service.set_settings(ADMIN, {"keep_pictures": "on"})
+    kept = await service.caption(ALICE, Picture(picture((300, 201))), ["one"])
+    await service.caption(ALICE, Picture(picture((300, 201))), ["two"])
+    assert stored_pictures(service) == 1  # the same picture twice is stored once
+    async with scripted_service(service.config, ScriptedCaptions()) as restarted:
+        again = await restarted.reroll(ALICE, kept.id)
+        assert again.template == kept.template and again.template.image.data == picture((300, 201))
 
 
 async def test_catalog_memes_still_point_at_their_slug(service: MemeService) -> None:
@@ -172,3 +228,54 @@ async def test_catalog_memes_still_point_at_their_slug(service: MemeService) -> 
     stored = await service.storage.get_meme(made.id)
     assert stored.template == "drake-hotline-bling"
     assert await service.storage.picture_template(stored.template) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"GIF89a not really", "isn't a picture"),
+        (picture((640, 480), "JPEG")[:-400], "isn't a picture"),  # cut off in transit
+        (picture((10, 10)), "too small"),
+    ],
+)
+async def test_a_bad_picture_is_refused_in_words_and_nothing_is_stored(
+    service: MemeService, data: bytes, message: str
+) -> None:
+    with pytest.raises(BadPictureError, match=message):
+        await service.make_meme(ALICE, Picture(data), "when")
+    with pytest.raises(BadPictureError, match=message):
+        await service.caption(ALICE, Picture(data), ["top"])
+    assert await service.history(ALICE) == []
+
+
+SEED_PICTURES = [picture((64, 48), fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP")]
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=2048),
+        st.builds(
+            lambda seed, cut, flips: _mutated(SEED_PICTURES[seed % len(SEED_PICTURES)], cut, flips),
+            st.integers(0, 4),
+            st.floats(0.0, 1.0),
+            st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+        ),
+    )
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_any_bytes_make_a_meme_or_a_clear_refusal(service: MemeService, data: bytes) -> None:
+    """Random and mutated bytes: a meme, or BadPictureError; never a crash, never a half-stored meme."""
+    before = len(await service.history(ALICE, n=50))
+    try:
+        made = await service.caption(ALICE, Picture(data), ["top", "bottom"])
+    except BadPictureError as exc:
+        assert exc.user_message and len(await service.history(ALICE, n=50)) == before
+    else:
+        assert decode(made.image.data).size == (made.image.width, made.image.height)
+
+
+def _mutated(data: bytes, cut: float, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data[: max(1, round(len(data) * cut))] if cut < 0.95 else data)
+    for position, value in flips:
+        out[position % len(out)] = value
+    return bytes(out)
