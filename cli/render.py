@@ -14,8 +14,10 @@ from PIL import Image, ImageDraw
 
 from bot.fonts import FontSet, anton_font
 from bot.render import RenderedMeme, Renderer, RenderError, missing_note
+from cli.pictures import template_argument
 from common.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog
 from common.config import Config
+from common.template import ImageError
 
 # Output suffixes and the Pillow format each one asks for.
 SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -48,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Render TEMPLATE with one text per box, in box order (`memebot templates` "
         "shows how many boxes each template has).",
     )
-    render.add_argument("template", metavar="TEMPLATE", help='template name, slug or alias, e.g. "drake"')
+    render.add_argument(
+        "template", metavar="TEMPLATE", help='template name, slug or alias, e.g. "drake"; or a picture file'
+    )
     render.add_argument("texts", metavar="TEXT", nargs="*", help="box texts, in box order")
     render.add_argument(
         "-o", "--output", type=Path, help="image file (.png or .jpg; default: <output_dir>/<template>.<ext>)"
@@ -120,15 +124,16 @@ def run_render(config: Config, args: argparse.Namespace) -> int:
         return _error("render", "--max-side must be at least 64")
     try:
         catalog = load_catalog(config.catalog_path)
-        template = catalog.lookup(args.template)
-    except (CatalogError, UnknownTemplate) as exc:
+        chosen = template_argument(args.template, catalog)
+    except (CatalogError, UnknownTemplate, ImageError) as exc:
         return _error("render", exc)
+    template = chosen.template
     try:
         image = make_renderer(config, args.max_side).render(
             template, args.texts, uppercase=False if args.as_typed else None
         )
         path, pil_format = output_path(
-            args.output, config.resolve(config.paths.output_dir), template.slug, image
+            args.output, config.resolve(config.paths.output_dir), chosen.label, image
         )
     except (RenderError, OutputError) as exc:
         return _error("render", exc)

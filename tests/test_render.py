@@ -687,7 +687,32 @@ def reference_cases() -> dict[str, tuple[Template, list[str], bool | None]]:
                 "hindi-thai-light": ("marked-safe-from", ["नमस्ते दुनिया", "สวัสดีชาวโลก"]),
             }.items()
         },
+        # A user's own picture: the classic layout for its shape, and the band above a panorama.
+        **(
+            {
+                "picture-top-bottom": (
+                    Template.from_image_bytes(picture_from("Ancient-Aliens.jpg", (0, 0, 500, 400))),
+                    ["when the code works", "and you don't know why"],
+                    None,
+                ),
+                "picture-band": (
+                    Template.from_image_bytes(picture_from("Ancient-Aliens.jpg", (0, 100, 500, 260))),
+                    ["When the panorama is so wide the caption needs its own band"],
+                    None,
+                ),
+            }
+            if SHARED_IMAGES.is_dir()
+            else {}
+        ),
     }
+
+
+def picture_from(file: str, box: tuple[int, int, int, int]) -> bytes:
+    """A crop of a shared template image, as the PNG bytes a user would send."""
+    with Image.open(SHARED_IMAGES / file) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").crop(box).save(buffer, "PNG")
+        return buffer.getvalue()
 
 
 @functools.cache

@@ -1,0 +1,36 @@
+"""A template argument on the command line: a catalog name, or the path of a picture file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.catalog import Catalog
+from common.template import MAX_UPLOAD_BYTES, ImageError, Template, too_big
+
+
+@dataclass(frozen=True)
+class Chosen:
+    template: Template
+    recognized: bool = False  # the picture is this catalog template
+    file_stem: str = ""  # for a picture: its file's name, to name the output after
+
+    @property
+    def label(self) -> str:
+        return self.file_stem or self.template.slug
+
+
+def template_argument(text: str, catalog: Catalog) -> Chosen:
+    """`text` as a template: a picture file if one is there (ImageError if it can't be one),
+    else a catalog name (UnknownTemplate)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        return Chosen(catalog.lookup(text))
+    try:
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise ImageError(too_big(size))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return Chosen(Template.from_image_bytes(data, name=path.name), file_stem=path.stem)
