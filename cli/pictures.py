@@ -8,6 +8,8 @@ from pathlib import Path
 from common.catalog import Catalog
 from common.template import MAX_UPLOAD_BYTES, ImageError, Template, too_big
 
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+
 
 @dataclass(frozen=True)
 class Chosen:
@@ -25,6 +27,8 @@ def template_argument(text: str, catalog: Catalog) -> Chosen:
     else a catalog name (UnknownTemplate)."""
     path = Path(text).expanduser()
     if not path.is_file():
+        if "/" in text or path.suffix.lower() in PICTURE_SUFFIXES:  # meant as a file, not a name
+            raise ImageError(f"there is no picture file at {path}")
         return Chosen(catalog.lookup(text))
     try:
         size = path.stat().st_size
