@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bot.frontend import FrontEnd, StartError
+from bot.recognize import TemplateRecognizer
 from bot.redact import redacted_logs
 from bot.render import Renderer
 from bot.service import MemeService
@@ -90,12 +91,18 @@ async def open_service(
         fallback_fonts=[config.resolve(p) for p in config.render.fallback_fonts],
         uppercase=config.render.uppercase,
     )
+    # Pictures users send are checked against the templates' fingerprints (cached: ~10 ms to load).
+    recognizer = await asyncio.to_thread(
+        TemplateRecognizer.build, catalog, config.template_images_dir, config.cache_dir
+    )
     storage = await Storage.open(config.database_path, config.storage.user_hash_key)
     owns_pool = pool is None
     try:
         if owns_pool:
             pool = await start_pool(config, notice)
-        yield MemeService(config=config, catalog=catalog, renderer=renderer, storage=storage, pool=pool)
+        yield MemeService(
+            config=config, catalog=catalog, renderer=renderer, storage=storage, pool=pool, recognizer=recognizer
+        )
     finally:
         if owns_pool and pool is not None:
             await pool.close()

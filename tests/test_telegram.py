@@ -604,3 +604,16 @@ async def test_a_picture_that_cannot_be_a_meme_gets_a_clear_answer(harness: Harn
     assert "MB" in too_big.params["text"] and "under 10 MB" in too_big.params["text"]
     assert len(server.sent("getFile")) == 1  # the 11 MB one was refused by its size, never downloaded
     assert not server.sent("sendPhoto") and (await harness.service.storage.stats()).memes == 0
+
+
+async def test_a_photo_of_a_known_template_is_recognised_and_said_so(harness: Harness):
+    server = harness.server
+    drake = harness.service.catalog.get("drake-hotline-bling")
+    with Image.open(harness.config.template_images_dir / drake.image.file) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "JPEG", quality=30)  # re-encoded, as a forwarded meme is
+    photo = server.send_photo(buffer.getvalue(), user_id=BOB)
+    server.send_text("/caption nope | yes", user_id=ALICE, reply_to_message=photo)
+    (sent,) = await server.wait_for("sendPhoto")
+    assert "recognised: Drake Hotline Bling · /meme drake-hotline-bling" in sent.params["caption"]
+    assert (await harness.service.storage.get_meme(meme_id(sent))).template == "drake-hotline-bling"

@@ -279,3 +279,18 @@ def _mutated(data: bytes, cut: float, flips: list[tuple[int, int]]) -> bytes:
     for position, value in flips:
         out[position % len(out)] = value
     return bytes(out)
+
+
+async def test_a_picture_of_a_known_template_is_that_template(service: MemeService) -> None:
+    """An old Drake meme, re-encoded small: the catalog's Drake, its layout and the model's Drake."""
+    drake = service.catalog.get("drake-hotline-bling")
+    with Image.open(service.config.template_images_dir / drake.image.file) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").resize((image.width // 2, image.height // 2)).save(buffer, "JPEG", quality=40)
+    made = await service.make_meme(ALICE, Picture(buffer.getvalue()), "when the", MemeOptions(method="greedy"))
+    assert made.template == drake and made.found is not None and made.found.how == "recognized"
+    assert (await service.storage.get_meme(made.id)).template == "drake-hotline-bling"
+
+    await service.set_settings(ADMIN, {"templates": "two buttons"})  # Drake not allowed here:
+    plain = await service.caption(ALICE, Picture(buffer.getvalue()), ["a", "b"])  # the picture as it is
+    assert plain.template.is_upload and plain.found is None
