@@ -38,20 +38,20 @@ from common.config import Config
 from fakes.caption_model import ScriptedCaptions, config_for_tests
 from fakes.telegram_server import Call, FakeTelegramServer
 from model.pool import BatchGenerator, ModelPool
-from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback, TemplateScores
 
 FIRST_USER = 10_001
 FIRST_CHAT = -100_001
 # What users type that the bot must refuse politely (each answered, none a meme).
 BAD_INPUTS = (
-    "/meme ../../../etc/passwd",
+    "/caption ../../../etc/passwd hi",  # (/meme would caption it: a first word that is no template starts the caption)
     "/meme drake " + "x" * 400,
     "/meme " + "y" * 5000,
     "/meme drake \u200bsh1t\u200b happens",
     "/caption drake what the fuck | no",
     "/caption",
     "/caption drake \x00\x01\u202e",
-    "/meme nosuchtemplatezzz",
+    "/caption nosuchtemplatezzz a | b",
     "/settings temperature 99",
 )
 
@@ -156,6 +156,9 @@ class FlakyGenerator:
         if fail:
             raise RuntimeError("injected model failure")
         return self.inner.generate_batch(requests, on_result, abandoned)
+
+    def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        return self.inner.score_templates(text, templates)  # picks are not where faults are injected
 
 
 def classify(call: Call) -> str:

@@ -16,12 +16,15 @@ from typing import TextIO
 
 from bot.render import missing_note
 from bot.service import (
+    BadPeriodError,
     BadPictureError,
     BannedWordError,
     ChatContext,
     MadeMeme,
     MemeError,
+    MemeNumberError,
     MemeService,
+    NoSuchMemeError,
     NoTemplatesEnabledError,
     Picture,
     SettingsUsageError,
@@ -30,6 +33,7 @@ from bot.service import (
     Wording,
     caption_hints,
     error_text,
+    meme_number,
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from common.template import MAX_UPLOAD_BYTES, too_big
@@ -44,7 +48,9 @@ HELP = """Commands:
   /rate 👍 | /rate 👎                     rate the last meme (also + or -)
   /reroll                                another meme like the last one
   /templates [words]                     list or search templates
-  /history                               your last memes
+  /history                               your last memes, with their numbers
+  /top [week|month|all]                  the best memes here (👍 minus 👎)
+  /forget [NUMBER]                       delete one of your memes (default: the last one)
   /settings [name value]                 show or change settings (/settings help: what they do)
   /help, /quit"""
 
@@ -68,6 +74,11 @@ WORDING: Wording = {
     SettingsUsageError: lambda e: (
         f"Name a setting and a value, e.g. /settings temperature 0.9 (or: {RESET_WORDS[0]})"
     ),
+    BadPeriodError: lambda e: f'There\'s no "/top {e.given[:40]}": try /top week, /top month or /top all',
+    MemeNumberError: lambda e: (
+        f'"{e.given[:40]}" isn\'t a meme number: try /forget 12 (numbers are in /history)'
+    ),
+    NoSuchMemeError: lambda e: f"There's no meme #{e.meme_id}. /history lists yours with their numbers.",
 }
 
 
@@ -98,6 +109,8 @@ class ConsoleFrontEnd:
             "reroll": self.reroll,
             "templates": self.templates,
             "history": self.history,
+            "top": self.top,
+            "forget": self.forget,
             "settings": self.settings,
             "help": self.help,
             "start": self.help,
@@ -143,8 +156,13 @@ class ConsoleFrontEnd:
     # --- commands ---
 
     async def meme(self, argument: str) -> None:
-        template, prefix = first_word(argument)
-        self.show(await self.service.make_meme(self.ctx, picture_at(template) or template or None, prefix))
+        word, rest = first_word(argument)
+        picture = picture_at(word)
+        if picture is not None:
+            self.show(await self.service.make_meme(self.ctx, picture, rest))
+            return
+        template, prefix = self.service.split_template(argument)
+        self.show(await self.service.make_meme(self.ctx, template, prefix))
 
     async def caption(self, argument: str) -> None:
         template, text = first_word(argument)
@@ -182,6 +200,30 @@ class ConsoleFrontEnd:
         for m in memes:
             self.say(f"#{m.id} {m.template}: {' | '.join(b for b in m.boxes if b)}  👍 {m.up} 👎 {m.down}")
 
+    async def top(self, argument: str) -> None:
+        board = await self.service.leaderboard(self.ctx, argument)
+        if not board.entries:
+            self.say(f"No memes with more 👍 than 👎 from {board.period.label} yet. Rate them with /rate 👍")
+        for entry in board.entries:
+            meme = entry.meme
+            self.say(
+                f"{entry.rank}. #{meme.id} {meme.template}: {entry.text or '(empty)'}  "
+                f"{meme.score.value:+d} (👍 {meme.up} 👎 {meme.down})"
+            )
+
+    async def forget(self, argument: str) -> None:
+        if argument:
+            meme_id = meme_number(argument)
+        elif self.last is not None:
+            meme_id = self.last.id
+        else:
+            self.say("Which meme? /forget 12 (numbers are in /history)")
+            return
+        forgotten = await self.service.forget(self.ctx, meme_id)
+        if self.last is not None and self.last.id == forgotten.id:
+            self.last = None  # /rate and /reroll no longer have it
+        self.say(f"Forgotten: #{forgotten.id} is gone from /history, /top and the exports.")
+
     async def settings(self, argument: str) -> None:
         if argument.strip().lower() == "help":
             self.say(f"Change one with /settings NAME VALUE (or NAME {RESET_WORDS[0]}):\n{settings_help()}")
@@ -201,6 +243,9 @@ class ConsoleFrontEnd:
     def found(self, made: MadeMeme) -> str:
         if made.found is not None and made.found.how == "recognized":
             return f" (recognised {made.template.name}: /meme {made.template.slug})"
+        if made.found is not None and made.found.how == "picked":
+            others = ", ".join(f"/meme {t.slug}" for t in made.found.alternatives)
+            return " (picked for your words" + (f"; or try {others})" if others else ")")
         return ""
 
     def show(self, made: MadeMeme) -> None:

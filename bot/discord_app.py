@@ -28,14 +28,21 @@ from discord import app_commands
 from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
+    PERIODS,
     AdminOnlyError,
+    BadPeriodError,
     BadPictureError,
     BannedWordError,
     ChatContext,
+    ForgottenMeme,
+    Leaderboard,
+    LeaderboardEntry,
     MadeMeme,
     MemeError,
+    MemeNumberError,
     MemeOptions,
     MemeService,
+    NoSuchMemeError,
     NoTemplatesEnabledError,
     Picture,
     SettingsUsageError,
@@ -43,6 +50,7 @@ from bot.service import (
     Wording,
     caption_hints,
     error_text,
+    meme_number,
     report_unexpected,
 )
 from bot.settings import (
@@ -71,6 +79,11 @@ METHOD_CHOICES = [
     app_commands.Choice(name=f"{m.name}: {m.help}"[:100], value=m.name) for m in DECODING_METHODS
 ]
 SETTING_CHOICES = [app_commands.Choice(name=s.summary[:100], value=s.name) for s in SETTINGS]
+PERIOD_CHOICES = [app_commands.Choice(name=f"{p.name}: {p.label}", value=p.name) for p in PERIODS]
+# /top looks for deleted messages among what it is about to show, and refills the board, this
+# many times at most (each round fetches the shown memes' messages once).
+DELETED_CHECK_ROUNDS = 3
+MAX_LEADERBOARD_CAPTION = 120  # characters of a caption in /top's list
 BUTTON_EMOJI = {"up": "👍", "down": "👎", "again": "🔁"}
 
 HELP_TEXT = """\
@@ -78,7 +91,9 @@ HELP_TEXT = """\
 `/meme template prefix method` a meme; start the caption yourself with `prefix` (`|` moves to the next box)
 `/caption template text` your own caption, boxes separated by `|`
 `/templates query` find a template
-`/history` your recent memes
+`/history` your recent memes, with their numbers
+`/top period` this server's best memes (👍 minus 👎), with links to them
+`/forget meme` delete one of your memes from history, `/top` and exports
 `/memeconfig` this server's settings (Manage Server only)
 Under each meme: 👍 / 👎 rate it, 🔁 makes another one like it."""
 
@@ -104,6 +119,12 @@ WORDING: Wording = {
         f"Pick a setting and give it a value, e.g. `/memeconfig setting:temperature value:0.9` "
         f"(or value:{RESET_WORDS[0]})."
     ),
+    BadPeriodError: lambda e: "Pick a period for `/top`: week, month or all.",
+    MemeNumberError: lambda e: (
+        (f"“{_escape(e.given[:40])}” isn't a meme number. " if e.given else "Which meme? ")
+        + "Pick one of yours in `/forget meme:`, or type its number from `/history`, e.g. `/forget meme:12`."
+    ),
+    NoSuchMemeError: lambda e: f"There's no meme #{e.meme_id}. `/history` lists yours with their numbers.",
 }
 
 
@@ -125,6 +146,7 @@ def chat_context(interaction: discord.Interaction) -> ChatContext:
         user_id,
         is_admin=interaction.permissions.manage_guild or interaction.permissions.administrator,
         scope_id=str(interaction.guild_id),
+        user_name=interaction.user.display_name,  # the member's server nickname, if they set one
     )
 
 
@@ -193,6 +215,9 @@ def found_note(made: MadeMeme) -> str:
     """Say which template the bot recognised in a picture, and how to name it directly."""
     if made.found is not None and made.found.how == "recognized":
         return f"Recognised **{made.template.name}** (`/meme template:{made.template.slug}`)"
+    if made.found is not None and made.found.how == "picked":
+        others = ", ".join(f"`/meme template:{t.slug}`" for t in made.found.alternatives)
+        return f"I picked **{made.template.name}** for your words" + (f"; or try {others}" if others else "")
     return ""
 
 
@@ -215,8 +240,49 @@ def history_text(memes: list[StoredMeme]) -> str:
     return _clip("\n".join(lines))
 
 
+def jump_link(interaction: discord.Interaction, entry: LeaderboardEntry) -> str | None:
+    """The link that opens a meme's message; None where its channel is not known."""
+    if entry.chat_id is None or entry.meme.message_id is None:
+        return None
+    return f"https://discord.com/channels/{interaction.guild_id or '@me'}/{entry.chat_id}/{entry.meme.message_id}"
+
+
+def leaderboard_reply(interaction: discord.Interaction, board: Leaderboard) -> dict[str, Any]:
+    """/top's message: an embed of the ranked memes with links to them, or a sentence."""
+    where = "on this server" if interaction.guild_id else "here"
+    if not board.entries:
+        if board.period.days is None:
+            return {"content": f"No memes {where} with more 👍 than 👎 yet. Vote under the ones you like!"}
+        return {
+            "content": f"No memes {where} from {board.period.label} with more 👍 than 👎 yet. "
+            "Vote under the ones you like, or try `/top period:all`."
+        }
+    # No name is kept for memes made in DMs (the board there is the user's own) or before names were.
+    nameless = "you" if interaction.guild_id is None else "someone"
+    lines = []
+    for entry in board.entries:
+        meme = entry.meme
+        text = entry.text
+        if len(text) > MAX_LEADERBOARD_CAPTION:
+            text = text[: MAX_LEADERBOARD_CAPTION - 1] + "…"
+        link = jump_link(interaction, entry)
+        number = f"[#{meme.id}]({link})" if link else f"#{meme.id}"
+        lines.append(
+            f"**{entry.rank}.** {_escape(text) or '(no text)'} — {_escape(entry.author) or nameless}"
+            f" · **{meme.score.value:+d}** (👍 {meme.up} 👎 {meme.down}) · {number}"
+        )
+    title = f"🏆 Best memes {where}, {board.period.label}"
+    embed = discord.Embed(title=title, description="\n".join(lines)[:4096])
+    embed.set_footer(text="/top period: week, month or all · /forget deletes one of yours")
+    return {"embed": embed}
+
+
 def settings_text(settings: ChatSettings) -> str:
     return _clip("This server's settings:\n```\n" + format_settings(settings) + "\n```")
+
+
+def _escape(text: str) -> str:
+    return discord.utils.escape_markdown(text)
 
 
 def _clip(text: str) -> str:
@@ -382,6 +448,27 @@ class DiscordFrontEnd:
             memes = await self.service.history(chat_context(interaction))
             await interaction.response.send_message(history_text(memes), ephemeral=True)
 
+        @tree.command(name="top", description="This server's best memes, by 👍 minus 👎")
+        @app_commands.describe(period="How far back to look (default: the last 7 days)")
+        @app_commands.choices(period=PERIOD_CHOICES)
+        async def top(interaction: discord.Interaction, period: str = PERIODS[0].name) -> None:
+            await self.on_top(interaction, period)
+
+        async def own_memes(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            typed = current.strip().removeprefix("#").lower()
+            choices = []
+            for meme in await self.service.history(chat_context(interaction), MAX_CHOICES):
+                label = f"#{meme.id} {meme.template}: {' | '.join(b for b in meme.boxes if b) or '(no text)'}"
+                if typed in label.lower():
+                    choices.append(app_commands.Choice(name=label[:100], value=str(meme.id)))
+            return choices
+
+        @tree.command(name="forget", description="Delete one of your memes from history, /top and exports")
+        @app_commands.describe(meme="Which of your memes (its number from /history)")
+        @app_commands.autocomplete(meme=own_memes)
+        async def forget(interaction: discord.Interaction, meme: str) -> None:
+            await self.on_forget(interaction, meme)
+
         async def value_choices(
             interaction: discord.Interaction, current: str
         ) -> list[app_commands.Choice[str]]:
@@ -461,7 +548,72 @@ class DiscordFrontEnd:
             allowed_mentions=discord.AllowedMentions.none(),  # credit names the author; no ping
             wait=True,
         )
+        # Nothing to keep for showing it again: /top links to the message (server, channel and
+        # message ids are stored), and attachment URLs are signed and expire within a day.
         await self.service.attach_message(made.id, str(message.id))
+
+    async def on_top(self, interaction: discord.Interaction, period: str) -> None:
+        """The best memes of the server (of the DM, in a DM), public, with links to their messages."""
+        ctx = chat_context(interaction)
+        await interaction.response.defer(thinking=True)  # checking the messages takes a moment
+        try:
+            board = await self.service.leaderboard(ctx, period)
+        except MemeError as exc:
+            await self._reply_error(interaction, error_text(exc, WORDING))
+            return
+        for _ in range(DELETED_CHECK_ROUNDS):
+            shown = await asyncio.gather(*(self._still_posted(entry) for entry in board.entries))
+            gone = [entry.meme.id for entry, posted in zip(board.entries, shown, strict=True) if not posted]
+            if not gone:
+                break
+            for meme_id in gone:  # a moderator took it down: it leaves the board, and the next one moves up
+                await self.service.message_deleted(meme_id)
+            board = await self.service.leaderboard(ctx, board.period)
+        await interaction.followup.send(
+            **leaderboard_reply(interaction, board), allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    async def _still_posted(self, entry: LeaderboardEntry) -> bool:
+        """False only when Discord says the meme's message is gone; anything else (no access to
+        its channel, Discord failing) leaves the meme listed."""
+        channel, message = entry.chat_id, entry.meme.message_id
+        if channel is None or message is None or not (channel.isdigit() and message.isdigit()):
+            return True
+        try:
+            await self.client.get_partial_messageable(int(channel)).fetch_message(int(message))
+        except discord.NotFound:
+            return False
+        except discord.HTTPException as exc:
+            _log.info("could not check a leaderboard meme's message: %s", exc)
+        return True
+
+    async def on_forget(self, interaction: discord.Interaction, meme: str) -> None:
+        """Delete one of the user's own memes (and its message); only they see the answer."""
+        ctx = chat_context(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            forgotten = await self.service.forget(ctx, meme_number(meme))
+        except MemeError as exc:
+            await interaction.followup.send(error_text(exc, WORDING), ephemeral=True)
+            return
+        text = f"Forgotten: meme #{forgotten.id} is gone from `/history`, `/top` and exports, votes and all."
+        if not await self._take_down(forgotten):
+            text += " I couldn't delete its message: members with Manage Messages can."
+        await interaction.followup.send(text, ephemeral=True)
+
+    async def _take_down(self, forgotten: ForgottenMeme) -> bool:
+        """Delete a forgotten meme's message (the bot's own: no permission needed); False when it stays up."""
+        channel, message = forgotten.chat_id, forgotten.message_id
+        if channel is None or message is None or not (channel.isdigit() and message.isdigit()):
+            return True  # no message of it that we know of
+        try:
+            await self.client.get_partial_messageable(int(channel)).get_partial_message(int(message)).delete()
+        except discord.NotFound:
+            return True  # deleted already
+        except discord.HTTPException as exc:
+            _log.info("could not delete a forgotten meme's message: %s", exc)
+            return False
+        return True
 
     async def _reply_error(self, interaction: discord.Interaction, text: str) -> None:
         if not interaction.response.is_done():

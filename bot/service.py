@@ -18,11 +18,13 @@ import logging
 import math
 import random
 import secrets
+import string
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from PIL import Image, ImageOps
@@ -41,17 +43,23 @@ from bot.settings import (
     find_setting,
     parse_value,
 )
-from bot.storage import NewMeme, Score, Storage, StoredMeme, UnknownMeme
+from bot.storage import USER_HASH_HEX, NewMeme, NotAuthor, Score, Storage, StoredMeme, UnknownMeme
 from common.catalog import Catalog, UnknownTemplate
 from common.config import Config
 from common.content_filter import ContentFilter
 from common.template import ImageError, Template, is_upload_key
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
-from model.requests import GenerationRequest
+from model.requests import PICK_AMONG, GenerationRequest, TemplateScores, choose_template
 
 HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
 MAX_HISTORY = 50
+LEADERBOARD_SIZE = 5  # memes a /top shows unless told otherwise
+MAX_LEADERBOARD = 10
+MAX_AUTHOR_NAME = 64  # characters of a display name kept with a meme
+# The start of a text the model reads to pick a template: enough to tell (a pick's cost grows
+# with the text: ~0.4 s for 30 characters on 2 cores), not a whole essay.
+MAX_PICK_CHARS = 80
 # Pictures users sent lately, kept in memory for 🔁 (about 100 MB of photos at the most).
 RECENT_PICTURES = 64
 logger = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ class ChatContext:
     is_private: bool = False
     scope_id: str = ""  # whose settings apply (e.g. a Discord server); "" = the chat's own
     rate_limited: bool = True  # False for the operator's own console: no flood to guard against
+    user_name: str = ""  # the asker's display name as the platform shows it (kept with their memes)
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,57 @@ class Picture:
 
     data: bytes
     name: str = "Your picture"
+
+
+@dataclass(frozen=True)
+class Period:
+    """How far back a leaderboard looks, by when the memes were made."""
+
+    name: str  # what users type (and Discord's choice value)
+    days: int | None  # None: all time
+    label: str  # "the last 7 days", for replies
+    aliases: tuple[str, ...] = ()
+
+
+PERIODS: tuple[Period, ...] = (
+    Period("week", 7, "the last 7 days", ("w", "7d", "weekly", "7")),
+    Period("month", 30, "the last 30 days", ("m", "30d", "monthly", "30")),
+    Period("all", None, "all time", ("ever", "alltime", "all-time", "forever", "always")),
+)
+
+
+@dataclass(frozen=True)
+class LeaderboardEntry:
+    rank: int  # 1-based; memes with the same score and up-votes share a rank
+    meme: StoredMeme
+    # The platform's id of the chat its message is in, where known: the scope's own chat in a
+    # private chat (stored hashed), a group's or a channel's id otherwise.
+    chat_id: str | None
+
+    @property
+    def author(self) -> str:
+        """The author's display name when the meme was made; "" when not kept (older memes,
+        private chats)."""
+        return self.meme.author_name
+
+    @property
+    def text(self) -> str:
+        return " | ".join(box for box in self.meme.boxes if box.strip())
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    period: Period
+    entries: tuple[LeaderboardEntry, ...]  # best first
+
+
+@dataclass(frozen=True)
+class ForgottenMeme:
+    """A meme its author had deleted: where its message is, so a front end can take it down too."""
+
+    id: int
+    chat_id: str | None  # the platform's chat id, where known (see LeaderboardEntry)
+    message_id: str | None
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -269,6 +329,50 @@ class UnknownMemeError(MemeError):
         self.meme_id = meme_id
 
 
+class BadPeriodError(BadInputError):
+    """A leaderboard period that is none of PERIODS."""
+
+    def __init__(self, given: str) -> None:
+        names = ", ".join(p.name for p in PERIODS[:-1]) + f" or {PERIODS[-1].name}"
+        super().__init__(f'There\'s no leaderboard for "{given[:40]}": pick {names}.')
+        self.given = given
+
+
+class MemeNumberError(BadInputError):
+    """Which meme? Nothing, or not a meme number, was given (`given` is what was typed)."""
+
+    def __init__(self, given: str) -> None:
+        if given:
+            text = f"\"{given[:40]}\" isn't a meme number: your memes' numbers are in your history."
+        else:
+            text = "Which meme? Give its number from your history."
+        super().__init__(text)
+        self.given = given
+
+
+class NoSuchMemeError(BadInputError):
+    """A meme number that names no meme on this platform."""
+
+    def __init__(self, meme_id: int) -> None:
+        super().__init__(f"There's no meme #{meme_id}. Your memes' numbers are in your history.")
+        self.meme_id = meme_id
+
+
+class NotAMemeMessageError(BadInputError):
+    """The message a command points at is not one of the bot's memes (or one it no longer has)."""
+
+    def __init__(self) -> None:
+        super().__init__("That message isn't one of my memes, or it's one I no longer have.")
+
+
+class NotYourMemeError(MemeError):
+    """Only a meme's author may forget it."""
+
+    def __init__(self, meme_id: int) -> None:
+        super().__init__(f"Meme #{meme_id} isn't yours: only the person who made it can forget it.")
+        self.meme_id = meme_id
+
+
 class NoModelError(MemeError):
     """No caption model is loaded: only hand-written captions work."""
 
@@ -294,6 +398,31 @@ class NoCandidateLeft(Exception):
 
 class GenerationError(MemeError):
     """The model failed on this request (not the user's fault; trying again may work)."""
+
+
+def find_period(text: str) -> Period:
+    """The leaderboard period a user typed (a name or an alias, any case); "" is the first one."""
+    word = text.strip().lower()
+    if not word:
+        return PERIODS[0]
+    for period in PERIODS:
+        if word == period.name or word in period.aliases:
+            return period
+    raise BadPeriodError(text.strip())
+
+
+def meme_number(text: str) -> int:
+    """The meme id a user typed ("12" or "#12"); MemeNumberError for anything else."""
+    word = text.strip().removeprefix("#")
+    if not (word.isascii() and word.isdigit()) or not 0 < int(word) <= MAX_MEME_ID:
+        raise MemeNumberError(text.strip())
+    return int(word)
+
+
+def _looks_hashed(chat_id: str) -> bool:
+    """A stored chat id that is a keyed hash (a private chat's): platforms' own chat ids are
+    numbers far shorter than the hash."""
+    return len(chat_id) == USER_HASH_HEX and all(c in string.hexdigits for c in chat_id)
 
 
 def new_request_id() -> str:
@@ -389,8 +518,9 @@ class MemeService:
         options: MemeOptions | None = None,
     ) -> MadeMeme:
         """A model-captioned meme on `template`: what the user typed to name one, a picture they
-        sent (the catalog template it shows, if recognised), or a Template value; None (or "")
-        picks a random one."""
+        sent (the catalog template it shows, if recognised), or a Template value. None (or "")
+        with a prefix: the model picks the template the prefix fits (Found "picked"); without
+        one, a random template."""
         options = options or MemeOptions()
         prefix = clean_text(prefix)
         if len(prefix) > self.config.limits.max_prefix_chars:
@@ -400,12 +530,20 @@ class MemeService:
         if self.pool is None:
             raise NoModelError()
         settings = await self._settings(ctx)
-        chosen, found = await self._resolve_template(template, settings)
-        self._check_box_count(chosen, prefix.count("|") + 1 if prefix else 0)
-        request = self._request(chosen, prefix, settings, options)
-        if request.banned_words:
+        pick = not template and any(c.isalnum() for c in prefix)
+        chosen: Template | None = None
+        if pick:  # which templates could take it is known now; the model's choice costs a turn
+            candidates = self._pick_candidates(prefix, settings)
+            found = None
+        else:
+            chosen, found = await self._resolve_template(template, settings)
+            self._check_box_count(chosen, prefix.count("|") + 1 if prefix else 0)
+        if self._with_options(settings, options).filter_enabled:
             self._refuse_banned(prefix, "That start of a caption")
-        with self._turn(ctx, settings):
+        with self._turn(ctx, settings):  # a pick is model time too: it is charged with the caption
+            if chosen is None:
+                chosen, found = await self._pick_template(prefix, candidates)
+            request = self._request(chosen, prefix, settings, options)
             candidates = await self._generate_clean(request)
         candidates = [with_typed_prefix(prefix, boxes) for boxes in candidates]  # as typed, emoji and all
         params: dict[str, Any] = {
@@ -538,14 +676,26 @@ class MemeService:
         except UnknownMeme:
             raise UnknownMemeError(meme_id) from None
 
-    async def attach_message(self, meme_id: int, message_id: str) -> None:
-        """Remember which platform message shows the meme."""
+    async def attach_message(self, meme_id: int, message_id: str, media_ref: str | None = None) -> None:
+        """Remember which platform message shows the meme, and what shows its image again without
+        rendering it (`media_ref`: Telegram's file_id of the sent photo), for leaderboards."""
         if not 0 < meme_id <= MAX_MEME_ID:
             raise UnknownMemeError(meme_id)
         try:
-            await self.storage.set_message_id(meme_id, message_id)
+            await self.storage.set_message_id(meme_id, message_id, media_ref)
         except UnknownMeme:
             raise UnknownMemeError(meme_id) from None
+
+    def split_template(self, text: str) -> tuple[str | None, str]:
+        """What a user typed after /meme -> (the template its first word names, the caption's
+        start); (None, all of it) when the first word is no template (catalog.named: a whole
+        name, alias or a close typo), so the model picks one for the whole text."""
+        first, _, rest = text.strip().partition(" ")
+        if not first:
+            return None, ""
+        if self.catalog.named(first[:MAX_TEMPLATE_QUERY]) is not None:
+            return first, rest.strip()
+        return None, text.strip()
 
     def templates(self, query: str = "", limit: int = 25) -> list[Template]:
         return self.catalog.search(
@@ -556,6 +706,73 @@ class MemeService:
     async def history(self, ctx: ChatContext, n: int = 10) -> list[StoredMeme]:
         """The user's last `n` memes on this platform, newest first."""
         return await self.storage.user_history(ctx.platform, ctx.user_id, max(1, min(n, MAX_HISTORY)))
+
+    # --- leaderboards, forgetting ---
+
+    async def leaderboard(
+        self, ctx: ChatContext, period: str | Period = "", n: int = LEADERBOARD_SIZE
+    ) -> Leaderboard:
+        """This chat's best memes (a Discord server's, across its channels) made in `period`
+        (what the user typed, see PERIODS; "" is the last week): score first, then more
+        up-votes, then newer. Memes with no more 👍 than 👎, and memes whose message was found
+        deleted, are left out. Each entry has what a front end needs to show the meme again."""
+        chosen = period if isinstance(period, Period) else find_period(period)
+        since = None if chosen.days is None else self.storage.now() - timedelta(days=chosen.days)
+        memes = await self.storage.top_memes(
+            ctx.platform, self._stored_scope(ctx), since, max(1, min(n, MAX_LEADERBOARD))
+        )
+        entries: list[LeaderboardEntry] = []
+        for position, meme in enumerate(memes, 1):
+            # Competition ranking: a tie on score and up-votes shares the rank (1, 2, 2, 4).
+            key = (meme.score.value, meme.up)
+            tied = bool(entries) and (entries[-1].meme.score.value, entries[-1].meme.up) == key
+            rank = entries[-1].rank if tied else position
+            entries.append(LeaderboardEntry(rank, meme, self._platform_chat(ctx, meme.chat_id)))
+        return Leaderboard(chosen, tuple(entries))
+
+    async def message_deleted(self, meme_id: int) -> None:
+        """A front end found the meme's message deleted (a moderator took it down): it leaves
+        the leaderboards, so /top does not bring it back."""
+        if 0 < meme_id <= MAX_MEME_ID:
+            await self.storage.set_message_deleted(meme_id)
+
+    async def forget(self, ctx: ChatContext, meme_id: int) -> ForgottenMeme:
+        """Delete one of the asker's own memes, with its votes: it leaves their history, the
+        leaderboards and exports. Someone else's meme is refused (NotYourMemeError)."""
+        if not 0 < meme_id <= MAX_MEME_ID:
+            raise NoSuchMemeError(meme_id)
+        try:
+            meme = await self.storage.delete_meme(meme_id, ctx.platform, ctx.user_id)
+        except UnknownMeme:
+            raise NoSuchMemeError(meme_id) from None
+        except NotAuthor:
+            raise NotYourMemeError(meme_id) from None
+        # A picture held in memory for 🔁 goes too (even if another meme shows it: forgetting
+        # is the user asking for it to be gone; 🔁 there asks them to send it again).
+        self._pictures.pop(meme.template, None)
+        return ForgottenMeme(meme.id, self._platform_chat(ctx, meme.chat_id), meme.message_id)
+
+    async def meme_at(self, ctx: ChatContext, message_id: str) -> int:
+        """The id of the meme a message in this chat shows (e.g. the one a command replies to);
+        NotAMemeMessageError when it shows none."""
+        meme = await self.storage.meme_at(ctx.platform, self._stored_chat(ctx), message_id)
+        if meme is None:
+            raise NotAMemeMessageError()
+        return meme.id
+
+    def _platform_chat(self, ctx: ChatContext, stored_chat: str) -> str | None:
+        """A meme's chat id as the platform knows it, from the stored one: a private chat's is
+        stored hashed, so it is known only when it is the asker's chat."""
+        if stored_chat == self._stored_chat(ctx):
+            return ctx.chat_id
+        return None if _looks_hashed(stored_chat) else stored_chat
+
+    def _author_name(self, ctx: ChatContext) -> str:
+        """The display name kept with a new meme, for leaderboards. None ("") in a private chat:
+        its board is the author's own, and the chat itself is stored only as a hash."""
+        if ctx.is_private:
+            return ""
+        return clean_text(ctx.user_name)[:MAX_AUTHOR_NAME]
 
     # --- settings ---
 
@@ -651,6 +868,40 @@ class MemeService:
             if allowed is not None and template.slug not in allowed:
                 return self._choose_template(template.slug, settings), None  # refuses, worded as for a name
         return template, None
+
+    def _pick_candidates(self, prefix: str, settings: ChatSettings) -> dict[str, Template]:
+        """The templates a pick may choose for this prefix, by dataset name: allowed here, with
+        caption data, with a box for each of its parts."""
+        boxes = prefix.count("|") + 1
+        self._check_box_count(max(self.catalog.templates, key=lambda t: len(t.boxes)), boxes)
+        allowed = settings.allowed_templates
+        candidates = {
+            t.dataset_name: t
+            for t in self.catalog.templates
+            if t.has_data and len(t.boxes) >= boxes and (allowed is None or t.slug in allowed)
+        }
+        if not candidates:
+            raise NoTemplatesEnabledError()
+        return candidates
+
+    async def _pick_template(self, prefix: str, candidates: dict[str, Template]) -> tuple[Template, Found]:
+        """The template the model finds the prefix most likely under, drawn among the best three
+        (model/requests.py's choose_template); the other two are offered as alternatives."""
+        assert self.pool is not None
+        try:
+            scores = await self.pool.score_templates(prefix[:MAX_PICK_CHARS], tuple(candidates))
+        except (PoolBusy, PoolTimeout) as exc:
+            raise BusyError(exc.user_message) from exc
+        except InvalidRequest:  # nothing the model can read: any template will do
+            scores = TemplateScores((), ())
+        except PoolError as exc:
+            raise GenerationError(exc.user_message) from exc
+        if not scores.templates:
+            chosen = self._rng.choice(list(candidates.values()))
+            return chosen, Found("picked")
+        name = choose_template(scores, self._rng)
+        others = tuple(candidates[n] for n in scores.templates[:PICK_AMONG] if n != name)
+        return candidates[name], Found("picked", others)
 
     def _picture_template(self, picture: Picture) -> tuple[Template, bool]:
         """The catalog template a picture shows (True), else the picture itself (False).
@@ -817,6 +1068,8 @@ class MemeService:
                 params=params,
                 model_id=model_id,
                 keep_picture=settings.keep_pictures,
+                scope_id=self._stored_scope(ctx),
+                author_name=self._author_name(ctx),
             )
         )
         if template.is_upload:

@@ -127,6 +127,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE settings",
         "ALTER TABLE chat_settings RENAME TO settings",
     ),
+    (  # v7: leaderboards and re-posting. scope_id: whose board a meme is on (a Discord server; else
+        # the chat, so older memes are copied from chat_id: an old Discord meme lands under its
+        # channel, where no /top looks). author_name: the display name its author had when making
+        # it. media_ref: what shows its image again without rendering (Telegram: the photo's
+        # file_id). message_deleted_at: when its message was found deleted (it leaves the board).
+        "ALTER TABLE memes ADD COLUMN scope_id TEXT",
+        "ALTER TABLE memes ADD COLUMN author_name TEXT",
+        "ALTER TABLE memes ADD COLUMN media_ref TEXT",
+        "ALTER TABLE memes ADD COLUMN message_deleted_at TEXT",
+        "UPDATE memes SET scope_id = chat_id",
+        "CREATE INDEX memes_by_scope ON memes (platform, scope_id, created_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -145,6 +157,14 @@ class UnknownMeme(LookupError):
         self.meme_id = meme_id
 
 
+class NotAuthor(PermissionError):
+    """Only a meme's author may do that to it."""
+
+    def __init__(self, meme_id: int) -> None:
+        super().__init__(f"meme {meme_id} was made by someone else")
+        self.meme_id = meme_id
+
+
 @dataclass(frozen=True)
 class NewMeme:
     platform: str
@@ -157,6 +177,10 @@ class NewMeme:
     params: dict
     model_id: str
     keep_picture: bool = False  # also store a user's picture itself (once), so 🔁 outlives a restart
+    scope_id: str = ""  # whose leaderboard it is on (a Discord server); "" = its chat's
+    # The author's display name as the platform showed it when the meme was made. Stored rather
+    # than looked up: a lookup needs the raw user id, which is only ever stored as a keyed hash.
+    author_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,10 @@ class StoredMeme:
     message_id: str | None
     up: int
     down: int
+    scope_id: str = ""  # whose leaderboard it is on (the chat's id unless a server's)
+    author_name: str = ""  # "" for memes made before names were kept
+    media_ref: str | None = None  # shows the image again without rendering (Telegram: a file_id)
+    message_deleted: bool = False  # its message was found deleted
 
     @property
     def score(self) -> Score:
@@ -235,7 +263,8 @@ def hash_user(key: str, platform: str, user_id: str) -> str:
 # A meme with its vote counts; callers add WHERE / GROUP BY / ORDER BY.
 _MEME_COLUMNS = """
     m.id, m.platform, m.chat_id, m.user_hash, m.template, m.prefix, m.boxes, m.method, m.params,
-    m.model_id, m.created_at, m.message_id,
+    m.model_id, m.created_at, m.message_id, m.scope_id, m.author_name, m.media_ref,
+    m.message_deleted_at IS NOT NULL AS message_deleted,
     COALESCE(SUM(r.value = 1), 0) AS up, COALESCE(SUM(r.value = -1), 0) AS down"""
 _MEMES_WITH_VOTES = f"SELECT {_MEME_COLUMNS} FROM memes m LEFT JOIN ratings r ON r.meme_id = m.id"
 _RATED_MEMES = f"SELECT {_MEME_COLUMNS} FROM memes m JOIN ratings r ON r.meme_id = m.id"
@@ -257,6 +286,10 @@ def _meme_from_row(row: sqlite3.Row) -> StoredMeme:
         message_id=row["message_id"],
         up=row["up"],
         down=row["down"],
+        scope_id=row["scope_id"] or row["chat_id"],
+        author_name=row["author_name"] or "",
+        media_ref=row["media_ref"],
+        message_deleted=bool(row["message_deleted"]),
     )
 
 
@@ -306,6 +339,9 @@ def _check_new_meme(meme: NewMeme) -> None:
         raise InvalidValue(f"NewMeme.boxes must be a list of strings, got {meme.boxes!r}")
     if not isinstance(meme.params, dict):
         raise InvalidValue(f"NewMeme.params must be a dict, got {meme.params!r}")
+    for name in ("scope_id", "author_name"):
+        if not isinstance(getattr(meme, name), str):
+            raise InvalidValue(f"NewMeme.{name} must be a string, got {getattr(meme, name)!r}")
 
 
 def _filter_sql(where: MemeFilter) -> tuple[str, list[Any], str, list[Any]]:
@@ -494,6 +530,8 @@ class Storage:
             meme.method,
             params,
             meme.model_id,
+            meme.scope_id or meme.chat_id,
+            meme.author_name or None,
             format_time(self._clock()),
         )
         async with self._write() as db:
@@ -512,16 +550,86 @@ class Storage:
                 )
             cursor = await db.execute(
                 "INSERT INTO memes (platform, chat_id, user_hash, template, prefix, boxes, method,"
-                " params, model_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " params, model_id, scope_id, author_name, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             return int(cursor.lastrowid)
 
-    async def set_message_id(self, meme_id: int, message_id: str) -> None:
+    async def set_message_id(self, meme_id: int, message_id: str, media_ref: str | None = None) -> None:
+        """The platform message showing the meme, and what shows its image again (see StoredMeme)."""
         async with self._write() as db:
-            cursor = await db.execute("UPDATE memes SET message_id = ? WHERE id = ?", (message_id, meme_id))
+            cursor = await db.execute(
+                "UPDATE memes SET message_id = ?, media_ref = COALESCE(?, media_ref) WHERE id = ?",
+                (message_id, media_ref, meme_id),
+            )
             if cursor.rowcount == 0:
                 raise UnknownMeme(meme_id)
+
+    async def set_message_deleted(self, meme_id: int) -> None:
+        """The meme's message was found deleted (by a moderator, say): it leaves the leaderboards."""
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE memes SET message_deleted_at = COALESCE(message_deleted_at, ?) WHERE id = ?",
+                (format_time(self._clock()), meme_id),
+            )
+
+    async def meme_at(self, platform: str, chat_id: str, message_id: str) -> StoredMeme | None:
+        """The meme a platform message shows (chat_id as stored), or None."""
+        row = await self._fetchone(
+            f"{_MEMES_WITH_VOTES} WHERE m.platform = ? AND m.chat_id = ? AND m.message_id = ?"
+            " GROUP BY m.id ORDER BY m.id DESC LIMIT 1",
+            (platform, chat_id, message_id),
+        )
+        return None if row is None else _meme_from_row(row)
+
+    async def top_memes(
+        self, platform: str, scope_id: str, since: datetime | None = None, n: int = 5
+    ) -> list[StoredMeme]:
+        """A chat's (or server's) best memes made since `since` (None: ever): score (up - down)
+        first, then more up-votes, then newer. Only memes liked more than disliked make it, and
+        none whose message was found deleted."""
+        clauses, params = (
+            ["m.platform = ?", "m.scope_id = ?", "m.message_deleted_at IS NULL"],
+            [platform, scope_id],
+        )
+        if since is not None:
+            clauses.append("m.created_at >= ?")
+            params.append(format_time(since))
+        rows = await self._fetchall(
+            f"{_RATED_MEMES} WHERE {' AND '.join(clauses)} GROUP BY m.id HAVING up - down > 0"
+            " ORDER BY up - down DESC, up DESC, m.created_at DESC, m.id DESC LIMIT ?",
+            (*params, max(n, 0)),
+        )
+        return [_meme_from_row(r) for r in rows]
+
+    async def delete_meme(self, meme_id: int, platform: str, user_id: str) -> StoredMeme:
+        """Delete a meme for its author, with its ratings (and its picture, if kept and no other
+        meme uses it), so it leaves history, leaderboards and exports. UnknownMeme when there is
+        no such meme on `platform`; NotAuthor when `user_id` did not make it."""
+        async with self._write() as db:
+            row = await (
+                await db.execute(
+                    f"{_MEMES_WITH_VOTES} WHERE m.id = ? AND m.platform = ? GROUP BY m.id",
+                    (meme_id, platform),
+                )
+            ).fetchone()
+            if row is None:
+                raise UnknownMeme(meme_id)
+            meme = _meme_from_row(row)
+            if not hmac.compare_digest(meme.user_hash, self.user_hash(platform, user_id)):
+                raise NotAuthor(meme_id)
+            await db.execute("DELETE FROM memes WHERE id = ?", (meme_id,))  # ratings cascade
+            if is_upload_key(meme.template):
+                await db.execute(
+                    "DELETE FROM pictures WHERE slug = ? AND NOT EXISTS (SELECT 1 FROM memes WHERE template = ?)",
+                    (meme.template, meme.template),
+                )
+            return meme
+
+    def now(self) -> datetime:
+        """The time by this storage's clock (what new memes are stamped with)."""
+        return self._clock()
 
     async def pop_param_item(self, meme_id: int, key: str) -> Any | None:
         """Take the first item of the list `params[key]` of a meme, in one transaction (two
@@ -709,7 +817,10 @@ class Storage:
 
     async def integrity_check(self) -> list[str]:
         """SQLite's own consistency check; ["ok"] when the file is sound."""
-        return [r[0] for r in await self._fetchall("PRAGMA integrity_check")]
+        try:
+            return [r[0] for r in await self._fetchall("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:  # damage where the check itself reads stops it half-way
+            return [f"the check stopped: {exc}"]
 
     async def backup(self, dest: Path) -> None:
         """Copy the database to `dest` with SQLite's online backup, safe while the bot writes.

@@ -24,6 +24,7 @@ from telegram import (
     CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaPhoto,
     MaybeInaccessibleMessage,
     Message,
     ReplyParameters,
@@ -45,12 +46,19 @@ from bot.frontend import StartError
 from bot.render import missing_note
 from bot.service import (
     AdminOnlyError,
+    BadPeriodError,
     BadPictureError,
     BannedWordError,
     ChatContext,
+    ForgottenMeme,
+    Leaderboard,
+    LeaderboardEntry,
     MadeMeme,
     MemeError,
+    MemeNumberError,
     MemeService,
+    NoSuchMemeError,
+    NotAMemeMessageError,
     NoTemplatesEnabledError,
     Picture,
     SettingsUsageError,
@@ -59,12 +67,13 @@ from bot.service import (
     Wording,
     caption_hints,
     error_text,
+    meme_number,
     report_unexpected,
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
 from common.config import TelegramConfig
-from common.template import MAX_UPLOAD_BYTES, too_big
+from common.template import MAX_UPLOAD_BYTES, is_upload_key, too_big
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +93,8 @@ COMMANDS = (
     ("caption", "Your own text: /caption template top text | bottom text"),
     ("templates", "List or search templates: /templates [words]"),
     ("history", "Your last memes"),
+    ("top", "This chat's best memes: /top [week|month|all]"),
+    ("forget", "Delete one of your memes: reply to it with /forget, or /forget NUMBER"),
     ("settings", "Show or change this chat's settings (admins)"),
     ("help", "How to use this bot"),
 )
@@ -97,7 +108,9 @@ HELP = """I make memes with my own caption model.
 Your own picture: reply to a photo with /meme [start of the caption] or /caption top | bottom, or send
 a photo with the command as its caption. A picture of a known template is recognised.
 /templates [words] — find a template
-/history — your last memes
+/history — your last memes, with their numbers
+/top [week|month|all] — this chat's best memes (👍 minus 👎), shown again
+/forget — reply to one of your memes to delete it everywhere (or /forget NUMBER from /history)
 /settings — this chat's settings; admins change them with /settings temperature 0.9
 
 Vote with 👍 / 👎 under a meme; 🔁 makes another one like it."""
@@ -124,7 +137,21 @@ WORDING: Wording = {
     SettingsUsageError: lambda e: (
         f"Name a setting and a value, e.g. /settings temperature 0.9 (or: {RESET_WORDS[0]})"
     ),
+    BadPeriodError: lambda e: f'There\'s no "/top {e.given[:40]}": try /top week, /top month or /top all',
+    MemeNumberError: lambda e: (
+        (f'"{e.given[:40]}" isn\'t a meme number. ' if e.given else "Which meme? ")
+        + "Reply to your meme with /forget, or give its number from /history, e.g. /forget 12"
+    ),
+    NoSuchMemeError: lambda e: f"There's no meme #{e.meme_id}. /history lists yours with their numbers.",
+    NotAMemeMessageError: lambda e: (
+        "That message isn't one of my memes. Reply to your meme itself with /forget, "
+        "or give its number from /history or /top, e.g. /forget 12"
+    ),
 }
+FORGET_STUCK = (
+    " I couldn't delete its message (Telegram lets bots delete theirs for 48 hours only): "
+    "the group's admins can."
+)
 
 
 @dataclass(frozen=True)
@@ -220,6 +247,9 @@ def meme_caption(made: MadeMeme) -> str:
         source = "your picture"
     elif made.found is not None and made.found.how == "recognized":
         source = f"recognised: {made.template.name} · /meme {made.template.slug}"
+    elif made.found is not None and made.found.how == "picked":
+        others = ", ".join(f"/meme {t.slug}" for t in made.found.alternatives)
+        source = f"I picked {made.template.name} for your words" + (f"; or try {others}" if others else "")
     else:
         source = f"{made.template.name} · /meme {made.template.slug}"
     caption = f"{made.text}\n— {source}"
@@ -242,6 +272,45 @@ def reply_options(message: MaybeInaccessibleMessage) -> dict[str, object]:
 
 def clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def display_name(update: Update) -> str:
+    """The sender's name as Telegram shows it: an anonymous admin posts as the group itself."""
+    message = update.effective_message
+    if update.callback_query is None and message is not None and message.sender_chat is not None:
+        return message.sender_chat.effective_name or ""
+    user = update.effective_user
+    return user.full_name if user is not None else ""
+
+
+def author_of(entry: LeaderboardEntry, private: bool) -> str:
+    # No name is kept for memes made in a private chat (its board is the user's own) or before names were kept.
+    return entry.author or ("you" if private else "someone")
+
+
+def leaderboard_text(board: Leaderboard, private: bool) -> str:
+    if not board.entries:
+        if board.period.days is None:
+            return "No memes here with more 👍 than 👎 yet. Vote under the memes you like!"
+        return (
+            f"No memes here from {board.period.label} with more 👍 than 👎 yet. "
+            "Vote under the memes you like, or see all time with /top all"
+        )
+    lines = [f"🏆 Best memes here, {board.period.label}:"]
+    for entry in board.entries:
+        meme = entry.meme
+        on = "a picture" if is_upload_key(meme.template) else meme.template
+        lines.append(
+            f"{entry.rank}. {author_of(entry, private)}: {meme.score.value:+d} (👍 {meme.up} 👎 {meme.down})"
+            f" · #{meme.id} {on}: {entry.text or '(no text)'}"
+        )
+    return "\n".join(lines)
+
+
+def repost_caption(entry: LeaderboardEntry, private: bool) -> str:
+    return f"{entry.rank}. {author_of(entry, private)} · {entry.meme.score.value:+d} · #{entry.meme.id}"[
+        :MAX_CAPTION
+    ]
 
 
 # --- the front end ----------------------------------------------------------------------------------
@@ -292,6 +361,8 @@ class TelegramFrontEnd:
             "caption": self.on_caption,
             "templates": self.on_templates,
             "history": self.on_history,
+            "top": self.on_top,
+            "forget": self.on_forget,
             "settings": self.on_settings,
         }
         for name, callback in handlers.items():
@@ -364,8 +435,8 @@ class TelegramFrontEnd:
 
             await self.make_and_send(message, on_picture)
             return
-        template, prefix = split_first_word(command_argument(message))
-        await self.make_and_send(message, lambda: self.service.make_meme(ctx, template or None, prefix))
+        template, prefix = self.service.split_template(command_argument(message))
+        await self.make_and_send(message, lambda: self.service.make_meme(ctx, template, prefix))
 
     async def on_caption(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -422,6 +493,81 @@ class TelegramFrontEnd:
             for m in memes
         ]
         await self.reply(update.effective_message, "Your last memes:\n" + "\n".join(lines))
+
+    async def on_top(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The chat's best memes: a ranked list, then the memes themselves sent again by file_id
+        (no rendering; it works even where the original message was deleted)."""
+        message = update.effective_message
+        ctx = self.context(update)
+        try:
+            board = await self.service.leaderboard(ctx, command_argument(message))
+        except MemeError as exc:
+            await self.reply(message, self.error_text(exc))
+            return
+        await self.reply(message, leaderboard_text(board, ctx.is_private))
+        # Memes from before file_ids were kept are in the list only.
+        shown = [e for e in board.entries if e.meme.media_ref]
+        try:
+            if len(shown) == 1:
+                await self.with_retries(
+                    lambda: self.app.bot.send_photo(
+                        message.chat.id,
+                        shown[0].meme.media_ref,
+                        caption=repost_caption(shown[0], ctx.is_private),
+                        **reply_options(message),
+                    )
+                )
+            elif shown:  # one album: 2 to 10 photos (LEADERBOARD_SIZE is within that)
+                album = [
+                    InputMediaPhoto(e.meme.media_ref, caption=repost_caption(e, ctx.is_private))
+                    for e in shown
+                ]
+                await self.with_retries(
+                    lambda: self.app.bot.send_media_group(message.chat.id, album, **reply_options(message))
+                )
+        except BadRequest as exc:
+            # A file_id Telegram no longer takes (the bot's token changed, say): the list stands.
+            logger.info("telegram: could not show the leaderboard's memes again: %s", exc)
+
+    async def on_forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Delete one of the sender's memes: the one their /forget replies to, or /forget NUMBER."""
+        message = update.effective_message
+        ctx = self.context(update)
+        argument = command_argument(message)
+        try:
+            if argument:
+                meme_id = meme_number(argument)
+            elif message.reply_to_message is not None:
+                meme_id = await self.service.meme_at(ctx, str(message.reply_to_message.message_id))
+            else:
+                raise MemeNumberError("")
+            forgotten = await self.service.forget(ctx, meme_id)
+        except MemeError as exc:
+            await self.reply(message, self.error_text(exc))
+            return
+        text = f"Forgotten: meme #{forgotten.id} is gone from /history, /top and the exports, votes and all."
+        if not await self.take_down(forgotten):
+            text += FORGET_STUCK
+        await self.reply(message, text)
+
+    async def take_down(self, forgotten: ForgottenMeme) -> bool:
+        """Delete a forgotten meme's message; False when it is still up (too old for a bot to
+        delete: then at least its buttons go, votes on it would count for nothing)."""
+        if forgotten.chat_id is None or forgotten.message_id is None:
+            return True  # no message of it that we know of, here or anywhere
+        chat_id, message_id = int(forgotten.chat_id), int(forgotten.message_id)
+        try:
+            await self.with_retries(lambda: self.app.bot.delete_message(chat_id, message_id))
+            return True
+        except BadRequest as exc:
+            if "not found" in str(exc).lower():
+                return True  # someone deleted it already
+            logger.info("telegram: could not delete a forgotten meme's message: %s", exc)
+        try:
+            await self.with_retries(lambda: self.app.bot.edit_message_reply_markup(chat_id, message_id))
+        except BadRequest as exc:
+            logger.info("telegram: could not take the buttons off a forgotten meme: %s", exc)
+        return False
 
     async def on_settings(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -508,7 +654,9 @@ class TelegramFrontEnd:
                 **reply_options(reply_to),
             )
         )
-        await self.service.attach_message(made.id, str(sent.message_id))
+        # The sent photo's file_id shows it again (in /top) without rendering or uploading it.
+        file_id = sent.photo[-1].file_id if sent.photo else None
+        await self.service.attach_message(made.id, str(sent.message_id), file_id)
 
     async def reply(self, message: Message, text: str) -> None:
         await self.with_retries(
@@ -547,6 +695,7 @@ class TelegramFrontEnd:
             user_id=str(user.id if user else chat.id),
             is_admin=is_admin or private,  # in a private chat the user owns the settings
             is_private=private,
+            user_name=display_name(update),
         )
 
     async def is_admin(self, update: Update) -> bool:

@@ -1,18 +1,32 @@
-"""`memebot generate TEMPLATE [PREFIX] -o meme.png`: the model's captions, rendered, from the shell."""
+"""`memebot generate TEMPLATE [PREFIX] -o meme.png`: the model's captions, rendered, from the shell.
+
+TEMPLATE may be a picture file: the catalog template it shows when recognised, else the picture
+itself. When TEMPLATE names no template (a whole name, alias or close typo, as a chat's /meme
+reads its first word) and is not a near miss of one, it is the caption's first words and the
+model picks the template from TEMPLATE + PREFIX (model/pick.py). The first line printed is then
+`template: <slug>`, as it is whenever the template was recognised in a picture or from something
+other than its slug.
+"""
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 
+from common.catalog import Catalog
 from common.config import Config
 from model.requests import DECODING_METHODS, METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="complete a caption with the model and render the meme")
-    p.add_argument("template", help="template slug, name or alias, e.g. change-my-mind")
+    p.add_argument(
+        "template",
+        help="template slug, name or alias, e.g. change-my-mind; a picture file; or the caption's "
+        "first words, and the model picks the template",
+    )
     p.add_argument("prefix", nargs="?", default="", help='start of the caption; "|" moves to the next box')
     p.add_argument(
         "-o", "--output", type=Path, help="write the meme here (with --n 3: meme-1.png, meme-2.png, ...)"
@@ -37,26 +51,47 @@ def _numbered(path: Path, i: int, n: int) -> Path:
     return path if n == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
 
 
+def mistyped_name(catalog: Catalog, text: str) -> bool:
+    """A single word near a template's name ("gru", "cat", "nobody"): more likely a name cut
+    short or mistyped than a caption, so it is refused with suggestions, not captioned. Whatever
+    else `lookup` refuses is the caption's first words."""
+    return len(text.split()) <= 1 and (not text.strip() or bool(catalog.search(text, limit=1)))
+
+
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.app import usable_draft, usable_lexicon
     from bot.render import box_count_error
+    from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
     from common.catalog import UnknownTemplate, load_catalog
+    from common.template import ImageError
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
     from model.generate import load_generator
-    from model.requests import GenerationRequest
+    from model.requests import GenerationRequest, choose_template
 
     catalog = load_catalog(config.catalog_path)
-    try:
-        template = catalog.lookup(args.template)
-    except UnknownTemplate as exc:
+    prefix = args.prefix
+    label = ""
+    try:  # a picture file (recognised, or the picture itself), or a name the chat would take
+        chosen = template_argument(args.template, catalog, config.template_images_dir, config.cache_dir)
+        template, label = chosen.template, chosen.file_stem
+        if not chosen.file_stem and catalog.named(args.template) is None:
+            raise UnknownTemplate(args.template, catalog.suggestions(args.template))
+    except ImageError as exc:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 2
+    except UnknownTemplate as exc:
+        if mistyped_name(catalog, args.template):
+            print(f"memebot generate: {exc}", file=sys.stderr)
+            return 2
+        template = None  # the model picks it from the whole text
+        prefix = " ".join(part for part in (args.template.strip(), args.prefix.strip()) if part)
     if not 1 <= args.n <= 20:
         print("memebot generate: --n must be between 1 and 20", file=sys.stderr)
         return 2
-    too_many = box_count_error(template, args.prefix.count("|") + 1 if args.prefix else 0, "|")
+    given_boxes = prefix.count("|") + 1 if prefix else 0
+    too_many = box_count_error(template, given_boxes, "|") if template is not None else None
     if too_many:  # never merged into the last box
         print(f"memebot generate: {too_many}", file=sys.stderr)
         return 2
@@ -83,9 +118,23 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     except DraftTableError as exc:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 1
+    if template is None:
+        # Only templates with a box for each of the text's boxes can take it.
+        fitting = {t.dataset_name: t for t in catalog.templates if len(t.boxes) >= given_boxes}
+        scores = generator.score_templates(prefix, list(fitting))
+        if not scores.templates:
+            print(
+                f'memebot generate: no template "{args.template}", and the model knows no template '
+                f"with {given_boxes} boxes to pick for it",
+                file=sys.stderr,
+            )
+            return 2
+        template = fitting[choose_template(scores, random.Random(args.seed))]
+    if not template.is_upload and template.slug != args.template.strip():  # picked or recognised
+        print(f"template: {template.slug}")
     request = GenerationRequest(
         template=template.dataset_name,
-        prefix=args.prefix,
+        prefix=prefix,
         method=args.method or g.method,
         temperature=args.temperature if args.temperature is not None else g.temperature,
         top_k=args.top_k if args.top_k is not None else g.top_k,
@@ -114,7 +163,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         image = renderer.render(template, caption.boxes, uppercase=False if args.as_typed else None)
         try:
             wanted = _numbered(args.output, i, len(captions))
-            path, pil_format = output_path(wanted, Path("."), template.slug, image)
+            path, pil_format = output_path(wanted, Path("."), label or template.slug, image)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(encoded_as(image, pil_format))
         except (OutputError, OSError) as exc:

@@ -17,6 +17,7 @@ from common.config import ConfigError, load_config
 # Modules that contribute subcommands, in the order `memebot --help` lists them.
 COMMAND_MODULES = (
     "cli.generate",  # generate
+    "cli.pick",  # pick
     "cli.render",  # render, gallery
     "cli.templates",  # templates
     "cli.doctor",  # doctor
@@ -52,7 +53,11 @@ def _add_global_options(parser: argparse.ArgumentParser, default: object) -> Non
         help="config file (default: ./config.toml if present, else built-in defaults)",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=default or False, help="log more (every update handled)"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default or False,
+        help="log more (every update handled)",
     )
 
 

@@ -124,10 +124,12 @@ def run_render(config: Config, args: argparse.Namespace) -> int:
         return _error("render", "--max-side must be at least 64")
     try:
         catalog = load_catalog(config.catalog_path)
-        chosen = template_argument(args.template, catalog)
+        chosen = template_argument(args.template, catalog, config.template_images_dir, config.cache_dir)
     except (CatalogError, UnknownTemplate, ImageError) as exc:
         return _error("render", exc)
     template = chosen.template
+    if chosen.recognized:
+        print(f"template: {template.slug}")
     try:
         image = make_renderer(config, args.max_side).render(
             template, args.texts, uppercase=False if args.as_typed else None

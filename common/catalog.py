@@ -33,6 +33,21 @@ ALIGNMENTS = ("left", "center", "right")
 FUZZY_ACCEPT = 80.0
 FUZZY_MARGIN = 8.0
 ALIAS_WEIGHT = 0.9
+# `named`: a whole name typed with a slip (one edit in five letters, two in ten).
+TYPO_ACCEPT = 80.0
+# Words people start captions with: as the first word of `/meme ...` they begin the caption, even
+# where they are also a word of some template's name ("me" in Look At Me, "this" in This Is Fine).
+CAPTION_WORDS = frozenset(
+    """a about after all also always am an and any are as at be because been before being but by can
+    cant could did didnt do does doesnt dont down every for from get gets getting go goes going gonna got
+    had has have having he her here hey him his how i if im in is isnt it its ive just know let lets like
+    look me mom more most my never new no not now of off oh ok okay on once one only or our out over
+    first world little every great thing things being other another last best finally
+    people please really right said say says see she should so some someone still such tell than that
+    thats the their them then there these they thing this those time to today too try trying up us very
+    wait want wants was we well were what whats when where which while who why will with without wont
+    would yes yet you your youre""".split()
+)
 # Search results below this score are noise rather than typos.
 SEARCH_CUTOFF = 70.0
 # Ranking above any fuzzy score (0-100): exact names, then word-prefix matches on names, then aliases.
@@ -187,6 +202,43 @@ class Catalog:
             if best_score >= FUZZY_ACCEPT and best_score - runner_up >= FUZZY_MARGIN:
                 return self.templates[best]
         raise UnknownTemplate(query, self.suggestions(query))
+
+    def named(self, word: str) -> Template | None:
+        """The template `word` names on its own, as the first word of `/meme WORD rest` would:
+        a whole slug, name, dataset name or alias ("drake", "change-my-mind"), or a close typo of
+        one ("chnage-my-mind", "doeg"); else None. Unlike `lookup`, one word of a longer name is
+        not enough: in "/meme when the tests pass", "when" is the caption's first word."""
+        q = normalize_name(word[:MAX_QUERY_CHARS])
+        if not q:
+            return None
+        if q in self._exact:
+            return self.templates[self._exact[q]]
+        if q.replace(" ", "") in self._compact:
+            return self.templates[self._compact[q.replace(" ", "")]]
+        words = q.split()
+        if len(words) == 1 and len(q) >= MIN_LOOKUP_PREFIX and q not in CAPTION_WORDS:
+            # A distinctive word of one template's name, or its start: "drake", "spongebob",
+            # "drak". Short name words ("man", "dog", "guy") and words captions start with
+            # ("when", "first") begin a caption instead; aliases count only whole (above).
+            hits = {
+                k.index
+                for k in self._keys
+                if not k.is_alias and any(len(w) >= 5 and w.startswith(q) for w in k.words)
+            }
+            if len(hits) == 1:
+                return self.templates[hits.pop()]
+            if hits:
+                return None  # a word of several templates' names names none of them
+        compact = q.replace(" ", "")
+        best: dict[int, float] = {}
+        for key in self._keys:
+            score = 100.0 * OSA.normalized_similarity(compact, key.text.replace(" ", ""))
+            best[key.index] = max(best.get(key.index, 0.0), score)
+        ranked = sorted(((s, i) for i, s in best.items()), key=lambda item: (-item[0], item[1])) + [(0.0, -1)]
+        (score, index), (runner_up, _) = ranked[0], ranked[1]
+        if score >= TYPO_ACCEPT and score - runner_up >= FUZZY_MARGIN:
+            return self.templates[index]
+        return None
 
     def search(self, query: str = "", limit: int = 25) -> list[Template]:
         """Templates matching a partial or misspelt query, best first; "" lists them in catalog order.

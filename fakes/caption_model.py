@@ -2,13 +2,15 @@
 
 `ScriptedCaptions` is a test double of our own `BatchGenerator` protocol (model/pool.py):
 it continues the user's prefix with a fixed ending, so tests can assert on the text, and
-it records every request, so tests can see which settings reached the model. Everything
+it records every request, so tests can see which settings reached the model. It picks
+templates from a text by the words the text shares with each template's name. Everything
 else is real: the catalog, the renderer, SQLite storage and the ModelPool.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -19,7 +21,15 @@ from bot.app import open_service
 from bot.service import MemeService
 from common.config import Config, LimitsConfig, ModelConfig, PathsConfig, StorageConfig
 from model.pool import WARMUP_REQUEST, ModelPool
-from model.requests import Abandoned, Caption, GenerationRequest, GenerationResult, ResultCallback
+from model.requests import (
+    Abandoned,
+    Caption,
+    GenerationRequest,
+    GenerationResult,
+    ResultCallback,
+    ScoringRequest,
+    TemplateScores,
+)
 from model.vocab import normalize_user_text
 
 FIXED_ENDING = "with extra cheese"  # what greedy and beam requests always end with
@@ -27,7 +37,10 @@ FIXED_ENDING = "with extra cheese"  # what greedy and beam requests always end w
 
 class ScriptedCaptions:
     """Greedy/beam: prefix + FIXED_ENDING. Sampling: prefix + "take N", N counting up, so a
-    reroll visibly differs. Boxes the prefix does not reach say "box 2", "box 3", ..."""
+    reroll visibly differs. Boxes the prefix does not reach say "box 2", "box 3", ...
+    Scoring templates: each template's score is the number of the text's words that are words
+    of its dataset name ("drake tests" scores Drake-Hotline-Bling 1.0); `templates` are the
+    ones it knows, for a caller that asks for all of them."""
 
     model_id = "scripted-captions"
 
@@ -36,11 +49,14 @@ class ScriptedCaptions:
         delay_s: float = 0.0,
         fail: bool = False,
         sample_endings: Sequence[str] = (),
+        templates: Sequence[str] = (),
     ) -> None:
         self.delay_s = delay_s  # simulated decoding time (time.sleep releases the GIL, like torch)
         self.fail = fail
         self.sample_endings = list(sample_endings)  # sampled endings to use, in order, before "take N"
         self.requests: list[GenerationRequest] = []
+        self.templates = tuple(templates)
+        self.scorings: list[ScoringRequest] = []  # every score_templates call, in order
         self._draws = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -74,6 +90,19 @@ class ScriptedCaptions:
         while len(boxes) < request.n_boxes:
             boxes.append(f"box {len(boxes) + 1}")
         return GenerationResult([Caption(boxes, -1.0)])
+
+    def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("scripted model failure")
+        with self._lock:
+            self.scorings.append(ScoringRequest(text, tuple(templates)))
+        words = set(re.findall(r"[a-z0-9']+", " ".join(normalize_user_text(text))))
+        names = templates or self.templates
+        return TemplateScores.ranked(
+            {name: float(len(words & set(name.lower().split("-")))) for name in names}
+        )
 
     @property
     def last(self) -> GenerationRequest:

@@ -86,6 +86,7 @@ class FakeUser:
     id: int
     name: str = "tester"
     permissions: int = 0
+    nick: str | None = None  # the member's nickname on the test guild, shown there instead of `name`
 
     def user_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +106,7 @@ class FakeUser:
             "joined_at": "2024-01-01T00:00:00+00:00",
             "deaf": False,
             "mute": False,
-            "nick": None,
+            "nick": self.nick,
             "avatar": None,
         }
 
@@ -143,6 +144,7 @@ class FakeMessage:
     deleted: bool = False
     edits: int = 0
     author: FakeUser | None = None  # None: the bot
+    embeds: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ephemeral(self) -> bool:
@@ -182,7 +184,7 @@ class FakeMessage:
             "flags": self.flags,
             "components": self.components,
             "attachments": [fake.attachment_json(a, self.channel_id) for a in self.attachments],
-            "embeds": [],
+            "embeds": self.embeds,
             "mentions": [],
             "mention_roles": [],
             "mention_everyone": False,
@@ -295,6 +297,8 @@ class FakeDiscord:
         app.router.add_delete(
             f"{api}/webhooks/{{app}}/{{token}}/messages/{{message}}", self._delete_webhook_message
         )
+        app.router.add_get(f"{api}/channels/{{channel}}/messages/{{message}}", self._get_message)
+        app.router.add_delete(f"{api}/channels/{{channel}}/messages/{{message}}", self._delete_message)
         app.router.add_get("/attachments/{channel}/{id}/{name}", self._get_attachment)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -343,10 +347,11 @@ class FakeDiscord:
         await self.wait_until(lambda: self.sessions >= sessions and self._ws is not None, timeout)
 
     async def run_command(
-        self, name: str, user: FakeUser, *, dm: bool = False, **options: Any
+        self, name: str, user: FakeUser, *, dm: bool = False, channel_id: int | None = None, **options: Any
     ) -> FakeInteraction:
         """A user runs slash command `name` with `options`, checked against what the bot synced;
-        `dm`: in their direct messages with the bot, where only global commands that allow DMs exist."""
+        `dm`: in their direct messages with the bot, where only global commands that allow DMs exist;
+        `channel_id`: in another channel of the test guild (default: `self.channel_id`)."""
         command = self._command(name, dm=dm)
         uploads = {key: self._stored(value) for key, value in options.items() if isinstance(value, Upload)}
         options = {key: uploads.get(key, value) for key, value in options.items()}
@@ -356,7 +361,7 @@ class FakeDiscord:
             data["resolved"] = {
                 "attachments": {str(a.id): self.attachment_json(a, channel) for a in uploads.values()}
             }
-        return await self._dispatch_interaction(APPLICATION_COMMAND, data, user, dm=dm)
+        return await self._dispatch_interaction(APPLICATION_COMMAND, data, user, dm=dm, channel_id=channel_id)
 
     async def autocomplete(
         self, name: str, user: FakeUser, focused: str, **options: Any
@@ -402,6 +407,10 @@ class FakeDiscord:
         )
         self.messages[message.id] = message
         return message
+
+    def delete_message(self, message: FakeMessage) -> None:
+        """A moderator deletes a message (the bot is not told: it has no message intents)."""
+        message.deleted = True
 
     def attachment_json(self, a: FakeAttachment, channel_id: int) -> dict[str, Any]:
         url = f"{self.url}/attachments/{channel_id}/{a.id}/{a.filename}"
@@ -500,9 +509,11 @@ class FakeDiscord:
         user: FakeUser,
         message: FakeMessage | None = None,
         dm: bool = False,
+        channel_id: int | None = None,
     ) -> FakeInteraction:
         if self._ws is None:
             raise AssertionError("no bot is connected to the fake gateway")
+        channel = channel_id or (message.channel_id if message is not None else self.channel_id)
         interaction_id = next(self._ids)
         token = f"itoken-{interaction_id}"
         interaction = FakeInteraction(
@@ -510,7 +521,7 @@ class FakeDiscord:
             token=token,
             type=type_,
             user=user,
-            channel_id=self.dm_channel_id if dm else self.channel_id,
+            channel_id=self.dm_channel_id if dm else channel,
             guild_id=None if dm else self.guild_id,
             dispatched_at=time.monotonic(),
             message=message,
@@ -523,9 +534,9 @@ class FakeDiscord:
             "token": token,
             "version": 1,
             "guild_id": str(self.guild_id),
-            "channel_id": str(self.channel_id),
+            "channel_id": str(channel),
             "channel": {
-                "id": str(self.channel_id),
+                "id": str(channel),
                 "type": 0,
                 "guild_id": str(self.guild_id),
                 "name": "memes",
@@ -750,6 +761,7 @@ class FakeDiscord:
             flags=int(data.get("flags") or 0),
             components=data.get("components") or [],
             attachments=files,
+            embeds=data.get("embeds") or [],
         )
         self.messages[message.id] = message
         return message
@@ -760,6 +772,8 @@ class FakeDiscord:
             message.content = data["content"] or ""
         if "components" in data:
             message.components = data["components"] or []
+        if "embeds" in data:
+            message.embeds = data["embeds"] or []
         if "attachments" in data:
             keep = {str(a.get("id")) for a in data["attachments"]}
             message.attachments = [a for a in message.attachments if str(a.id) in keep]
@@ -857,6 +871,28 @@ class FakeDiscord:
         message = interaction and self._webhook_message(request, interaction)
         if not message:
             return _error(404, 10008, "Unknown Message")
+        message.deleted = True
+        return web.Response(status=204)
+
+    def _channel_message(self, request: web.Request) -> FakeMessage | None:
+        ref = request.match_info["message"]
+        message = self.messages.get(int(ref)) if ref.isdigit() else None
+        if message is None or message.deleted or str(message.channel_id) != request.match_info["channel"]:
+            return None
+        return message
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        message = self._channel_message(request)
+        if message is None or message.ephemeral:  # an ephemeral message is its reader's alone
+            return _error(404, 10008, "Unknown Message")
+        return _json(message.to_json(self))
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        message = self._channel_message(request)
+        if message is None or message.ephemeral:
+            return _error(404, 10008, "Unknown Message")
+        if message.author is not None:  # a bot without Manage Messages deletes only its own
+            return _error(403, 50013, "Missing Permissions")
         message.deleted = True
         return web.Response(status=204)
 

@@ -31,6 +31,9 @@ from common.config import TelegramConfig
 BOT_ID = 7000001
 GROUP_ID = -1001  # the group chat `send_text` writes in unless told otherwise
 BOT_DOWNLOAD_LIMIT = 20 * 2**20  # getFile refuses bigger files: bots download at most 20 MB
+BOT_DELETE_WINDOW_S = 48 * 3600  # a bot deletes messages only while they are younger than this
+MEDIA_GROUP_SIZES = range(2, 11)  # sendMediaGroup takes 2 to 10 items
+WRONG_FILE = "Bad Request: wrong file identifier/HTTP URL specified"
 ADMIN_STATUSES = ("creator", "administrator")
 
 
@@ -100,6 +103,7 @@ class FakeTelegramServer:
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> message
         self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> status; default "member"
         self.files: dict[str, bytes] = {}  # file_id -> content: what users sent and the bot's photos
+        self.names: dict[int, tuple[str, str]] = {}  # user id -> (first, last) name; see `name_user`
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count] = defaultdict(lambda: itertools.count(1))
@@ -166,6 +170,22 @@ class FakeTelegramServer:
             self.chats[chat_id] = chat
         return self.chats[chat_id]
 
+    def name_user(self, user_id: int, first_name: str, last_name: str = "") -> None:
+        """The name a user's messages and presses carry from now on (default: "User<id>")."""
+        self.names[user_id] = (first_name, last_name)
+
+    def user(self, user_id: int) -> dict[str, Any]:
+        """The Bot API user object of a (non-bot) user, with their name."""
+        first, last = self.names.get(user_id, ("", ""))
+        user = _user(user_id, first)
+        if last:
+            user["last_name"] = last
+        return user
+
+    def delete_message(self, chat_id: int, message_id: int) -> None:
+        """Someone (a user, an admin) deletes a message: it is gone from the chat, as for the bot."""
+        self.messages.pop((chat_id, message_id), None)
+
     def set_member(self, chat_id: int, user_id: int, status: str) -> None:
         """`status`: creator | administrator | member | restricted | left | kicked."""
         self.members[(chat_id, user_id)] = status
@@ -186,7 +206,7 @@ class FakeTelegramServer:
             "message_id": next(self._message_ids[chat_id]),
             "date": int(time.time()),
             "chat": chat,
-            "from": _user(user_id),
+            "from": self.user(user_id),
             "text": text,
             **extra,
         }
@@ -222,7 +242,7 @@ class FakeTelegramServer:
             "message_id": next(self._message_ids[chat_id]),
             "date": int(time.time()),
             "chat": chat,
-            "from": _user(user_id),
+            "from": self.user(user_id),
             **extra,
         }
         if as_document:
@@ -269,7 +289,7 @@ class FakeTelegramServer:
             {
                 "callback_query": {
                     "id": query_id,
-                    "from": _user(user_id),
+                    "from": self.user(user_id),
                     "chat_instance": f"ci{message['chat']['id']}",
                     "data": data,
                     "message": current,
@@ -336,7 +356,7 @@ class FakeTelegramServer:
         if call.method == "answerCallbackQuery":
             return FakeTelegramServer.query_key(str(call.params["callback_query_id"]))
         reply = call.params.get("reply_parameters")
-        if call.method in ("sendMessage", "sendPhoto") and isinstance(reply, dict):
+        if call.method in ("sendMessage", "sendPhoto", "sendMediaGroup") and isinstance(reply, dict):
             return f"message:{call.chat_id}:{reply['message_id']}"
         return None
 
@@ -507,23 +527,59 @@ class FakeTelegramServer:
     async def _api_sendMessage(self, call: Call) -> dict[str, Any]:
         return self._new_message(call, {"text": call.params["text"]})
 
+    def _photo(self, media: Any, files: dict[str, bytes]) -> list[dict[str, Any]]:
+        """A sent photo's sizes: an upload (stored under a new file_id), a part named by
+        "attach://name", or the file_id of a file the server has; else the real server's 400."""
+        if isinstance(media, str) and media.startswith("attach://"):
+            media = files.get(media.removeprefix("attach://"))
+        if isinstance(media, bytes):
+            file_id = self.add_file(media, "sent")
+        elif isinstance(media, str) and media in self.files:
+            file_id = media  # sent again by file_id: the same file, nothing uploaded
+        else:
+            raise ApiError(400, WRONG_FILE if media else "Bad Request: there is no photo in the request")
+        size = len(self.files[file_id])
+        return [
+            {"file_id": file_id, "file_unique_id": file_id, "width": 800, "height": 800, "file_size": size}
+        ]
+
     async def _api_sendPhoto(self, call: Call) -> dict[str, Any]:
-        photo = call.files.get("photo", b"")
-        file_id = self.add_file(photo, "sent")
-        content: dict[str, Any] = {
-            "photo": [
-                {
-                    "file_id": file_id,
-                    "file_unique_id": file_id,
-                    "width": 800,
-                    "height": 800,
-                    "file_size": len(photo),
-                }
-            ]
-        }
+        photo = self._photo(call.files.get("photo", call.params.get("photo")), call.files)
+        content: dict[str, Any] = {"photo": photo}
         if call.params.get("caption"):
             content["caption"] = call.params["caption"]
         return self._new_message(call, content)
+
+    async def _api_sendMediaGroup(self, call: Call) -> list[dict[str, Any]]:
+        media = call.params.get("media")
+        if not isinstance(media, list) or len(media) not in MEDIA_GROUP_SIZES:
+            raise ApiError(400, "Bad Request: a media group must have 2 to 10 items")
+        if any(not isinstance(item, dict) or item.get("type") != "photo" for item in media):
+            raise ApiError(400, "Bad Request: this fake serves media groups of photos only")
+        photos = [self._photo(item.get("media"), call.files) for item in media]  # all checked first
+        group = f"group-{next(self._update_ids)}"
+        sent = []
+        for item, photo in zip(media, photos, strict=True):
+            content: dict[str, Any] = {"photo": photo, "media_group_id": group}
+            if item.get("caption"):
+                content["caption"] = item["caption"]
+            sent.append(self._new_message(call, content))
+        call.params["_message_ids"] = [m["message_id"] for m in sent]
+        return sent
+
+    async def _api_deleteMessage(self, call: Call) -> bool:
+        key = (int(call.params["chat_id"]), int(call.params["message_id"]))
+        message = self.messages.get(key)
+        if message is None:
+            raise ApiError(400, "Bad Request: message to delete not found")
+        own = message.get("from", {}).get("id") == BOT_ID
+        # Others' messages: in a private chat, or in a group where the bot is an admin.
+        private = self.chat(key[0])["type"] == "private"
+        may_delete_others = private or self.members.get((key[0], BOT_ID)) in ADMIN_STATUSES
+        if not (own or may_delete_others) or time.time() - message["date"] > BOT_DELETE_WINDOW_S:
+            raise ApiError(400, "Bad Request: message can't be deleted")
+        del self.messages[key]
+        return True
 
     async def _api_editMessageReplyMarkup(self, call: Call) -> dict[str, Any] | bool:
         key = (int(call.params["chat_id"]), int(call.params["message_id"]))

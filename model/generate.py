@@ -6,6 +6,8 @@ beam requests another (model/beam.py: a row per beam). Every network exposes
 `prefill(template_ids, left_padded_tokens)` and `step(tokens, state)`, so the transformer
 (key-value cache) and the LSTM (hidden state) never re-read the prefix. What every method
 shares (rows, the constraints on each step, the word rules) is in model/decoding.py.
+`score_templates` ranks templates by how likely a text is under each (model/pick.py): picking
+the template from the user's words.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from model.decoding import Batch, prompt_ids
 from model.draft import DraftTable, load_draft_table
 from model.fused import load_fused_kernel
 from model.lexicon import BatchRules, Lexicon, LexiconError, Rules, load_lexicon
-from model.requests import METHODS, Abandoned, GenerationRequest, GenerationResult, ResultCallback
+from model.pick import score_templates
+from model.requests import (
+    METHODS,
+    Abandoned,
+    GenerationRequest,
+    GenerationResult,
+    ResultCallback,
+    TemplateScores,
+)
 from model.speculation import DRAFT_LENGTH
 from model.transformer import FrozenStep
 from model.vocab import Vocab
@@ -111,6 +121,11 @@ class CaptionGenerator:
         if lost:
             raise RuntimeError(f"decoding ended without a result for request(s) {lost}")
         return [r if r is not None else GenerationResult() for r in results]
+
+    def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        """`templates` (dataset names; () = all the model knows) ranked by how likely `text`
+        is as the start of their captions: one forward pass, a row per template (model/pick.py)."""
+        return score_templates(self.model, self.checkpoint, text, templates)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The request's prefix as the symbols its captions start with (no <start>)."""

@@ -11,6 +11,12 @@ it computes, so the event loop keeps serving chat traffic while a batch runs.
 
 A request's size is the rows it decodes: `n` for greedy, the larger of `n` and `best_of`
 for sampling, `beam_width` for beam search. A request larger than `max_batch` runs alone rather than never.
+
+`await pool.score_templates(text, templates)` ranks templates by how likely the text is under
+each (model/pick.py), for picking the template from a user's words. It waits in the same queue
+(so the same queue limit, timeout and close apply) and runs on a worker's thread as a pass of
+its own when it is the oldest request waiting. A generation batch never stops at it: requests
+queued behind it join the batch in front of it, so it delays generation by no more than its pass.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from model.requests import (
     METHODS,
@@ -31,8 +37,11 @@ from model.requests import (
     GenerationRequest,
     GenerationResult,
     ResultCallback,
+    ScoringRequest,
+    TemplateScores,
     request_rows,
 )
+from model.vocab import normalize_user_text
 
 if TYPE_CHECKING:
     from common.config import ModelConfig
@@ -58,6 +67,11 @@ class BatchGenerator(Protocol):
         requests not yet answered. May call on_result(i, result) from its thread as soon as
         request i is done, so that its caller need not wait for the rest of the batch; may
         stop decoding request i once abandoned(i) is true (its result is then discarded)."""
+        ...
+
+    def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        """`templates` (dataset names; () = every one it knows) ranked by how likely `text` is
+        under each, best first; templates it does not know are left out."""
         ...
 
 
@@ -102,11 +116,12 @@ class InvalidRequest(PoolError, ValueError):
 class PoolStats:
     batches: int = 0  # batches decoded (warm-up not counted)
     requests: int = 0  # requests answered
-    failed: int = 0  # requests failed because their batch raised
+    scored: int = 0  # score_templates calls answered
+    failed: int = 0  # requests failed because their batch (or scoring pass) raised
     timed_out: int = 0
     cancelled: int = 0  # callers that gave up (their task was cancelled)
     rejected: int = 0  # PoolBusy answers
-    busy_s: float = 0.0  # seconds workers spent inside generate_batch
+    busy_s: float = 0.0  # seconds workers spent inside generate_batch and score_templates
     batch_sizes: Counter[int] = field(default_factory=Counter)  # requests per batch -> batches
     batch_rows: Counter[int] = field(default_factory=Counter)  # rows per batch -> batches
 
@@ -124,13 +139,17 @@ class PoolStats:
 
 @dataclass(eq=False)  # identity equality: a job is removed from the queue by identity
 class _Job:
-    request: GenerationRequest
-    future: asyncio.Future[GenerationResult]
-    rows: int
+    request: GenerationRequest | ScoringRequest
+    future: asyncio.Future[Any]  # a GenerationResult, or TemplateScores for a ScoringRequest
+    rows: int  # rows in a batch; a scoring job is never batched
     enqueued_at: float  # loop.time()
     # Set on the loop when the caller gives up; the worker thread reads it between passes (a
     # plain bool: one reader, one writer, the GIL makes each access whole).
     abandoned: bool = False
+
+    @property
+    def scoring(self) -> bool:
+        return isinstance(self.request, ScoringRequest)
 
 
 @dataclass
@@ -165,6 +184,12 @@ def check_request(request: GenerationRequest) -> None:
         problems.append(f"n_boxes must not be negative, got {request.n_boxes}")
     if problems:
         raise InvalidRequest("; ".join(problems))
+
+
+def check_scoring(request: ScoringRequest) -> None:
+    """Raise InvalidRequest for a text with nothing in it to score."""
+    if not any(box.strip() for box in normalize_user_text(request.text)):
+        raise InvalidRequest("there are no words to pick a template from")
 
 
 class ModelPool:
@@ -294,16 +319,35 @@ class ModelPool:
     # ---- requests -----------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self._check_started()
+        check_request(request)
+        result: GenerationResult = await self._submit(request, request_rows(request))
+        return result
+
+    async def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        """`templates` (dataset names; () = every one the model knows) ranked by how likely
+        `text` (`|` between boxes) is as the start of their captions, best first; those the model
+        does not know are left out (an empty ranking if none is left). One pass on a worker's
+        thread, in its turn; PoolBusy, PoolTimeout, PoolClosed and InvalidRequest as for generate."""
+        self._check_started()
+        request = ScoringRequest(text, tuple(templates))
+        check_scoring(request)
+        scores: TemplateScores = await self._submit(request, rows=0)
+        return scores
+
+    def _check_started(self) -> None:
         if self._closed:
             raise PoolClosed("the model pool is closed")
         if not self._workers:
             raise RuntimeError("the model pool has not started: await pool.start() first")
-        check_request(request)
+
+    async def _submit(self, request: GenerationRequest | ScoringRequest, rows: int) -> Any:
+        """Queue a request and wait for its answer, within the pool's timeout."""
         if len(self._queue) >= self.queue_size:
             self._stats.rejected += 1
             raise PoolBusy(f"{len(self._queue)} requests are already waiting")
         loop = asyncio.get_running_loop()
-        job = _Job(request, loop.create_future(), request_rows(request), loop.time())
+        job = _Job(request, loop.create_future(), rows, loop.time())
         self._queue.append(job)
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -336,13 +380,16 @@ class ModelPool:
     async def _serve(self, worker: _Worker) -> None:
         while True:
             batch = await self._next_batch()
-            if batch:
+            if batch and batch[0].scoring:
+                await self._run_scoring(worker, batch[0])
+            elif batch:
                 await self._run_batch(worker, batch)
             elif self._closed:
                 return
 
     async def _next_batch(self) -> list[_Job]:
-        """Wait for a request, then for the batch window; [] if every waiting request left."""
+        """Wait for a request, then for the batch window; [] if every waiting request left.
+        A scoring job comes alone, [job], and waits for no window."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._queue or self._closed)
             if self._closed:
@@ -350,7 +397,7 @@ class ModelPool:
             # The window is measured from the oldest request's arrival, so requests that
             # queued up while this worker was busy go at once.
             deadline = self._queue[0].enqueued_at + self.batch_wait_s
-            if deadline > asyncio.get_running_loop().time():
+            if not self._queue[0].scoring and deadline > asyncio.get_running_loop().time():
                 try:
                     async with asyncio.timeout_at(deadline):
                         await self._changed.wait_for(lambda: self._batch_is_full() or self._closed)
@@ -361,24 +408,33 @@ class ModelPool:
     def _batch_is_full(self) -> bool:
         rows = 0
         for job in self._queue:  # stops early: the queue can be far longer than a batch
-            rows += 0 if job.future.done() else job.rows
+            rows += 0 if job.future.done() or job.scoring else job.rows
             if rows >= self.max_batch:
                 return True
         return False
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest requests that fit in max_batch rows (first come, first served)."""
+        """The oldest requests that fit in max_batch rows (first come, first served). A scoring
+        job is a pass of its own: taken alone when it is the oldest, else passed over (it keeps
+        its place at the front) so that it never cuts a generation batch short."""
         batch: list[_Job] = []
+        passed_over: list[_Job] = []
         rows = 0
         while self._queue:
             job = self._queue[0]
             if job.future.done():  # cancelled between its caller's cancel and its cleanup
                 self._queue.popleft()
                 continue
+            if job.scoring:
+                if not batch:
+                    return [self._queue.popleft()]
+                passed_over.append(self._queue.popleft())
+                continue
             if batch and rows + job.rows > self.max_batch:
                 break
             batch.append(self._queue.popleft())
             rows += job.rows
+        self._queue.extendleft(reversed(passed_over))
         return batch
 
     async def _run_batch(self, worker: _Worker, batch: list[_Job]) -> None:
@@ -421,10 +477,39 @@ class ModelPool:
             self._stats.batch_rows[sum(job.rows for job in batch)] += 1
             self._stats.busy_s += time.perf_counter() - started
 
-    def _answer(self, job: _Job, result: GenerationResult) -> None:
+    async def _run_scoring(self, worker: _Worker, job: _Job) -> None:
+        """One scoring pass on the worker's own thread. It cannot be stopped halfway: a caller
+        that gave up meanwhile just gets no answer."""
+        started = time.perf_counter()
+        assert isinstance(job.request, ScoringRequest)
+        request = job.request
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(
+                worker.thread, worker.generator.score_templates, request.text, request.templates
+            )
+        except asyncio.CancelledError:
+            if not job.future.done():  # the loop is shutting down under us
+                job.future.set_exception(PoolClosed("the model pool stopped while scoring"))
+            raise
+        except Exception as exc:
+            logger.error("model worker %d: scoring templates failed", worker.index, exc_info=exc)
+            if not job.future.done():
+                self._stats.failed += 1
+                error = GenerationFailed(f"scoring failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                job.future.set_exception(error)
+        else:
+            self._answer(job, scores)
+        finally:
+            self._stats.busy_s += time.perf_counter() - started
+
+    def _answer(self, job: _Job, result: GenerationResult | TemplateScores) -> None:
         if not job.future.done():  # done = answered early, or its caller gave up meanwhile
             job.future.set_result(result)
-            self._stats.requests += 1
+            if job.scoring:
+                self._stats.scored += 1
+            else:
+                self._stats.requests += 1
 
     async def _decode(
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -106,3 +108,61 @@ def request_rows(request: GenerationRequest) -> int:
     if request.method == "beam":
         return max(1, request.beam_width)
     return max(1, request.n, request.best_of if request.method == "sample" else 1)
+
+
+# ---- picking the template from the text (model/pick.py scores, the pool runs it) --------------
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """How likely `text` is as the start of a caption of each template: one teacher-forced pass
+    with a row per template (model/pick.py)."""
+
+    text: str  # raw user text, `|` between boxes, normalised as a prefix is
+    templates: tuple[str, ...] = ()  # dataset names to score; () = every template the model knows
+
+
+@dataclass(frozen=True)
+class TemplateScores:
+    """Templates ranked by how likely the text is under each, best first."""
+
+    templates: tuple[str, ...]  # dataset names, best first; templates the model does not know are left out
+    # log P(text | template) in nats (model/pick.py says why the sum, not the mean), descending.
+    scores: tuple[float, ...]
+
+    @classmethod
+    def ranked(cls, scores: dict[str, float]) -> TemplateScores:
+        """Sorted best first; equal scores keep the order they were given in."""
+        order = sorted(scores, key=lambda name: -scores[name])
+        return cls(tuple(order), tuple(scores[name] for name in order))
+
+    def probabilities(self) -> list[float]:
+        """P(template | text) among the templates scored, if each was as likely beforehand:
+        the softmax of the scores, in the same order."""
+        return softmax(self.scores)
+
+    def best(self, n: int) -> list[tuple[str, float]]:
+        return list(zip(self.templates[:n], self.scores[:n], strict=True))
+
+
+# The choice among the best few rather than always the best: a text that fits three templates
+# about equally should not always get the same one, and the user can ask for another.
+PICK_AMONG = 3
+
+
+def choose_template(scores: TemplateScores, rng: random.Random, among: int = PICK_AMONG) -> str:
+    """One of the `among` best templates, drawn with probability softmax(their scores): the
+    posterior among them. ValueError when nothing was scored."""
+    if not scores.templates:
+        raise ValueError("no template was scored: none of them is known to the model")
+    top = scores.scores[: max(1, among)]
+    return rng.choices(scores.templates[: len(top)], weights=softmax(top))[0]
+
+
+def softmax(scores: Sequence[float]) -> list[float]:
+    if not scores:
+        return []
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]  # the best is exp(0) = 1: never all zero
+    total = sum(weights)
+    return [w / total for w in weights]

@@ -90,7 +90,7 @@ async def test_caption_templates_errors_and_quit(service: MemeService, tmp_path:
         [
             "/caption drake no thanks | yes please",
             "/templates change mind",
-            "/meme drakkar",
+            "/caption drakkar top | bottom",
             "/settings temperature hot",
             "hello",
             "/dance",
@@ -226,3 +226,24 @@ async def test_a_picture_file_in_place_of_a_template(service: MemeService, tmp_p
     saved = [Path(line.removeprefix("saved ")) for line in out if line.startswith("saved ")]
     assert all(Image.open(path).size == (360, 240) for path in saved)
     assert "isn't a picture" in out[-1]
+
+
+async def test_console_leaderboard_and_forget(service: MemeService, tmp_path: Path):
+    out = await chat(
+        service,
+        tmp_path / "out",
+        "/caption drake one | two\n/rate 👍\n/caption two-buttons a | b\n/rate 👍\n/rate 👎\n"
+        "/caption drake unrated | meme\n/top\n/top year\n/forget abc\n/forget 99\n/forget 1\n"
+        "/forget\n/rate 👍\n/top all\n/history\n",
+    )
+    start = out.index("1. #1 drake-hotline-bling: one | two  +1 (👍 1 👎 0)")
+    assert out[start + 1] == 'There\'s no "/top year": try /top week, /top month or /top all'  # only #1 liked
+    assert out[start + 2 : start + 7] == [
+        '"abc" isn\'t a meme number: try /forget 12 (numbers are in /history)',
+        "There's no meme #99. /history lists yours with their numbers.",
+        "Forgotten: #1 is gone from /history, /top and the exports.",
+        "Forgotten: #3 is gone from /history, /top and the exports.",  # no number: the last meme
+        "Make a meme first: /meme",
+    ]
+    assert out[start + 7] == "No memes with more 👍 than 👎 from all time yet. Rate them with /rate 👍"
+    assert out[start + 8 :] == ["#2 two-buttons: a | b  👍 0 👎 1"]

@@ -23,6 +23,7 @@ from PIL import Image
 
 from bot.app import run_bot
 from bot.discord_app import DiscordFrontEnd, DiscordStartError
+from bot.export import export_memes
 from bot.service import MemeService
 from bot.settings import SETTINGS
 from bot.storage import Score, Storage, StoredMeme
@@ -153,7 +154,17 @@ def image_size(message: FakeMessage) -> tuple[int, int]:
 async def test_start_up_syncs_every_command_with_no_privileged_intents(fake: FakeDiscord, start_bot) -> None:
     await start_bot()
     synced = {c["name"]: c for c in fake.commands[None]}
-    assert set(synced) == {"meme", "caption", "templates", "history", "memeconfig", "help", "Make a meme"}
+    assert set(synced) == {
+        "meme",
+        "caption",
+        "templates",
+        "history",
+        "top",
+        "forget",
+        "memeconfig",
+        "help",
+        "Make a meme",
+    }
     assert synced["Make a meme"]["type"] == MESSAGE_COMMAND  # in a message's context menu
     assert fake.identify is not None and fake.identify["intents"] & PRIVILEGED_INTENTS == 0
     meme_options = {o["name"]: o for o in synced["meme"]["options"]}
@@ -412,7 +423,7 @@ async def test_a_rate_limited_command_sync_is_retried_after_retry_after(fake: Fa
     attempts = [r for r in fake.requests if r.method == "PUT"]
     assert [r.status for r in attempts] == [429, 200]
     assert attempts[1].at - attempts[0].at >= 0.3
-    assert len(fake.commands[None]) == 7  # six slash commands and the message command
+    assert len(fake.commands[None]) == 9  # eight slash commands and the message command
 
 
 async def test_a_rate_limited_follow_up_is_retried_after_retry_after(fake: FakeDiscord, start_bot) -> None:
@@ -527,3 +538,141 @@ async def test_an_image_that_cannot_be_a_meme_is_refused_only_to_the_user(
     message = await final_message(fake, huge)
     assert message.ephemeral and "under 10 MB" in message.content
     assert len(fake.downloads) == 1 and fake.downloads[0].endswith("/x.png")  # the 11 MB one was refused by its size
+
+
+# ---- leaderboards and forgetting one's own meme ------------------------------------------------
+
+CAROL = FakeUser(14, "carol", nick="Carol the Great")  # a server nickname is what the server shows
+DAVE = FakeUser(15, "dave")
+
+
+def meme_number_of(message: FakeMessage) -> int:
+    return int(message.buttons[0]["custom_id"].rsplit(":", 1)[1])
+
+
+async def vote_up(fake: FakeDiscord, message: FakeMessage, *users: FakeUser, dm: bool = False) -> None:
+    for user in users:
+        press = await fake.press_button(message, message.buttons[0]["custom_id"], user, dm=dm)
+        await fake.wait_until(lambda p=press: p.acknowledged)
+
+
+async def post_caption(fake: FakeDiscord, user: FakeUser, text: str, **where: object) -> FakeMessage:
+    interaction = await fake.run_command("caption", user, template="drake", text=text, **where)
+    return await final_message(fake, interaction)
+
+
+async def test_leaderboard_spans_the_servers_channels_with_display_names_and_jump_links(
+    fake: FakeDiscord, start_bot
+) -> None:
+    await start_bot()
+    other_channel = fake.channel_id + 100
+    here = await post_caption(fake, ALICE, "here | now")
+    there = await post_caption(fake, CAROL, "over | there", channel_id=other_channel)
+    await post_caption(fake, BOB, "nobody | voted")
+    in_dm = await post_caption(fake, ALICE, "just | us", dm=True)
+    await vote_up(fake, here, BOB)
+    await vote_up(fake, there, ALICE, BOB)
+    await vote_up(fake, in_dm, ALICE, dm=True)
+
+    synced = {c["name"]: c for c in fake.commands[None]}
+    assert [c["value"] for c in synced["top"]["options"][0]["choices"]] == ["week", "month", "all"]
+    board = await final_message(fake, await fake.run_command("top", DAVE))
+    assert not board.ephemeral  # a leaderboard is for the channel to see
+    (embed,) = board.embeds
+    assert embed["title"] == "🏆 Best memes on this server, the last 7 days"
+    server = f"https://discord.com/channels/{fake.guild_id}"
+    assert embed["description"].splitlines() == [
+        f"**1.** over \\| there — Carol the Great · **+2** (👍 2 👎 0) · "
+        f"[#{meme_number_of(there)}]({server}/{other_channel}/{there.id})",
+        f"**2.** here \\| now — alice · **+1** (👍 1 👎 0) · "
+        f"[#{meme_number_of(here)}]({server}/{fake.channel_id}/{here.id})",
+    ]
+    asked = await fake.run_command("top", DAVE, channel_id=other_channel, period="all")
+    every = await final_message(fake, asked)
+    assert every.embeds[0]["title"].endswith(", all time")
+    assert every.embeds[0]["description"] == embed["description"]
+
+    # In a DM the board is the DM's own: the user's memes there, linked in the DM.
+    (mine,) = (await final_message(fake, await fake.run_command("top", ALICE, dm=True))).embeds
+    assert mine["title"] == "🏆 Best memes here, the last 7 days"
+    assert mine["description"] == (
+        f"**1.** just \\| us — you · **+1** (👍 1 👎 0) · "
+        f"[#{meme_number_of(in_dm)}](https://discord.com/channels/@me/{fake.dm_channel_id}/{in_dm.id})"
+    )
+
+
+async def test_leaderboard_leaves_out_a_meme_whose_message_a_moderator_deleted(
+    fake: FakeDiscord, start_bot
+) -> None:
+    bot = await start_bot()
+    deleted = await post_caption(fake, ALICE, "taken | down")
+    kept = await post_caption(fake, BOB, "still | up")
+    await vote_up(fake, deleted, BOB, CAROL)
+    await vote_up(fake, kept, ALICE)
+    fake.delete_message(deleted)  # the bot is not told: it has no message intents
+
+    board = await final_message(fake, await fake.run_command("top", DAVE))
+    (line,) = board.embeds[0]["description"].splitlines()
+    assert line.startswith("**1.** still \\| up — bob") and f"#{meme_number_of(kept)}]" in line
+    assert (await bot.storage.get_meme(meme_number_of(deleted))).message_deleted
+    looked = [r for r in fake.requests if r.method == "GET" and r.path.endswith(f"/messages/{deleted.id}")]
+    assert [r.status for r in looked] == [404]
+
+    again = await final_message(fake, await fake.run_command("top", DAVE))
+    assert again.embeds[0]["description"] == board.embeds[0]["description"]
+    assert len([r for r in fake.requests if r.path.endswith(f"/messages/{deleted.id}")]) == 1  # known gone
+
+    fake.delete_message(kept)
+    empty = await final_message(fake, await fake.run_command("top", DAVE))
+    assert not empty.embeds and empty.content.startswith(
+        "No memes on this server from the last 7 days with more 👍 than 👎 yet."
+    )
+
+
+async def test_forget_deletes_your_meme_everywhere_and_refuses_someone_elses(
+    fake: FakeDiscord, start_bot, tmp_path: Path
+) -> None:
+    bot = await start_bot()
+    mine = await post_caption(fake, ALICE, "mine | all mine")
+    number = meme_number_of(mine)
+    await vote_up(fake, mine, BOB)
+    bobs = await post_caption(fake, BOB, "bob | stays")
+    await vote_up(fake, bobs, ALICE)
+
+    # The meme option offers the user's own memes, by number and caption.
+    offered = await fake.autocomplete("forget", ALICE, focused="meme", meme="")
+    assert offered == [{"name": f"#{number} drake-hotline-bling: mine | all mine", "value": str(number)}]
+    assert [c["value"] for c in await fake.autocomplete("forget", BOB, focused="meme", meme="")] == [
+        str(meme_number_of(bobs))
+    ]
+
+    async def forget(user: FakeUser, meme: str) -> str:
+        reply = await final_message(fake, await fake.run_command("forget", user, meme=meme))
+        assert reply.ephemeral  # only the asker sees the answer
+        return reply.content
+
+    assert await forget(BOB, str(number)) == (
+        f"Meme #{number} isn't yours: only the person who made it can forget it."
+    )
+    assert await forget(ALICE, "abc") == (
+        "“abc” isn't a meme number. Pick one of yours in `/forget meme:`, or type its number from "
+        "`/history`, e.g. `/forget meme:12`."
+    )
+    unknown = await forget(ALICE, "999999")
+    assert unknown == "There's no meme #999999. `/history` lists yours with their numbers."
+    assert not mine.deleted and await bot.storage.get_meme(number) is not None
+
+    assert await forget(ALICE, f"#{number}") == (
+        f"Forgotten: meme #{number} is gone from `/history`, `/top` and exports, votes and all."
+    )
+    assert mine.deleted  # the bot took its own message down
+    assert await bot.storage.get_meme(number) is None
+    history = await fake.run_command("history", ALICE)
+    await fake.wait_until(lambda: history.acknowledged)
+    assert history.messages[0].content == "You have not made any memes yet: try `/meme`."
+    board = await final_message(fake, await fake.run_command("top", DAVE))
+    (line,) = board.embeds[0]["description"].splitlines()
+    assert f"#{meme_number_of(bobs)}]" in line
+    export = tmp_path / "rated.jsonl"
+    assert await export_memes(bot.storage, export, "jsonl", progress=False) == 1
+    assert "mine" not in export.read_text()

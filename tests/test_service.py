@@ -210,7 +210,9 @@ async def test_errors_carry_their_data_and_default_wording_names_no_platform(tmp
         await expect(AdminOnlyError, service.set_settings(ALICE, {"temperature": "0.5"}))
         await expect(SettingsUsageError, service.set_settings(ADMIN, {}))
         await expect(SettingsUsageError, service.set_settings(ADMIN, {" ": "1"}))
-        assert (await expect(UnknownSettingError, service.set_settings(ADMIN, {"colour": "red"}))).key == "colour"
+        assert (
+            await expect(UnknownSettingError, service.set_settings(ADMIN, {"colour": "red"}))
+        ).key == "colour"
         bad = await expect(BadSettingError, service.set_settings(ADMIN, {"best": "99"}))
         assert (bad.setting.name, bad.given) == ("best_of", "99")
         await service.set_settings(ADMIN, {"templates": "drake"})
@@ -462,3 +464,43 @@ async def test_a_full_queue_is_a_busy_error(tmp_path: Path):
     busy = [r for r in results if isinstance(r, BusyError)]
     assert busy and "busy" in busy[0].user_message
     assert any(not isinstance(r, Exception) for r in results)
+
+
+# --- the template picked from the text ---------------------------------------------------------------
+
+
+def test_the_first_word_names_a_template_only_when_it_is_one(service: MemeService):
+    assert service.split_template("drake no thanks | yes please") == ("drake", "no thanks | yes please")
+    assert service.split_template("change-my-mind pineapple on") == ("change-my-mind", "pineapple on")
+    assert service.split_template("chnage-my-mind pineapple") == ("chnage-my-mind", "pineapple")  # a typo
+    # A caption's first word, even one that is a word of some template's name or alias:
+    assert service.split_template("when the tests pass") == (None, "when the tests pass")
+    assert service.split_template("me after coffee") == (None, "me after coffee")
+    assert service.split_template("") == (None, "")
+
+
+async def test_a_text_without_a_template_gets_one_the_model_picks(service: MemeService, model):
+    # The scripted model scores a template by the text's words in its name: "mind" and "change"
+    # make Change My Mind by far the likeliest, but the choice is among the best three.
+    picked = await service.make_meme(ALICE, None, "change my mind about tabs", MemeOptions(method="greedy"))
+    assert picked.found is not None and picked.found.how == "picked"
+    assert picked.boxes[0].startswith("change my mind about tabs")  # the whole text is the caption's start
+    (scoring,) = model.scorings
+    ranked = sorted(
+        scoring.templates,
+        key=lambda n: -len({"change", "my", "mind", "about", "tabs"} & set(n.lower().split("-"))),
+    )
+    assert picked.template.dataset_name in ranked[:3]
+    assert len(picked.found.alternatives) == 2 and picked.template not in picked.found.alternatives
+    stored = await service.storage.get_meme(picked.id)
+    assert stored.template == picked.template.slug and stored.prefix == "change my mind about tabs"
+
+
+async def test_a_pick_only_chooses_templates_that_fit_and_are_allowed(service: MemeService, model):
+    await service.set_settings(ADMIN, {"templates": "drake, two buttons, change my mind"})
+    made = await service.make_meme(ALICE, None, "left | right | me", MemeOptions(method="greedy"))
+    assert made.template.slug == "two-buttons"  # the only allowed one with three boxes
+    assert set(model.scorings[-1].templates) == {"Two-Buttons"}
+    with pytest.raises(BoxCountError):
+        await service.make_meme(ALICE, None, " | ".join("abcdefghij"))  # no template has ten boxes
+    assert len(model.scorings) == 1  # refused before the model was asked

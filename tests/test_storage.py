@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import re
@@ -13,16 +14,18 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.storage import (
     SCHEMA_VERSION,
     InvalidValue,
     NewMeme,
+    NotAuthor,
     Score,
     Storage,
     StorageError,
@@ -30,6 +33,7 @@ from bot.storage import (
 )
 from cli.main import main
 from common.records import ExportError, ExportRow, read_export
+from common.template import Template
 from tests.helpers.templates import catalog_template
 
 KEY = "test-hash-key"
@@ -297,7 +301,7 @@ async def test_v1_database_is_upgraded_in_place_and_keeps_its_data(tmp_path: Pat
     conn.close()
 
     async with await Storage.open(path, KEY) as store:
-        assert (await store.stats()).schema_version == SCHEMA_VERSION == 6
+        assert (await store.stats()).schema_version == SCHEMA_VERSION == 7
         meme = await store.get_meme(7)
         assert meme.boxes == ["when the", "code works"]
         assert meme.params == {"beam_width": 3}
@@ -695,3 +699,94 @@ def test_db_check_cli_says_whether_the_file_is_sound(
     assert main(["--config", str(export_config), "db", "check"]) == 1
     err = capsys.readouterr().err
     assert "damaged" in err or "malformed" in err
+
+
+# --- leaderboards and forgetting ---------------------------------------------------------------
+
+
+async def test_leaderboard_query_ranks_by_score_then_up_votes_then_newer(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2024, 3, 1, tzinfo=UTC))
+    async with await Storage.open(tmp_path / "top.db", KEY, clock=clock) as store:
+
+        async def meme(votes: list[int], day: int, platform: str = "telegram", **where: str) -> int:
+            clock.now = datetime(2024, 3, day, tzinfo=UTC)
+            made = new_meme(platform=platform, chat_id=where.get("chat", "chat-1"))
+            made = replace(made, scope_id=where.get("scope", ""), author_name="Ann")
+            meme_id = await store.record_meme(made)
+            for voter, value in enumerate(votes):
+                await store.rate(meme_id, platform, f"voter-{voter}", value)
+            return meme_id
+
+        a = await meme([1, 1, 1], day=1)  # +3 with 3 up
+        b = await meme([1, 1, 1, 1, -1], day=2)  # +3 with 4 up: above a
+        c = await meme([1, 1, 1], day=3)  # +3 with 3 up, newer than a: above it
+        await meme([1, -1], day=4)  # 0: not liked more than disliked
+        await meme([-1], day=5)
+        await meme([], day=6)  # unrated
+        await meme([1] * 9, day=7, chat="chat-2")  # another chat
+        await meme([1] * 9, day=8, platform="discord")  # the same chat id on another platform
+
+        top = await store.top_memes("telegram", "chat-1")
+        assert [m.id for m in top] == [b, c, a]
+        assert (top[0].score, top[0].author_name, top[0].scope_id) == (Score(4, 1), "Ann", "chat-1")
+        since = datetime(2024, 3, 2, tzinfo=UTC)
+        assert [m.id for m in await store.top_memes("telegram", "chat-1", since)] == [b, c]
+        assert [m.id for m in await store.top_memes("telegram", "chat-1", n=1)] == [b]
+
+        await store.set_message_deleted(b)  # a moderator took its message down
+        assert (await store.get_meme(b)).message_deleted
+        assert [m.id for m in await store.top_memes("telegram", "chat-1")] == [c, a]
+
+        # A Discord server's board spans its channels.
+        one = await meme([1], day=9, platform="discord", chat="channel-1", scope="server")
+        two = await meme([1, 1], day=9, platform="discord", chat="channel-2", scope="server")
+        assert [m.id for m in await store.top_memes("discord", "server")] == [two, one]
+        assert (await store.get_meme(one)).chat_id == "channel-1"
+
+
+async def test_forget_deletes_only_the_authors_meme_with_its_votes_and_picture(storage: Storage) -> None:
+    mine = await storage.record_meme(new_meme(user_id="me"))
+    await storage.rate(mine, "telegram", "fan", 1)
+    with pytest.raises(NotAuthor):
+        await storage.delete_meme(mine, "telegram", "someone-else")
+    with pytest.raises(UnknownMeme):
+        await storage.delete_meme(mine, "discord", "me")  # ids are shared; the meme is Telegram's
+    with pytest.raises(UnknownMeme):
+        await storage.delete_meme(mine + 100, "telegram", "me")
+    gone = await storage.delete_meme(mine, "telegram", "me")
+    assert (gone.id, gone.score) == (mine, Score(1, 0))
+    assert await storage.get_meme(mine) is None
+    assert (await storage.stats()).ratings == 0 and await storage.count_rated() == 0
+    assert await storage.user_history("telegram", "me") == []
+
+    # A kept picture goes with the last meme made on it.
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(buffer, "PNG")
+    picture = Template.from_image_bytes(buffer.getvalue(), name="cat")
+    kept = replace(new_meme(user_id="me"), template=picture, keep_picture=True)
+    first, second = await storage.record_meme(kept), await storage.record_meme(kept)
+    await storage.delete_meme(first, "telegram", "me")
+    assert await storage.picture_template(picture.slug) is not None  # the second meme still uses it
+    await storage.delete_meme(second, "telegram", "me")
+    assert await storage.picture_template(picture.slug) is None
+
+
+async def test_leaderboard_covers_memes_from_before_the_v7_migration(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_SCHEMA)
+        conn.execute(
+            "INSERT INTO memes VALUES (7, 'telegram', '-1001', 'abc123', 'drake', '', '[\"a\", \"b\"]', "
+            "'sample', '{}', 'lstm-v1', '2024-05-01T12:00:00.000000Z', '555')"
+        )
+        conn.execute("INSERT INTO ratings VALUES (7, 'rater', 1, '2024-05-01T12:01:00.000000Z')")
+    conn.close()
+    async with await Storage.open(path, KEY) as store:
+        (old,) = await store.top_memes("telegram", "-1001")
+        assert (old.id, old.scope_id, old.author_name, old.media_ref) == (7, "-1001", "", None)
+        await store.set_message_id(7, "555", "file-7")
+        assert (await store.get_meme(7)).media_ref == "file-7"
+        await store.set_message_id(7, "556")  # a later message id alone keeps the file_id
+        assert (await store.get_meme(7)).media_ref == "file-7"
+        assert (await store.meme_at("telegram", "-1001", "556")).id == 7
+        assert await store.meme_at("telegram", "-1001", "555") is None

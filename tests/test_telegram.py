@@ -13,18 +13,21 @@ import inspect
 import io
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from bot.export import export_memes
 from bot.render import Renderer
 from bot.service import ChatContext, MemeService
-from bot.storage import Score, Storage
+from bot.storage import Score, Storage, format_time
 from bot.telegram_app import COMMANDS, HELP, SendRetry, TelegramFrontEnd, Timeouts
 from common.config import ENV_OVERRIDES, Config, TelegramConfig
 from fakes.caption_model import (
@@ -296,11 +299,21 @@ async def test_refusals_and_hints_name_group_admins_and_telegrams_command_syntax
 
 
 async def test_unknown_template_gets_suggestions(harness: Harness):
-    harness.server.send_text("/meme drakkar pineapple", user_id=ALICE)
+    harness.server.send_text("/caption drakkar no | yes", user_id=ALICE)
     (reply,) = await harness.server.wait_for("sendMessage")
     assert 'No template "drakkar"' in reply.params["text"]
     assert "drake-hotline-bling" in reply.params["text"]
     assert not harness.server.sent("sendPhoto")
+
+
+async def test_meme_whose_first_word_is_no_template_picks_one_for_the_words(harness: Harness):
+    harness.server.send_text("/meme when the tests pass on the first try", user_id=ALICE)
+    (photo,) = await harness.server.wait_for("sendPhoto")
+    caption = photo.params["caption"]
+    assert caption.startswith("when the tests pass on the first try take 1")  # all of it is the caption
+    assert "I picked " in caption and "; or try /meme " in caption  # and how to ask for another
+    (scoring,) = harness.model.scorings
+    assert scoring.text == "when the tests pass on the first try"
 
 
 async def test_caption_renders_the_given_text(harness: Harness):
@@ -476,6 +489,8 @@ PRIVATE_USER = 987654321
 
 async def test_no_raw_user_id_reaches_the_database_file(harness: Harness):
     server = harness.server
+    # A display name is kept with memes made in groups (for /top); the fake's default embeds the id.
+    server.name_user(PRIVATE_USER, "Priya")
     # In a private chat the chat id is the user's id: it must be stored hashed too.
     server.send_text("/meme drake", chat_id=PRIVATE_USER, user_id=PRIVATE_USER)
     (photo,) = await server.wait_for("sendPhoto")
@@ -617,3 +632,248 @@ async def test_a_photo_of_a_known_template_is_recognised_and_said_so(harness: Ha
     (sent,) = await server.wait_for("sendPhoto")
     assert "recognised: Drake Hotline Bling · /meme drake-hotline-bling" in sent.params["caption"]
     assert (await harness.service.storage.get_meme(meme_id(sent))).template == "drake-hotline-bling"
+
+
+# --- leaderboards and forgetting one's own meme ---------------------------------------------------
+
+CAROL, DAVE, ERIN = 504, 505, 506
+OTHER_GROUP = -2002
+
+
+async def post_meme(harness: Harness, text: str, user_id: int, chat_id: int = GROUP) -> Call:
+    """A user's command that makes a meme; its photo, once the meme knows its message and file_id."""
+    server = harness.server
+    before = len(server.sent("sendPhoto"))
+    server.send_text(text, chat_id=chat_id, user_id=user_id)
+    photo = (await server.wait_for("sendPhoto", before + 1))[-1]
+
+    async def attached() -> bool:
+        return (await harness.service.storage.get_meme(meme_id(photo))).media_ref is not None
+
+    await until(attached)
+    return photo
+
+
+async def vote(server: FakeTelegramServer, photo: Call, value: int, *voters: int) -> None:
+    for voter in voters:
+        before = len(server.sent("answerCallbackQuery"))
+        server.press(server.message_of(photo), f"v:{meme_id(photo)}:{value}", user_id=voter)
+        await server.wait_for("answerCallbackQuery", before + 1)
+
+
+def file_id(server: FakeTelegramServer, photo: Call) -> str:
+    """The file_id Telegram gave the photo the bot sent."""
+    return server.message_of(photo)["photo"][-1]["file_id"]
+
+
+async def reply_to(server: FakeTelegramServer, text: str, user_id: int = ALICE, **extra: object) -> str:
+    """The bot's first answer (a text) to a command in the group."""
+    command = server.send_text(text, user_id=user_id, **extra)
+    answers = await server.wait_answer(server.message_key(command))
+    assert answers, f"no answer to {text!r}"
+    return answers[0].params["text"]
+
+
+def backdate(config: Config, meme: int, days: float) -> None:
+    """Make a meme look `days` older, as a second reader/writer of the file (`memebot db` is one)."""
+    conn = sqlite3.connect(config.database_path)
+    with conn:
+        made = format_time(datetime.now(UTC) - timedelta(days=days))
+        conn.execute("UPDATE memes SET created_at = ? WHERE id = ?", (made, meme))
+    conn.close()
+
+
+async def test_leaderboard_ranks_the_chats_memes_names_authors_and_reposts_them_by_file_id(
+    harness: Harness,
+):
+    server = harness.server
+    server.name_user(ALICE, "Alice", "Liddell")
+    server.name_user(BOB, "Bob")
+    first = await post_meme(harness, "/caption drake one | two", ALICE)
+    second = await post_meme(harness, "/caption drake three | four", BOB)
+    third = await post_meme(harness, "/caption two-buttons fix it | ship it", ALICE)
+    await post_meme(harness, "/caption drake nobody | voted", ALICE)  # unrated: not on the board
+    disliked = await post_meme(harness, "/caption drake booed | off", BOB)
+    elsewhere = await post_meme(harness, "/caption drake other | group", CAROL, chat_id=OTHER_GROUP)
+    await vote(server, third, 1, BOB, CAROL, DAVE)
+    await vote(server, third, -1, ERIN)  # +2 with 3 up: first
+    await vote(server, second, 1, ALICE, CAROL)  # +2 with 2 up, newer than `first`: ties it, listed first
+    await vote(server, first, 1, BOB, CAROL)
+    await vote(server, disliked, -1, ALICE)
+    await vote(server, elsewhere, 1, ALICE, BOB, DAVE, ERIN)
+    rendered = len(server.sent("sendPhoto"))
+
+    command = server.send_text("/top", user_id=DAVE)
+    (album,) = await server.wait_for("sendMediaGroup")
+    listing = server.answers[server.message_key(command)][0]
+    assert listing.params["text"].splitlines() == [
+        "🏆 Best memes here, the last 7 days:",
+        f"1. Alice Liddell: +2 (👍 3 👎 1) · #{meme_id(third)} two-buttons: fix it | ship it",
+        f"2. Bob: +2 (👍 2 👎 0) · #{meme_id(second)} drake-hotline-bling: three | four",
+        f"2. Alice Liddell: +2 (👍 2 👎 0) · #{meme_id(first)} drake-hotline-bling: one | two",
+    ]
+    # The memes themselves, sent again by file_id as one album: nothing rendered or uploaded.
+    assert album.params["reply_parameters"]["message_id"] == command["message_id"]
+    assert album.params["media"] == [
+        {
+            "type": "photo",
+            "media": file_id(server, third),
+            "caption": f"1. Alice Liddell · +2 · #{meme_id(third)}",
+        },
+        {"type": "photo", "media": file_id(server, second), "caption": f"2. Bob · +2 · #{meme_id(second)}"},
+        {
+            "type": "photo",
+            "media": file_id(server, first),
+            "caption": f"2. Alice Liddell · +2 · #{meme_id(first)}",
+        },
+    ]
+    assert not album.files and len(server.sent("sendPhoto")) == rendered
+    # The name kept is the display name Telegram showed (first and last name), not an id.
+    assert (await harness.service.storage.get_meme(meme_id(third))).author_name == "Alice Liddell"
+
+
+async def test_leaderboard_periods_week_month_and_all_and_a_period_it_does_not_know(harness: Harness):
+    server = harness.server
+    server.name_user(ALICE, "Alice")
+    server.name_user(BOB, "Bob")
+    fresh = await post_meme(harness, "/caption drake made | today", ALICE)
+    last_month = await post_meme(harness, "/caption drake made | ten days ago", BOB)
+    long_ago = await post_meme(harness, "/caption drake made | in spring", ALICE)
+    await vote(server, fresh, 1, BOB)
+    await vote(server, last_month, 1, ALICE, CAROL)
+    await vote(server, long_ago, 1, BOB, CAROL, DAVE)
+    backdate(harness.config, meme_id(last_month), 10)
+    backdate(harness.config, meme_id(long_ago), 60)
+
+    week = await reply_to(server, "/top")
+    assert week.splitlines()[1:] == [
+        f"1. Alice: +1 (👍 1 👎 0) · #{meme_id(fresh)} drake-hotline-bling: made | today"
+    ]
+    again = (await server.wait_for("sendPhoto", 4))[-1]  # one meme: a photo by file_id, not an album
+    assert again.params["photo"] == file_id(server, fresh) and not again.files
+    assert again.params["caption"] == f"1. Alice · +1 · #{meme_id(fresh)}"
+
+    month = await reply_to(server, "/top month")
+    assert month.splitlines()[0] == "🏆 Best memes here, the last 30 days:"
+    assert [line.split(" · ")[1].split()[0] for line in month.splitlines()[1:]] == [
+        f"#{meme_id(last_month)}",
+        f"#{meme_id(fresh)}",
+    ]
+    every = await reply_to(server, "/top ALL")
+    assert every.splitlines()[0] == "🏆 Best memes here, all time:"
+    assert [line[:2] for line in every.splitlines()[1:]] == ["1.", "2.", "3."]
+    assert f"#{meme_id(long_ago)} " in every.splitlines()[1]
+    albums = await server.wait_for("sendMediaGroup", 2)
+    assert [len(a.params["media"]) for a in albums] == [2, 3]
+
+    assert await reply_to(server, "/top year") == (
+        'There\'s no "/top year": try /top week, /top month or /top all'
+    )
+    empty = await reply_to(server, "/top", chat_id=OTHER_GROUP)
+    assert empty.startswith("No memes here from the last 7 days with more 👍 than 👎 yet.")
+    assert "/top all" in empty
+    await asyncio.sleep(0.2)
+    assert len(server.sent("sendPhoto")) == 4 and len(server.sent("sendMediaGroup")) == 2
+
+
+async def test_leaderboard_shows_memes_whose_message_was_deleted_and_survives_a_stale_file_id(
+    harness: Harness,
+):
+    server = harness.server
+    kept = await post_meme(harness, "/caption drake still | here", ALICE)
+    deleted = await post_meme(harness, "/caption drake deleted | by an admin", BOB)
+    await vote(server, kept, 1, BOB)
+    await vote(server, deleted, 1, ALICE, CAROL)
+    files = [file_id(server, deleted), file_id(server, kept)]
+    server.delete_message(GROUP, server.message_of(deleted)["message_id"])  # the bot is not told
+
+    listing = await reply_to(server, "/top")
+    assert (
+        f"#{meme_id(deleted)} " in listing.splitlines()[1] and f"#{meme_id(kept)} " in listing.splitlines()[2]
+    )
+    (album,) = await server.wait_for("sendMediaGroup")  # a file_id outlives its message
+    assert [item["media"] for item in album.params["media"]] == files
+
+    # A file_id Telegram no longer takes (say the bot's token changed): the list still comes.
+    conn = sqlite3.connect(harness.config.database_path)
+    with conn:
+        conn.execute("UPDATE memes SET media_ref = 'no-such-file' WHERE id = ?", (meme_id(kept),))
+    conn.close()
+    again = await reply_to(server, "/top")
+    assert again == listing
+    assert await reply_to(server, "/help") == HELP  # and the bot carries on, with no error reply
+    assert len(server.sent("sendMediaGroup")) == 1
+    assert not any("went wrong" in text for text in replies(server))
+
+
+async def test_forget_by_reply_or_number_removes_the_meme_from_top_history_and_export(
+    harness: Harness, tmp_path: Path
+):
+    server = harness.server
+    by_reply = await post_meme(harness, "/caption drake forget | me", ALICE)
+    by_number = await post_meme(harness, "/caption drake me | too", ALICE)
+    bobs = await post_meme(harness, "/caption drake bob | stays", BOB)
+    for photo in (by_reply, by_number, bobs):
+        await vote(server, photo, 1, CAROL)
+    assert len((await reply_to(server, "/top")).splitlines()) == 4
+
+    message = server.message_of(by_reply)
+    done = await reply_to(server, "/forget", reply_to_message=message)
+    assert done == (
+        f"Forgotten: meme #{meme_id(by_reply)} is gone from /history, /top and the exports, votes and all."
+    )
+    (deleted,) = server.sent("deleteMessage")
+    assert deleted.params["message_id"] == str(message["message_id"])  # the bot took its message down
+    assert (GROUP, message["message_id"]) not in server.messages
+
+    # Older than 48 hours: Telegram won't let the bot delete it, so its buttons go and the reply says so.
+    old = server.message_of(by_number)
+    old["date"] -= 3 * 24 * 3600
+    done = await reply_to(server, f"/forget #{meme_id(by_number)}")
+    assert done.startswith(f"Forgotten: meme #{meme_id(by_number)} is gone") and "admins can" in done
+    (edit,) = server.sent("editMessageReplyMarkup", GROUP)[-1:]
+    assert edit.params["message_id"] == str(old["message_id"]) and "reply_markup" not in old
+
+    assert "haven't made any memes" in await reply_to(server, "/history")
+    top = (await reply_to(server, "/top")).splitlines()
+    assert len(top) == 2 and f"#{meme_id(bobs)} " in top[1]
+    storage = harness.service.storage
+    assert (
+        await storage.get_meme(meme_id(by_reply)) is None
+        and await storage.get_meme(meme_id(by_number)) is None
+    )
+    assert (await storage.stats()).ratings == 1  # their votes went with them
+    export = tmp_path / "rated.jsonl"
+    assert await export_memes(storage, export, "jsonl", progress=False) == 1
+    assert "bob" in export.read_text() and "forget" not in export.read_text()
+
+    # In a private chat, where the chat is stored only as a hash, a reply finds the meme too.
+    private = await post_meme(harness, "/caption drake just | us", ALICE, chat_id=ALICE)
+    server.send_text("/forget", chat_id=ALICE, user_id=ALICE, reply_to_message=server.message_of(private))
+    (answer,) = await server.wait_for("sendMessage", where=lambda call: call.chat_id == ALICE)
+    assert server.sent("deleteMessage")[-1].chat_id == ALICE
+    assert answer.params["text"].startswith(f"Forgotten: meme #{meme_id(private)}")
+
+
+async def test_forget_refuses_someone_elses_meme_and_says_what_to_type(harness: Harness):
+    server = harness.server
+    alices = await post_meme(harness, "/caption drake alice | made this", ALICE)
+    refusal = f"Meme #{meme_id(alices)} isn't yours: only the person who made it can forget it."
+    assert await reply_to(server, "/forget", BOB, reply_to_message=server.message_of(alices)) == refusal
+    assert await reply_to(server, f"/forget {meme_id(alices)}", BOB) == refusal
+
+    how = "Reply to your meme with /forget, or give its number from /history, e.g. /forget 12"
+    assert await reply_to(server, "/forget abc") == f'"abc" isn\'t a meme number. {how}'
+    assert await reply_to(server, "/forget 99999999999999999999999") == (
+        f'"99999999999999999999999" isn\'t a meme number. {how}'
+    )
+    assert await reply_to(server, "/forget") == f"Which meme? {how}"
+    assert (
+        await reply_to(server, "/forget 999")
+        == "There's no meme #999. /history lists yours with their numbers."
+    )
+    chatter = server.send_text("just chatting", user_id=BOB)
+    not_a_meme = await reply_to(server, "/forget", reply_to_message=chatter)
+    assert not_a_meme.startswith("That message isn't one of my memes.")
+    assert not server.sent("deleteMessage")
+    assert await harness.service.storage.get_meme(meme_id(alices)) is not None
