@@ -70,7 +70,9 @@ _log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 MAKE_A_MEME = "Make a meme"  # the message context-menu command (a name of up to 32 characters)
-NO_PICTURE = "That message has no picture to make a meme on: pick Make a meme on a message with an image."
+# What is left out of a message's text before it becomes a caption: links, user/role/channel
+# mentions, custom emoji (a caption would show their raw <...> codes), @everyone and @here.
+NOT_CAPTION = re.compile(r"https?://\S+|<(?:@[!&]?|#)\d+>|<a?:\w+:\d+>|@(?:everyone|here)\b")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 MAX_CHOICES = 25  # Discord's limit for autocomplete and choice lists
 MAX_MESSAGE_CHARS = 2000
@@ -209,6 +211,21 @@ async def fetch_picture(attachment: discord.Attachment) -> Picture:
     except (discord.HTTPException, aiohttp.ClientError) as exc:
         _log.info("could not download an attachment: %s", exc)
         raise BadPictureError("I couldn't download that picture from Discord: try again.") from None
+
+
+def caption_text(content: str) -> str:
+    """A message's text as a caption's start: its words, without links, mentions or emoji codes."""
+    return " ".join(NOT_CAPTION.sub(" ", content).split())
+
+
+def nothing_to_caption(content: str) -> str:
+    """Why a message with no picture gives no caption, and what to pick instead."""
+    if NOT_CAPTION.search(content):
+        kind = "links" if "http" in content else "mentions"
+        why = f"That message is only {kind}: there are no words to make a caption of."
+    else:
+        why = "That message has no text and no picture to make a meme of."
+    return f"{why} Pick Make a meme on a message with words or an image."
 
 
 def found_note(made: MadeMeme) -> str:
@@ -514,15 +531,17 @@ class DiscordFrontEnd:
         """A message's context menu: its picture (with its text as the caption's start), posted
         in the channel with credit to its author."""
         picture = next((a for a in message.attachments if is_picture(a)), None)
-        if picture is None:
-            await interaction.response.send_message(NO_PICTURE, ephemeral=True)
+        prefix = caption_text(message.content)
+        if picture is None and not prefix:  # nothing to caption: say what the message lacks
+            await interaction.response.send_message(nothing_to_caption(message.content), ephemeral=True)
             return
         ctx = chat_context(interaction)
         await interaction.response.defer(thinking=True)
-        prefix = message.clean_content.strip()
 
         async def make() -> MadeMeme:
-            return await self.service.make_meme(ctx, await fetch_picture(picture), prefix)
+            # A picture is the template; text alone is the caption's start, the template picked for it.
+            on = await fetch_picture(picture) if picture is not None else None
+            return await self.service.make_meme(ctx, on, prefix)
 
         await self._send_meme(interaction, make(), credit=f"From {message.author.mention}'s message")
 

@@ -521,9 +521,31 @@ async def test_make_a_meme_on_a_messages_picture_credits_its_author(fake: FakeDi
         "discord", str(ALICE.id)
     )
 
-    text_only = fake.post_message(BOB, "no picture here")
-    refusal = await final_message(fake, await fake.run_message_command("Make a meme", ALICE, text_only))
-    assert refusal.ephemeral and "no picture" in refusal.content
+
+async def test_make_a_meme_on_a_messages_words_picks_a_template_for_them(
+    fake: FakeDiscord, start_bot
+) -> None:
+    bot = await start_bot()
+    post = fake.post_message(BOB, "<@12> when the deploy works on friday https://example.com/x")
+    message = await final_message(fake, await fake.run_message_command("Make a meme", ALICE, post))
+    assert not message.ephemeral and message.content.startswith(f"From <@{BOB.id}>'s message")
+    assert "I picked **" in message.content and "or try `/meme template:" in message.content
+    stored = await stored_meme(fake, bot, message)
+    assert stored.prefix == "when the deploy works on friday"  # no mention, no link in the caption
+    assert bot.model.scorings[-1].text == "when the deploy works on friday"
+
+    for content, why in (
+        ("", "no text and no picture"),
+        ("https://example.com/a https://example.com/b", "only links"),
+        ("<@12> <@&99> @everyone", "only mentions"),
+    ):
+        refusal = await final_message(
+            fake, await fake.run_message_command("Make a meme", ALICE, fake.post_message(BOB, content))
+        )
+        assert refusal.ephemeral and why in refusal.content, refusal.content
+    long = fake.post_message(BOB, "word " * 200)
+    refusal = await final_message(fake, await fake.run_message_command("Make a meme", ALICE, long))
+    assert refusal.ephemeral and "too long" in refusal.content
 
 
 async def test_an_image_that_cannot_be_a_meme_is_refused_only_to_the_user(
@@ -537,7 +559,9 @@ async def test_an_image_that_cannot_be_a_meme_is_refused_only_to_the_user(
     huge = await fake.run_command("caption", ALICE, text="hi", image=Upload(bytes(11 * 2**20), "big.png"))
     message = await final_message(fake, huge)
     assert message.ephemeral and "under 10 MB" in message.content
-    assert len(fake.downloads) == 1 and fake.downloads[0].endswith("/x.png")  # the 11 MB one was refused by its size
+    assert len(fake.downloads) == 1 and fake.downloads[0].endswith(
+        "/x.png"
+    )  # the 11 MB one was refused by its size
 
 
 # ---- leaderboards and forgetting one's own meme ------------------------------------------------
