@@ -21,6 +21,7 @@ from bot.recognize import TemplateRecognizer
 from bot.redact import redacted_logs
 from bot.render import Renderer
 from bot.service import MemeService
+from bot.settings import check_config_defaults
 from bot.storage import Storage
 from common.catalog import load_catalog
 from common.config import Config
@@ -84,6 +85,7 @@ async def open_service(
 ) -> AsyncIterator[MemeService]:
     """The shared core for one process. A started `pool` may be passed in (tests, benchmarks);
     otherwise one is started from the config."""
+    check_config_defaults(config)
     catalog = load_catalog(config.catalog_path)
     renderer = Renderer(
         config.template_images_dir,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from common.config import ConfigError
 from model.requests import METHODS
 
 if TYPE_CHECKING:  # types only: storage reads this table without loading the catalog's matcher
@@ -343,6 +344,23 @@ def effective(config: Config, overrides: Mapping[str, Any] | None = None) -> Cha
     values = {s.name: s.default(config) for s in SETTINGS}
     values.update({name: value for name, value in (overrides or {}).items() if name in values})
     return ChatSettings(**values)
+
+
+def check_config_defaults(config: Config) -> None:
+    """Refuse a config whose defaults for chat settings ([generation] method, temperature, ...)
+    are values the settings do not take: the ranges live in this table, not in the config's
+    own checks (common/ sits below the table). ConfigError names each bad value."""
+    problems = []
+    for s in SETTINGS:
+        value = s.default(config)
+        if value is None:
+            continue
+        try:
+            s.kind.check(value)
+        except BadValue as exc:
+            problems.append(f"the default {s.name} = {value!r}: must be {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def check_value(name: str, value: object) -> Any:

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from bot.settings import check_config_defaults
 from common.config import ConfigError, load_config
 
 # Modules that contribute subcommands, in the order `memebot --help` lists them.
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         config = load_config(args.config)
+        check_config_defaults(config)  # the chat settings' ranges: bot/settings.py's table
         return int(args.handler(config, args) or 0)
     except ConfigError as exc:
         print(f"memebot: configuration error: {exc}", file=sys.stderr)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from common.config import Config
 
@@ -35,6 +40,99 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def quality_command(config: Config, args: argparse.Namespace) -> int:
-    from training.quality import quality_command as run_quality
+    from common.catalog import load_catalog
+    from model.checkpoint import CheckpointError
+    from model.draft import DraftTableError
+    from training.dataset import load_dataset
+    from training.quality import (
+        QualityReport,
+        generate_all,
+        key_path,
+        load_served_generator,
+        measure,
+        pick_samples,
+        score_judgments,
+        served_requests,
+        training_reference,
+        write_pairs,
+    )
 
-    return run_quality(config, args)
+    def note(text: str) -> None:
+        print(f"memebot quality: {text}", file=sys.stderr, flush=True)
+
+    if args.judged:
+        if not args.pairs:
+            note("--judged needs --pairs FILE: the pairs the reader judged (its key is read beside it)")
+            return 2
+        try:
+            key = json.loads(key_path(args.pairs).read_text())
+            judged = score_judgments(key, json.loads(args.judged.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            note(f"cannot score {args.judged}: {exc}")
+            return 2
+        print("\n".join(judged.lines()))
+        return 0
+    if args.n < 2:
+        note("--n must be at least 2")
+        return 2
+    try:
+        dataset = load_dataset(args.data or config.dataset_dir, config.cache_dir)
+    except FileNotFoundError as exc:
+        note(str(exc))
+        return 2
+    samples = pick_samples(dataset, args.n, args.seed)
+    if len(samples) < args.n:
+        note(f"the validation split has only {len(samples)} memes: using them all")
+    if len(samples) < 2:
+        note("the validation split needs at least two memes")
+        return 2
+    reference = training_reference(dataset)
+    catalog = load_catalog(config.catalog_path)
+    requests = served_requests(config, catalog, samples, args.seed)
+
+    def run(checkpoint: Path) -> tuple[QualityReport, list[list[str]]]:
+        generator = load_served_generator(config, checkpoint)
+        note(f"{generator.model_id}: {len(requests)} captions ({config.generation.method})")
+        started = time.perf_counter()
+        generated = generate_all(generator, requests, config.model.max_batch)
+        seconds = time.perf_counter() - started
+        note(f"generated in {seconds:.1f} s")
+        report = measure(
+            generated,
+            samples,
+            reference,
+            model_id=generator.model_id,
+            checkpoint=str(checkpoint),
+            seconds=seconds,
+        )
+        return report, generated
+
+    try:
+        report, generated = run(args.checkpoint or config.checkpoint_path)
+        baseline = run(args.baseline)[0] if args.baseline else None
+    except CheckpointError as exc:
+        note(f"cannot load the model: {exc}")
+        return 1
+    except DraftTableError as exc:
+        note(str(exc))
+        return 1
+    if args.pairs:
+        names = {t.dataset_name: t.name for t in catalog.templates}
+        kp = write_pairs(args.pairs, samples, generated, args.seed, names, report.model_id)
+        note(f"{len(samples)} blind pairs: {args.pairs} (answers: {kp})")
+    if args.json:
+        out: dict[str, Any] = {
+            "n": len(samples),
+            "seed": args.seed,
+            "data_fingerprint": dataset.fingerprint,
+            "generation": asdict(config.generation),
+            "lexicon_words": len(reference.lexicon),
+            **report.to_dict(),
+        }
+        if baseline is not None:
+            out["baseline"] = baseline.to_dict()
+        print(json.dumps(out, indent=2))
+        return 0
+    for line in report.lines(baseline):
+        print(line)
+    return 0

@@ -38,8 +38,6 @@ def train_command(config: Config, args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.finetune:
-        from training.finetune import finetune_command
-
         return finetune_command(config, args)
     overrides = {
         "arch": args.arch,
@@ -73,4 +71,56 @@ def train_command(config: Config, args: argparse.Namespace) -> int:
 
         save_checkpoint(best, args.output)
         print(f"copied to {args.output}")
+    return 0
+
+
+def finetune_command(config: Config, args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from common.catalog import load_catalog
+    from common.records import ExportError, read_export
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.vocab import Vocab
+    from training.dataset import load_dataset
+    from training.evaluate import evaluate
+    from training.finetune import EVAL_MEMES, finetune, rated_captions
+    from training.train import resolve_device
+
+    base_path = Path(args.init_from) if args.init_from else config.checkpoint_path
+    try:
+        rows = read_export(args.finetune)
+    except (OSError, ExportError) as exc:
+        print(f"memebot train --finetune: cannot read the export: {exc}", file=sys.stderr)
+        return 2
+    base = load_checkpoint(base_path)
+    catalog = load_catalog(config.catalog_path)
+    slug_to_dataset = {t.slug: t.dataset_name for t in catalog.templates}
+    vocab = Vocab(tuple(base.vocab))
+    examples = rated_captions(rows, slug_to_dataset, base, vocab)
+    if not examples:
+        print(
+            "memebot train --finetune: no up-voted captions in the export (score > 0); nothing to learn",
+            file=sys.stderr,
+        )
+        return 2
+    dataset = load_dataset(args.data or config.dataset_dir, config.cache_dir)
+    # The same fixed sample of the validation split before and after, so the two figures compare.
+    val = np.random.default_rng(0).permutation(dataset.split(val=True))[:EVAL_MEMES]
+    device = args.device or config.model.device
+    before = evaluate(base.build(), dataset, val, base.templates, device=resolve_device(device)).overall
+    tuned = finetune(base, examples, dataset, steps=args.max_steps or 200, lr=args.lr or 1e-4, device=device)
+    after = evaluate(tuned.build(), dataset, val, tuned.templates, device=resolve_device(device)).overall
+    tuned.metrics = {"val_subset_accuracy": after.accuracy, "val_subset_memes": after.memes}
+    output = args.output or config.resolve(Path("runs/finetune/finetuned.pt"))
+    save_checkpoint(tuned, output)
+    print(
+        f"fine-tuned on {len(examples)} rated captions ({len(rows)} rows in the export), {args.max_steps or 200} steps"
+    )
+    print(
+        f"validation accuracy ({after.memes} memes): before {100 * before.accuracy:.2f}%  after {100 * after.accuracy:.2f}%"
+    )
+    print(
+        f"bits per character:                 before {before.bits_per_char:.3f}   after {after.bits_per_char:.3f}"
+    )
+    print(f"saved {output} (model id {tuned.model_id}); point [model] checkpoint at it to serve it")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import check_config_defaults
 from common.config import PROJECT_ROOT, ConfigError, load_config
 
 
@@ -34,11 +35,6 @@ def test_missing_file_is_a_clear_error(tmp_path: Path):
         ("[model]\nthreads = 'two'\n", r"\[model\] threads: expected a whole number"),
         ("[model]\nthreds = 2\n", r"\[model\] threds: unknown setting"),
         ("[modle]\nthreads = 2\n", r"\[modle\]: unknown section"),
-        (
-            "[generation]\nmethod = 'creative'\n",
-            r"\[generation\] method: must be one of greedy, sample, beam",
-        ),
-        ("[generation]\ntemperature = -1\n", r"\[generation\] temperature"),
         ("[render]\nfallback_fonts = 'x.ttf'\n", r"\[render\] fallback_fonts: expected a list"),
         ("[telegram]\nenabled = 'yes'\n", r"\[telegram\] enabled: expected true or false"),
         ("model = 3\n", r"\[model\]: expected a table"),
@@ -48,6 +44,20 @@ def test_missing_file_is_a_clear_error(tmp_path: Path):
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[generation]\nmethod = 'creative'\n", r"default method = 'creative': must be one of greedy, sample, beam"),
+        ("[generation]\ntemperature = -1\n", r"default temperature = -1.0: must be a number from 0.1 to 2"),
+        ("[generation]\nbeam_width = 40\n", r"default beam_width = 40: must be a whole number from 1 to 16"),
+    ],
+)
+def test_defaults_for_chat_settings_are_checked_by_the_settings_table(tmp_path: Path, text: str, message: str):
+    """One range per setting: bot/settings.py's, for the config's defaults as for /settings."""
+    with pytest.raises(ConfigError, match=message):
+        check_config_defaults(load_config(write(tmp_path, text), env={}))
 
 
 def test_environment_overrides_the_file(tmp_path: Path):

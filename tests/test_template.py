@@ -147,10 +147,12 @@ def test_a_panorama_gets_its_caption_in_a_white_band_above(renderer: Renderer) -
     assert below.getextrema()[0][1] < 40  # and the picture below it is untouched
 
 
-def test_an_animated_gif_is_its_first_frame(renderer: Renderer) -> None:
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_an_animated_picture_is_its_first_frame(renderer: Renderer, fmt: str) -> None:
     frames = [Image.new("RGB", (120, 90), colour) for colour in ("red", "blue", "green")]
     buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert getattr(Image.open(io.BytesIO(buffer.getvalue())), "n_frames", 1) == 3  # really animated
     template = Template.from_image_bytes(buffer.getvalue())
     image = decode(renderer.render(template, ["", ""]).data)
     r, g, b = image.getpixel((60, 45))

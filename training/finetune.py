@@ -9,21 +9,16 @@ cannot make the model forget how memes are written; `memebot eval` before and af
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.config import Config
-from model.checkpoint import Checkpoint, from_model, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, from_model
 from model.vocab import Vocab, normalize_box
 from training.batches import make_batch, template_id_map
-from training.dataset import PackedDataset, load_dataset
-from training.evaluate import evaluate
+from training.dataset import PackedDataset
 from training.train import Recipe, loss_on, make_optimizer, resolve_device
 
 EVAL_MEMES = 2000
@@ -107,47 +102,3 @@ def finetune(
             "finetune_steps": steps,
         },
     )
-
-
-def finetune_command(config: Config, args: argparse.Namespace) -> int:
-    from common.catalog import load_catalog
-    from common.records import ExportError, read_export
-
-    base_path = Path(args.init_from) if args.init_from else config.checkpoint_path
-    try:
-        rows = read_export(args.finetune)
-    except (OSError, ExportError) as exc:
-        print(f"memebot train --finetune: cannot read the export: {exc}", file=sys.stderr)
-        return 2
-    base = load_checkpoint(base_path)
-    catalog = load_catalog(config.catalog_path)
-    slug_to_dataset = {t.slug: t.dataset_name for t in catalog.templates}
-    vocab = Vocab(tuple(base.vocab))
-    examples = rated_captions(rows, slug_to_dataset, base, vocab)
-    if not examples:
-        print(
-            "memebot train --finetune: no up-voted captions in the export (score > 0); nothing to learn",
-            file=sys.stderr,
-        )
-        return 2
-    dataset = load_dataset(args.data or config.dataset_dir, config.cache_dir)
-    # The same fixed sample of the validation split before and after, so the two figures compare.
-    val = np.random.default_rng(0).permutation(dataset.split(val=True))[:EVAL_MEMES]
-    device = args.device or config.model.device
-    before = evaluate(base.build(), dataset, val, base.templates, device=resolve_device(device)).overall
-    tuned = finetune(base, examples, dataset, steps=args.max_steps or 200, lr=args.lr or 1e-4, device=device)
-    after = evaluate(tuned.build(), dataset, val, tuned.templates, device=resolve_device(device)).overall
-    tuned.metrics = {"val_subset_accuracy": after.accuracy, "val_subset_memes": after.memes}
-    output = args.output or config.resolve(Path("runs/finetune/finetuned.pt"))
-    save_checkpoint(tuned, output)
-    print(
-        f"fine-tuned on {len(examples)} rated captions ({len(rows)} rows in the export), {args.max_steps or 200} steps"
-    )
-    print(
-        f"validation accuracy ({after.memes} memes): before {100 * before.accuracy:.2f}%  after {100 * after.accuracy:.2f}%"
-    )
-    print(
-        f"bits per character:                 before {before.bits_per_char:.3f}   after {after.bits_per_char:.3f}"
-    )
-    print(f"saved {output} (model id {tuned.model_id}); point [model] checkpoint at it to serve it")
-    return 0
