@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='score a reader\'s answers to --pairs FILE (JSON list of {"pair", "person", "A", "B"}); '
         "generates nothing",
     )
+    quality.add_argument(
+        "--any-picture",
+        action="store_true",
+        help="caption as for a user's own picture: no template to condition on (top and bottom lines)",
+    )
     quality.add_argument("--data", type=Path, help="ImgFlip575K-layout folder (default: from config)")
     quality.add_argument("--seed", type=int, default=0, help="picks the memes and fixes sampling (default 0)")
     quality.set_defaults(handler=quality_command)
@@ -88,7 +93,7 @@ def quality_command(config: Config, args: argparse.Namespace) -> int:
         return 2
     reference = training_reference(dataset)
     catalog = load_catalog(config.catalog_path)
-    requests = served_requests(config, catalog, samples, args.seed)
+    requests = served_requests(config, catalog, samples, args.seed, any_picture=args.any_picture)
 
     def run(checkpoint: Path) -> tuple[QualityReport, list[list[str]]]:
         generator = load_served_generator(config, checkpoint)

@@ -65,6 +65,22 @@ def _allowed_in_dms(command: dict[str, Any]) -> bool:
     return command.get("dm_permission", True) is not False
 
 
+def _name_problem(command: dict[str, Any]) -> str:
+    """What Discord would refuse in a command's name: a slash command's is 1-32 lower-case
+    letters, digits, - or _; a context-menu (user or message) command's is 1-32 characters, any
+    case, spaces allowed, and it has no description or options."""
+    name = str(command.get("name", ""))
+    if command.get("type", 1) == 1:
+        if not re.fullmatch(r"[-_\w]{1,32}", name) or name != name.lower():
+            return "a slash command's name is 1-32 lower-case letters, digits, - or _"
+        return ""
+    if not 1 <= len(name) <= 32 or name != name.strip():
+        return "a context-menu command's name is 1-32 characters"
+    if command.get("description") or command.get("options"):
+        return "a context-menu command takes no description or options"
+    return ""
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     # discord.py only parses a body as JSON when Content-Type is exactly application/json;
     # aiohttp's json_response would add "; charset=utf-8".
@@ -702,8 +718,13 @@ class FakeDiscord:
         guild = request.match_info.get("guild")
         scope = int(guild) if guild else None
         previous = {c["name"]: c["id"] for c in self.commands.get(scope, [])}
+        commands = await request.json()
+        for cmd in commands:  # Discord's naming rules: the bot learns of a bad name at sync
+            problem = _name_problem(cmd)
+            if problem:
+                return _error(400, 50035, f"Invalid Form Body: {cmd.get('name')!r}: {problem}")
         synced = []
-        for cmd in await request.json():
+        for cmd in commands:
             synced.append(
                 {
                     "type": 1,

@@ -300,15 +300,23 @@ def served_request(
 
 
 def served_requests(
-    config: Config, catalog: Catalog, samples: Sequence[Sample], seed: int
+    config: Config, catalog: Catalog, samples: Sequence[Sample], seed: int, any_picture: bool = False
 ) -> list[GenerationRequest]:
+    """The requests the bot would make for `samples`. any_picture: as for a user's own picture,
+    which the model knows no template of (the "any picture" conditioning, template id 0), with
+    its two lines."""
     from common.content_filter import ContentFilter
 
     banned = ContentFilter.from_config(config.filter).banned if config.filter.enabled else ()
     boxes_of = {t.dataset_name: len(t.boxes) for t in catalog.templates}
     return [
         served_request(
-            config, boxes_of.get(s.template, 0), s.template, s.prefix, seed * 1_000_003 + k, banned
+            config,
+            2 if any_picture else boxes_of.get(s.template, 0),
+            "" if any_picture else s.template,
+            s.prefix,
+            seed * 1_000_003 + k,
+            banned,
         )
         for k, s in enumerate(samples)
     ]
