@@ -23,6 +23,7 @@ from bot.render import Renderer
 from bot.service import MemeService
 from bot.settings import check_config_defaults
 from bot.storage import Storage
+from bot.storage_engines import url_passwords
 from common.catalog import load_catalog
 from common.config import Config
 from model.pool import ModelPool
@@ -97,7 +98,7 @@ async def open_service(
     recognizer = await asyncio.to_thread(
         TemplateRecognizer.build, catalog, config.template_images_dir, config.cache_dir
     )
-    storage = await Storage.open(config.database_path, config.storage.user_hash_key)
+    storage = await Storage.open(config.database_location, config.storage.user_hash_key)
     owns_pool = pool is None
     try:
         if owns_pool:
@@ -153,6 +154,7 @@ async def run_bot(config: Config, stop: asyncio.Event | None = None) -> None:
         stop_on_signals(stop)
     check_front_ends(config)
     secrets = [config.telegram.token, config.discord.token, config.storage.user_hash_key]
+    secrets += url_passwords(config.storage.url)  # a driver's error may quote the URL it was given
     with redacted_logs(secrets):
         await _serve(config, stop)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import random
@@ -57,6 +58,7 @@ MAX_HISTORY = 50
 LEADERBOARD_SIZE = 5  # memes a /top shows unless told otherwise
 MAX_LEADERBOARD = 10
 MAX_AUTHOR_NAME = 64  # characters of a display name kept with a meme
+MAX_CANDIDATES = 10  # memes one meme_candidates call makes at the most
 # The start of a text the model reads to pick a template: enough to tell (a pick's cost grows
 # with the text: ~0.4 s for 30 characters on 2 cores), not a whole essay.
 MAX_PICK_CHARS = 80
@@ -139,6 +141,31 @@ class Picture:
 
     data: bytes
     name: str = "Your picture"
+
+
+@dataclass(frozen=True)
+class MemeDraft:
+    """A meme made but not kept: one of several a user chooses from (Telegram's inline mode).
+    Everything `MemeService.keep` needs to store it like any meme, and nothing heavy: the
+    rendered image is not part of it, so a front end can hold many for a while."""
+
+    template: Template
+    boxes: tuple[str, ...]
+    prefix: str
+    method: str  # a decoding method, or HANDWRITTEN for the user's own words
+    params: Mapping[str, Any]
+    model_id: str
+    found: Found | None = None
+
+    @property
+    def text(self) -> str:
+        return " | ".join(box for box in self.boxes if box.strip())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    draft: MemeDraft
+    image: RenderedMeme
 
 
 @dataclass(frozen=True)
@@ -707,6 +734,169 @@ class MemeService:
         """The user's last `n` memes on this platform, newest first."""
         return await self.storage.user_history(ctx.platform, ctx.user_id, max(1, min(n, MAX_HISTORY)))
 
+    # --- several memes to choose from (Telegram's inline mode) ---
+
+    async def meme_candidates(
+        self, ctx: ChatContext, template: str | None, prefix: str = "", n: int = 5
+    ) -> list[Candidate]:
+        """Up to `n` memes for one request, best first, rendered but not stored, for a front end
+        that lets the user choose one (`keep` stores the chosen one). `template` and `prefix` are
+        what `split_template` gives:
+        - a template and words: the words as written (no model) first, then the model's
+          completions of them;
+        - a template alone: the model's best-of-N captions on it;
+        - words without a template: the templates the model picks for them (`_pick_template`:
+          the drawn one, then the alternatives), their captions taken in turn.
+        All of it costs one turn of the rate limits, like one meme. Where the model is busy or
+        fails and the user wrote words, their own words are still offered."""
+        n = max(1, min(n, MAX_CANDIDATES))
+        prefix = clean_text(prefix)
+        limit = self.config.limits.max_prefix_chars
+        if len(prefix) > limit:
+            raise BadInputError(f"That start of a caption is too long: keep it under {limit} characters.")
+        settings = await self._settings(ctx)
+        named = self._choose_template(template, settings) if template else None
+        if named is not None:
+            self._check_box_count(named, prefix.count("|") + 1 if prefix else 0)
+        if settings.filter_enabled:
+            self._refuse_banned(prefix, "That caption")
+        drafts: list[MemeDraft] = []
+        own_words = clean_boxes(prefix.split("|")) if named is not None else []
+        if named is not None and own_words:
+            drafts.append(MemeDraft(named, tuple(own_words), "", HANDWRITTEN, {}, HANDWRITTEN))
+        if self.pool is None and not drafts:
+            raise NoModelError()
+        with self._turn(ctx, settings):
+            if self.pool is not None:
+                try:
+                    drafts += await self._model_drafts(named, prefix, settings, n - len(drafts))
+                except (BusyError, GenerationError) as exc:
+                    if not drafts:
+                        raise
+                    logger.info("no model captions to offer (%s); the user's own words only", exc)
+        # The same caption twice (short sampled captions repeat) is one choice, not two.
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        unique = []
+        for draft in drafts:
+            if (draft.template.slug, draft.boxes) not in seen:
+                seen.add((draft.template.slug, draft.boxes))
+                unique.append(draft)
+        images = await asyncio.to_thread(self._render_drafts, unique)
+        return [Candidate(draft, image) for draft, image in zip(unique, images, strict=True)]
+
+    async def keep(
+        self, ctx: ChatContext, draft: MemeDraft, message_id: str | None = None, media_ref: str | None = None
+    ) -> int:
+        """Store a draft the user chose, like any meme, with the message that shows it and what
+        shows its image again (see `attach_message`); returns the meme's id. No turn is charged:
+        the draft was, when it was made."""
+        settings = await self._settings(ctx)
+        meme_id = await self.storage.record_meme(
+            NewMeme(
+                platform=ctx.platform,
+                chat_id=self._stored_chat(ctx),
+                user_id=ctx.user_id,
+                template=draft.template,
+                prefix=draft.prefix,
+                boxes=list(draft.boxes),
+                method=draft.method,
+                params=dict(draft.params),
+                model_id=draft.model_id,
+                keep_picture=settings.keep_pictures,
+                scope_id=self._stored_scope(ctx),
+                author_name=self._author_name(ctx),
+            )
+        )
+        if message_id is not None:
+            await self.storage.set_message_id(meme_id, message_id, media_ref)
+        return meme_id
+
+    async def made_by(self, ctx: ChatContext, meme_id: int) -> bool:
+        """Whether the asker made meme `meme_id` (UnknownMemeError when there is no such meme)."""
+        stored = await self.storage.get_meme(meme_id) if 0 < meme_id <= MAX_MEME_ID else None
+        if stored is None:
+            raise UnknownMemeError(meme_id)
+        return stored.user_hash == self.storage.user_hash(ctx.platform, ctx.user_id)
+
+    async def popular_templates(self, ctx: ChatContext, n: int) -> list[Template]:
+        """The `n` most used templates the model knows (catalog order) that this chat allows."""
+        allowed = (await self._settings(ctx)).allowed_templates
+        chosen = [t for t in self.catalog.templates if t.has_data and (allowed is None or t.slug in allowed)]
+        return chosen[: max(0, n)]
+
+    async def blank(self, template: Template) -> RenderedMeme:
+        """The template with no caption, as a meme of it would be drawn (size, format)."""
+        return await asyncio.to_thread(self.renderer.render, template, [])
+
+    async def _model_drafts(
+        self, named: Template | None, prefix: str, settings: ChatSettings, n: int
+    ) -> list[MemeDraft]:
+        """At most `n` model captions: on `named`, else on the templates picked for the prefix
+        (a random one when it has no words to pick by), each template's best first, in turn."""
+        assert self.pool is not None
+        if n <= 0:
+            return []
+        picked: Found | None = None
+        if named is not None:
+            templates = [named]
+        elif any(c.isalnum() for c in prefix):
+            chosen, picked = await self._pick_template(prefix, self._pick_candidates(prefix, settings))
+            templates = [chosen, *picked.alternatives]
+        else:
+            templates = [self._choose_template(None, settings)]
+            self._check_box_count(templates[0], prefix.count("|") + 1 if prefix else 0)
+        per_template = math.ceil(n / len(templates))
+        requests = []
+        for template in templates:
+            # Several captions from one request: only sampling has more than one (best of N).
+            # The chat's N is shared among the templates, so the whole costs about one meme.
+            request = self._request(template, prefix, settings, MemeOptions(method="sample"))
+            share = math.ceil(request.best_of / len(templates))
+            requests.append(dataclasses.replace(request, best_of=max(share, per_template)))
+        answers = await asyncio.gather(*(self._generate_clean(r) for r in requests), return_exceptions=True)
+        made = [
+            (t, r, a) for t, r, a in zip(templates, requests, answers, strict=True) if isinstance(a, list)
+        ]
+        failures = [a for a in answers if isinstance(a, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, MemeError):
+                raise failure  # a bug, not the model being busy: not to be hidden by the others
+        if not made:
+            raise failures[0]
+        rows: list[list[MemeDraft]] = []
+        for template, request, captions in made:
+            typed = [tuple(with_typed_prefix(prefix, boxes)) for boxes in captions]
+            found = None if picked is None else Found("picked", tuple(t for t in templates if t != template))
+            row = []
+            for boxes in typed:
+                params = self._params_of(request)
+                others = [list(b) for b in typed if b != boxes]
+                if others:
+                    params[CANDIDATES] = others  # for 🔁 on the meme once it is kept (see reroll)
+                row.append(
+                    MemeDraft(template, boxes, prefix, request.method, params, self.pool.model_id, found)
+                )
+            rows.append(row)
+        in_turn = [draft for rank in itertools.zip_longest(*rows) for draft in rank if draft is not None]
+        return in_turn[:n]
+
+    @staticmethod
+    def _params_of(request: GenerationRequest) -> dict[str, Any]:
+        """The settings a caption was made with, as make_meme stores them with its meme."""
+        return {
+            "temperature": request.temperature,
+            "top_k": request.top_k,
+            "top_p": request.top_p,
+            "beam_width": request.beam_width,
+            "max_length": request.max_length,
+            "lexicon": request.lexicon,
+            "best_of": request.best_of,
+        }
+
+    def _render_drafts(self, drafts: list[MemeDraft]) -> list[RenderedMeme]:
+        """CPU work: runs in a worker thread."""
+        return [self.renderer.render(d.template, list(d.boxes)) for d in drafts]
+
     # --- leaderboards, forgetting ---
 
     async def leaderboard(
@@ -991,7 +1181,9 @@ class MemeService:
         self._cooldown.spend(cooldown_key)
         try:
             yield
-        except (BusyError, GenerationError, NoCandidateLeft):
+        # Cancelled: the caller gave up before anything was served (an inline query the user's
+        # next keystroke replaced): nothing to charge for.
+        except (BusyError, GenerationError, NoCandidateLeft, asyncio.CancelledError):
             self._user_limit.refund(user_key)
             self._chat_limit.refund(chat_key, chat_rate)
             self._cooldown.refund(cooldown_key)

@@ -289,7 +289,7 @@ class ChatSettings:
         Number(float, 0, 3600, "seconds"), "the wait between one person's memes", lambda c: 0.0, ("cooldown",)
     )
     chat_rate_per_minute: float = _setting(
-        Number(float, 1, 600, "a minute"),
+        Number(float, 1, 6000, "a minute"),  # up to 100 a second: a busy server's default, a load test's
         "memes the whole chat may make",
         lambda c: c.limits.chat_rate_per_minute,
         ("rate",),

@@ -1,10 +1,12 @@
-"""Everything the bot remembers, in one SQLite file: memes, ratings and per-chat settings.
+"""Everything the bot remembers: memes, ratings and per-chat settings.
 
-One `Storage` owns one aiosqlite connection and runs every statement under one asyncio
-lock, so a write transaction is never interleaved with another coroutine's statements.
-Several processes (the bot, `memebot db backup`, an export) can share the file: it runs
-in WAL mode with a busy timeout, and every write transaction starts with BEGIN IMMEDIATE
-so two writers queue for the lock instead of failing half-way.
+By default in one SQLite file; `[storage] url = "postgresql://..."` puts it on a PostgreSQL
+server instead. The SQL here is written once for both; `bot/storage_engines.py` holds what
+differs (placeholders, locking, the schema version, backup and checks). On SQLite, several
+processes (the bot, `memebot db backup`, an export) can share the file: it runs in WAL mode
+with a busy timeout, and every write transaction starts with BEGIN IMMEDIATE so two writers
+queue for the lock instead of failing half-way. On PostgreSQL, a pool of connections runs
+transactions side by side, and a read-then-write transaction locks what it changes first.
 
 User ids never reach the file. They are stored as HMAC-SHA256 hashes keyed with
 `storage.user_hash_key`, so an export (or a leaked database) cannot be joined back to
@@ -13,14 +15,11 @@ accounts, while the same user still maps to the same hash for ratings and histor
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
 import json
 import logging
-import os
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,19 +28,29 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiosqlite
-
 from bot.settings import BadValue, check_value
+from bot.storage_engines import (
+    Engine,
+    EngineError,
+    Row,
+    Session,
+    SqliteOnly,
+    is_postgres_url,
+    open_engine,
+    unusable,
+)
 from common.template import Box, ImageBytes, Layout, Template, is_upload_key
 
 logger = logging.getLogger(__name__)
-BUSY_TIMEOUT_S = 10.0  # how long a writer waits for another process's transaction
 USER_HASH_HEX = 32  # 128 bits of the HMAC: collisions are negligible, rows stay short
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width UTC, so text order is time order
 
-# MIGRATIONS[v] takes a database from schema version v to v + 1 (`PRAGMA user_version`).
+# MIGRATIONS[v] takes a database from schema version v to v + 1 (SQLite: `PRAGMA user_version`).
 # A released entry is never edited: old databases replay every entry after their version.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# One list for both engines: a new PostgreSQL database replays all of it, SQLite's type words
+# rewritten (bot/storage_engines.py, postgres_ddl) and SqliteOnly statements skipped, and ends
+# with the same tables, columns and indices. New entries are written in SQL both engines take.
+MIGRATIONS: tuple[tuple[str | SqliteOnly, ...], ...] = (
     (  # v1: memes, ratings, per-chat generation settings
         """CREATE TABLE memes (
             id INTEGER PRIMARY KEY,
@@ -108,8 +117,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             settings TEXT NOT NULL,
             PRIMARY KEY (platform, scope_id)
         )""",
-        # json_patch drops the NULLs json_object writes for unset columns.
-        """INSERT INTO chat_settings (platform, scope_id, settings)
+        # json_patch drops the NULLs json_object writes for unset columns. SQLite only: a
+        # PostgreSQL database starts at v7 with no v1-v5 settings rows, so there is nothing
+        # to copy (and its JSON functions are spelt differently).
+        SqliteOnly("""INSERT INTO chat_settings (platform, scope_id, settings)
         SELECT platform, scope_id, json_patch('{}', json_object(
             'method', method,
             'temperature', temperature,
@@ -122,7 +133,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             'chat_rate_per_minute', chat_rate_per_minute,
             'lexicon', json(CASE WHEN lexicon IS NULL THEN NULL WHEN lexicon THEN 'true' ELSE 'false' END),
             'best_of', best_of
-        )) FROM settings""",
+        )) FROM settings"""),
         "DELETE FROM chat_settings WHERE settings = '{}'",
         "DROP TABLE settings",
         "ALTER TABLE chat_settings RENAME TO settings",
@@ -141,6 +152,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# What `Storage.copy_to` copies, parents first (a rating needs its meme): table -> (its columns,
+# its key, which orders the copy). The schema version is not copied: the target has its own.
+COPIED_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "memes": (
+        (
+            "id", "platform", "chat_id", "user_hash", "template", "prefix", "boxes", "method", "params",
+            "model_id", "created_at", "message_id", "scope_id", "author_name", "media_ref",
+            "message_deleted_at",
+        ),
+        ("id",),
+    ),
+    "ratings": (("meme_id", "user_hash", "value", "rated_at"), ("meme_id", "user_hash")),
+    "settings": (("platform", "scope_id", "settings"), ("platform", "scope_id")),
+    "pictures": (("slug", "data", "name", "boxes", "band", "created_at"), ("slug",)),
+}  # fmt: skip
 
 
 class StorageError(Exception):
@@ -230,14 +257,15 @@ class MemeFilter:
 
 @dataclass(frozen=True)
 class StorageStats:
-    path: Path
+    location: str  # the SQLite file, or the PostgreSQL URL without its password
+    engine: str  # "sqlite" or "postgresql"
     schema_version: int
     memes: int
     ratings: int
     up: int
     down: int
     settings: int  # chats/servers with at least one setting
-    file_bytes: int  # database plus its WAL
+    file_bytes: int  # SQLite: the file plus its WAL; PostgreSQL: the database's size on the server
 
 
 def utc_now() -> datetime:
@@ -260,17 +288,21 @@ def hash_user(key: str, platform: str, user_id: str) -> str:
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:USER_HASH_HEX]
 
 
+# A meme's vote counts over its joined ratings r. Spelt out wherever they are used: PostgreSQL
+# takes no output column names inside HAVING or ORDER BY expressions (and sums no booleans).
+_UP = "COALESCE(SUM(CASE WHEN r.value = 1 THEN 1 ELSE 0 END), 0)"
+_DOWN = "COALESCE(SUM(CASE WHEN r.value = -1 THEN 1 ELSE 0 END), 0)"
+_SCORE = "COALESCE(SUM(r.value), 0)"  # up - down: a vote is +1 or -1
 # A meme with its vote counts; callers add WHERE / GROUP BY / ORDER BY.
-_MEME_COLUMNS = """
+_MEME_COLUMNS = f"""
     m.id, m.platform, m.chat_id, m.user_hash, m.template, m.prefix, m.boxes, m.method, m.params,
     m.model_id, m.created_at, m.message_id, m.scope_id, m.author_name, m.media_ref,
-    m.message_deleted_at IS NOT NULL AS message_deleted,
-    COALESCE(SUM(r.value = 1), 0) AS up, COALESCE(SUM(r.value = -1), 0) AS down"""
+    m.message_deleted_at IS NOT NULL AS message_deleted, {_UP} AS up, {_DOWN} AS down"""
 _MEMES_WITH_VOTES = f"SELECT {_MEME_COLUMNS} FROM memes m LEFT JOIN ratings r ON r.meme_id = m.id"
 _RATED_MEMES = f"SELECT {_MEME_COLUMNS} FROM memes m JOIN ratings r ON r.meme_id = m.id"
 
 
-def _meme_from_row(row: sqlite3.Row) -> StoredMeme:
+def _meme_from_row(row: Row) -> StoredMeme:
     return StoredMeme(
         id=row["id"],
         platform=row["platform"],
@@ -355,41 +387,53 @@ def _filter_sql(where: MemeFilter) -> tuple[str, list[Any], str, list[Any]]:
         params.append(where.template)
     having, having_params = "", []
     if where.min_score is not None:
-        having = "HAVING up - down >= ?"
+        having = f"HAVING {_SCORE} >= ?"
         having_params.append(where.min_score)
-    return " AND ".join(clauses) or "1", params, having, having_params
+    return " AND ".join(clauses) or "1 = 1", params, having, having_params
 
 
 class Storage:
-    """The bot's database. Create with `await Storage.open(path, key)`.
+    """The bot's database. Create with `await Storage.open(path_or_url, key)`.
 
     Always `close()` it (or use `async with`): aiosqlite's worker thread is not a daemon,
-    so a Storage left open keeps the process from exiting.
+    so a SQLite storage left open keeps the process from exiting.
     """
 
-    def __init__(
-        self, conn: aiosqlite.Connection, path: Path, user_hash_key: str, clock: Callable[[], datetime]
-    ) -> None:
-        # Private: `open` configures and migrates the connection before anyone uses it.
-        self._conn = conn
-        self._lock = asyncio.Lock()
+    def __init__(self, engine: Engine, user_hash_key: str, clock: Callable[[], datetime]) -> None:
+        # Private: `open` configures and migrates the engine before anyone uses it.
+        self._engine = engine
         self._key = user_hash_key
         self._clock = clock
         self._closed = False
-        self.path = path
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file; None on PostgreSQL."""
+        return self._engine.path
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for people: the SQLite file, or the PostgreSQL URL without its password."""
+        return self._engine.location
+
+    @property
+    def engine(self) -> str:
+        """The engine's name: "sqlite" or "postgresql"."""
+        return self._engine.name
 
     @classmethod
     async def open(
         cls,
-        path: Path,
+        location: Path | str,
         user_hash_key: str,
         *,
         create: bool = True,
         clock: Callable[[], datetime] = utc_now,
     ) -> Storage:
-        """Open (and create or upgrade) the database at `path`.
+        """Open (and create or upgrade) the database: a SQLite file's path, or a PostgreSQL
+        URL ("postgresql://user:password@host:port/database"; the database must exist).
 
-        `create=False` refuses to make a new file, for tools that only read an existing one.
+        `create=False` refuses to make a new database, for tools that only read an existing one.
         `clock` gives the time stamped on new memes and ratings.
         """
         if not user_hash_key:
@@ -397,79 +441,56 @@ class Storage:
                 "storage.user_hash_key is empty: set [storage] user_hash_key in the config "
                 "or the MEMEBOT_USER_HASH_KEY environment variable"
             )
-        path = Path(path)
-        if path.is_dir():
-            raise StorageError(f"{path} is a folder; [storage] database must name a file")
-        if not create and not path.exists():
-            raise StorageError(
-                f"there is no database at {path}: the bot creates it on first run "
-                "(or check [storage] database in the config)"
-            )
+        if not is_postgres_url(location):
+            location = Path(location)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, the sqlite3 module stays out of it.
-            conn = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the database {path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        storage = cls(conn, path, user_hash_key, clock)
+            engine = await open_engine(location, create=create)
+        except EngineError as exc:
+            raise StorageError(str(exc)) from exc
+        storage = cls(engine, user_hash_key, clock)
         try:
-            await storage._configure()
             await storage._migrate()
-        except sqlite3.DatabaseError as exc:
-            await conn.close()
-            raise StorageError(
-                f"{path} is not a usable memebot database ({exc}); "
-                "point [storage] database at another file or restore a backup"
-            ) from exc
+        except EngineError as exc:
+            await engine.close()
+            raise StorageError(str(exc)) from exc
+        except engine.errors as exc:
+            await engine.close()
+            raise StorageError(unusable(engine, exc)) from exc
         except BaseException:
-            await conn.close()
+            await engine.close()
             raise
         return storage
-
-    async def _configure(self) -> None:
-        row = await (await self._conn.execute("PRAGMA journal_mode = WAL")).fetchone()
-        if row[0].lower() != "wal":
-            raise StorageError(
-                f"{self.path}: SQLite could not switch to WAL mode (got {row[0]!r}); "
-                "put the database on a local disk"
-            )
-        await self._conn.execute("PRAGMA foreign_keys = ON")
-        # NORMAL in WAL mode: a killed process loses nothing committed; only power loss can
-        # drop the last transactions, and the file stays consistent either way.
-        await self._conn.execute("PRAGMA synchronous = NORMAL")
-
-    async def _user_version(self) -> int:
-        row = await (await self._conn.execute("PRAGMA user_version")).fetchone()
-        return int(row[0])
 
     def _check_known_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise StorageError(
-                f"{self.path} has schema version {version}, newer than this memebot knows "
+                f"{self.location} has schema version {version}, newer than this memebot knows "
                 f"({SCHEMA_VERSION}); upgrade memebot or use another database"
             )
 
     async def _migrate(self) -> None:
-        version = await self._user_version()
+        async with self._engine.session() as s:
+            version = await self._engine.schema_version(s)
         self._check_known_version(version)
         if version == SCHEMA_VERSION:
             return
-        async with self._write() as db:
+        async with self._engine.transaction() as s:
+            await self._engine.begin_migration(s)
             # Read again inside the write lock: another process may have just migrated.
-            version = await self._user_version()
+            version = await self._engine.schema_version(s)
             self._check_known_version(version)
             for statements in MIGRATIONS[version:]:
                 for statement in statements:
-                    await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    sql = self._engine.migration_sql(statement)
+                    if sql is not None:
+                        await s.execute(sql)
+            await self._engine.set_schema_version(s, SCHEMA_VERSION)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        async with self._lock:
-            await self._conn.close()
+        await self._engine.close()
 
     async def __aenter__(self) -> Storage:
         return self
@@ -484,28 +505,24 @@ class Storage:
             raise StorageError("the storage is closed")
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; commits on exit, rolls back on any exception."""
+    async def _write(self) -> AsyncIterator[Session]:
+        """One write transaction; commits on exit, rolls back on any exception. A transaction
+        that reads before it writes calls `lock` on what it changes first (see Session.lock)."""
         self._check_open()
-        async with self._lock:
-            # IMMEDIATE takes the write lock now (waiting up to the busy timeout), so a
-            # read-then-write transaction cannot fail half-way because another process wrote.
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:
-                    await self._conn.execute("ROLLBACK")
-                raise
-            else:
-                await self._conn.execute("COMMIT")
+        async with self._engine.transaction() as s:
+            yield s
 
-    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Session]:
         self._check_open()
-        async with self._lock:
-            return list(await self._conn.execute_fetchall(sql, params))
+        async with self._engine.session() as s:
+            yield s
 
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self._read() as s:
+            return await s.fetchall(sql, params)
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
@@ -537,8 +554,8 @@ class Storage:
         async with self._write() as db:
             if meme.keep_picture and isinstance(meme.template.image, ImageBytes):
                 await db.execute(
-                    "INSERT OR IGNORE INTO pictures (slug, data, name, boxes, band, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO pictures (slug, data, name, boxes, band, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (slug) DO NOTHING",
                     (
                         meme.template.slug,
                         meme.template.image.data,
@@ -548,22 +565,22 @@ class Storage:
                         row[-1],
                     ),
                 )
-            cursor = await db.execute(
+            inserted = await db.fetchone(
                 "INSERT INTO memes (platform, chat_id, user_hash, template, prefix, boxes, method,"
                 " params, model_id, scope_id, author_name, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 row,
             )
-            return int(cursor.lastrowid)
+            return int(inserted["id"])
 
     async def set_message_id(self, meme_id: int, message_id: str, media_ref: str | None = None) -> None:
         """The platform message showing the meme, and what shows its image again (see StoredMeme)."""
         async with self._write() as db:
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE memes SET message_id = ?, media_ref = COALESCE(?, media_ref) WHERE id = ?",
                 (message_id, media_ref, meme_id),
             )
-            if cursor.rowcount == 0:
+            if changed == 0:
                 raise UnknownMeme(meme_id)
 
     async def set_message_deleted(self, meme_id: int) -> None:
@@ -597,8 +614,8 @@ class Storage:
             clauses.append("m.created_at >= ?")
             params.append(format_time(since))
         rows = await self._fetchall(
-            f"{_RATED_MEMES} WHERE {' AND '.join(clauses)} GROUP BY m.id HAVING up - down > 0"
-            " ORDER BY up - down DESC, up DESC, m.created_at DESC, m.id DESC LIMIT ?",
+            f"{_RATED_MEMES} WHERE {' AND '.join(clauses)} GROUP BY m.id HAVING {_SCORE} > 0"
+            f" ORDER BY {_SCORE} DESC, {_UP} DESC, m.created_at DESC, m.id DESC LIMIT ?",
             (*params, max(n, 0)),
         )
         return [_meme_from_row(r) for r in rows]
@@ -608,12 +625,10 @@ class Storage:
         meme uses it), so it leaves history, leaderboards and exports. UnknownMeme when there is
         no such meme on `platform`; NotAuthor when `user_id` did not make it."""
         async with self._write() as db:
-            row = await (
-                await db.execute(
-                    f"{_MEMES_WITH_VOTES} WHERE m.id = ? AND m.platform = ? GROUP BY m.id",
-                    (meme_id, platform),
-                )
-            ).fetchone()
+            await db.lock(f"meme {meme_id}")
+            row = await db.fetchone(
+                f"{_MEMES_WITH_VOTES} WHERE m.id = ? AND m.platform = ? GROUP BY m.id", (meme_id, platform)
+            )
             if row is None:
                 raise UnknownMeme(meme_id)
             meme = _meme_from_row(row)
@@ -635,7 +650,8 @@ class Storage:
         """Take the first item of the list `params[key]` of a meme, in one transaction (two
         callers never get the same item); None when there is none left."""
         async with self._write() as db:
-            row = await (await db.execute("SELECT params FROM memes WHERE id = ?", (meme_id,))).fetchone()
+            await db.lock(f"meme {meme_id}")
+            row = await db.fetchone("SELECT params FROM memes WHERE id = ?", (meme_id,))
             if row is None:
                 raise UnknownMeme(meme_id)
             params = json.loads(row["params"])
@@ -680,12 +696,13 @@ class Storage:
             raise InvalidValue(f"a rating is -1 or +1, got {value!r}")
         user = self.user_hash(platform, user_id)
         async with self._write() as db:
-            if not await (await db.execute("SELECT 1 FROM memes WHERE id = ?", (meme_id,))).fetchone():
+            # Votes on one meme queue: two presses of the same button by one user are a vote and
+            # its withdrawal, never two votes.
+            await db.lock(f"meme {meme_id}")
+            if not await db.fetchone("SELECT 1 FROM memes WHERE id = ?", (meme_id,)):
                 raise UnknownMeme(meme_id)
             key = (meme_id, user)
-            old = await (
-                await db.execute("SELECT value FROM ratings WHERE meme_id = ? AND user_hash = ?", key)
-            ).fetchone()
+            old = await db.fetchone("SELECT value FROM ratings WHERE meme_id = ? AND user_hash = ?", key)
             if old is not None and old["value"] == value:
                 await db.execute("DELETE FROM ratings WHERE meme_id = ? AND user_hash = ?", key)
             else:
@@ -698,24 +715,17 @@ class Storage:
             return await self._score(db, meme_id)
 
     @staticmethod
-    async def _score(db: aiosqlite.Connection, meme_id: int) -> Score:
-        row = await (
-            await db.execute(
-                "SELECT COALESCE(SUM(value = 1), 0) AS up, COALESCE(SUM(value = -1), 0) AS down"
-                " FROM ratings WHERE meme_id = ?",
-                (meme_id,),
-            )
-        ).fetchone()
+    async def _score(db: Session, meme_id: int) -> Score:
+        row = await db.fetchone(
+            f"SELECT {_UP} AS up, {_DOWN} AS down FROM ratings r WHERE r.meme_id = ?", (meme_id,)
+        )
         return Score(row["up"], row["down"])
 
     async def score(self, meme_id: int) -> Score:
-        self._check_open()
-        async with self._lock:
-            if not await (
-                await self._conn.execute("SELECT 1 FROM memes WHERE id = ?", (meme_id,))
-            ).fetchone():
+        async with self._read() as db:
+            if not await db.fetchone("SELECT 1 FROM memes WHERE id = ?", (meme_id,)):
                 raise UnknownMeme(meme_id)
-            return await self._score(self._conn, meme_id)
+            return await self._score(db, meme_id)
 
     # --- settings ----------------------------------------------------------------------
 
@@ -735,9 +745,10 @@ class Storage:
             return await self.get_settings(platform, scope_id)
         scope = (platform, scope_id)
         async with self._write() as db:
-            row = await (
-                await db.execute("SELECT settings FROM settings WHERE platform = ? AND scope_id = ?", scope)
-            ).fetchone()
+            await db.lock(f"settings {platform} {scope_id}")
+            row = await db.fetchone(
+                "SELECT settings FROM settings WHERE platform = ? AND scope_id = ?", scope
+            )
             # Changed in place, the rest of the object as it was: keys this version does not
             # know (written by a newer one) are kept.
             try:
@@ -768,7 +779,7 @@ class Storage:
         """How many memes with at least one rating match `where`."""
         clauses, params, having, having_params = _filter_sql(where or MemeFilter())
         row = await self._fetchone(
-            f"SELECT COUNT(*) FROM ({_RATED_MEMES} WHERE {clauses} GROUP BY m.id {having})",
+            f"SELECT COUNT(*) FROM ({_RATED_MEMES} WHERE {clauses} GROUP BY m.id {having}) AS rated",
             (*params, *having_params),
         )
         return int(row[0])
@@ -795,62 +806,79 @@ class Storage:
             last_id = rows[-1]["id"]
 
     async def stats(self) -> StorageStats:
-        row = await self._fetchone(
-            "SELECT (SELECT COUNT(*) FROM memes) AS memes, (SELECT COUNT(*) FROM ratings) AS ratings,"
-            " (SELECT COUNT(*) FROM ratings WHERE value = 1) AS up,"
-            " (SELECT COUNT(*) FROM ratings WHERE value = -1) AS down,"
-            " (SELECT COUNT(*) FROM settings) AS settings"
-        )
-        version = await self._fetchone("PRAGMA user_version")
-        wal = self.path.with_name(self.path.name + "-wal")
-        size = self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        async with self._read() as db:
+            row = await db.fetchone(
+                "SELECT (SELECT COUNT(*) FROM memes) AS memes, (SELECT COUNT(*) FROM ratings) AS ratings,"
+                " (SELECT COUNT(*) FROM ratings WHERE value = 1) AS up,"
+                " (SELECT COUNT(*) FROM ratings WHERE value = -1) AS down,"
+                " (SELECT COUNT(*) FROM settings) AS settings"
+            )
+            version = await self._engine.schema_version(db)
         return StorageStats(
-            path=self.path,
-            schema_version=int(version[0]),
+            location=self.location,
+            engine=self.engine,
+            schema_version=version,
             memes=row["memes"],
             ratings=row["ratings"],
             up=row["up"],
             down=row["down"],
             settings=row["settings"],
-            file_bytes=size,
+            file_bytes=await self._engine.size_bytes(),
         )
 
     async def integrity_check(self) -> list[str]:
-        """SQLite's own consistency check; ["ok"] when the file is sound."""
-        try:
-            return [r[0] for r in await self._fetchall("PRAGMA integrity_check")]
-        except sqlite3.DatabaseError as exc:  # damage where the check itself reads stops it half-way
-            return [f"the check stopped: {exc}"]
+        """["ok"] when the database is sound, else what is wrong. SQLite: its own check of the
+        whole file. PostgreSQL: every row of every table read back (the server guards its
+        files itself; pg_amcheck checks them deeper)."""
+        self._check_open()
+        return await self._engine.integrity_check()
 
     async def backup(self, dest: Path) -> None:
-        """Copy the database to `dest` with SQLite's online backup, safe while the bot writes.
-
-        The copy is written beside `dest` and renamed into place, so `dest` is either the
-        old file or a complete new copy, never half of one.
-        """
+        """Copy the database to the file `dest`, safe while the bot writes (SQLite's online
+        backup; `dest` is either the old file or a complete new copy, never half of one).
+        On PostgreSQL a StorageError says how to use pg_dump instead."""
         self._check_open()
-        dest = Path(dest)
-        if dest.exists() and dest.resolve() == self.path.resolve():
-            raise StorageError(f"{dest} is the database itself; back it up to another path")
-        if dest.is_dir():
-            raise StorageError(f"{dest} is a folder; give a file name for the backup")
-        partial = dest.with_name(dest.name + ".partial")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            partial.unlink(missing_ok=True)
-            # The backup runs on aiosqlite's worker thread, so the target must allow that.
-            target = sqlite3.connect(partial, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot write the backup {dest}: {exc}") from exc
-        try:
-            async with self._lock:
-                await self._conn.backup(target)
-            # A backup should be one self-contained file, not a WAL database missing its -wal.
-            await asyncio.to_thread(target.execute, "PRAGMA journal_mode = DELETE")
-            target.close()
-            os.replace(partial, dest)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"backup to {dest} failed: {exc}") from exc
-        finally:
-            target.close()
-            partial.unlink(missing_ok=True)
+            await self._engine.backup(Path(dest))
+        except EngineError as exc:
+            raise StorageError(str(exc)) from exc
+
+    # --- copying to another database (`memebot db migrate`) ----------------------------
+
+    async def row_counts(self) -> dict[str, int]:
+        """How many rows each table that `copy_to` copies holds."""
+        async with self._read() as db:
+            return {
+                table: int((await db.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]) for table in COPIED_TABLES
+            }
+
+    async def copy_to(
+        self, target: Storage, *, page: int = 500, progress: Callable[[str, int], None] | None = None
+    ) -> None:
+        """Copy every row into `target`, an empty database (of either engine), in one
+        transaction there: all of it or, on any error, nothing. Rows keep their ids, user
+        hashes and stamps, so `target` must be used with the same user_hash_key.
+        `progress(table, rows so far)` is called after each page."""
+        if any((await target.row_counts()).values()):
+            raise StorageError(f"{target.location} already holds memebot data; copy into an empty database")
+        async with target._write() as into:
+            for table, (columns, order) in COPIED_TABLES.items():
+                names = ", ".join(columns)
+                insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
+                key = ", ".join(order)
+                after_key = f"WHERE ({key}) > ({', '.join('?' * len(order))})"
+                done, last = 0, None
+                while True:
+                    # Paged by the key, so a large copy never holds the source for long.
+                    rows = await self._fetchall(
+                        f"SELECT {names} FROM {table} {after_key if last else ''} ORDER BY {key} LIMIT ?",
+                        (*(last or ()), page),
+                    )
+                    if not rows:
+                        break
+                    await into.executemany(insert, [tuple(row) for row in rows])
+                    done += len(rows)
+                    last = tuple(rows[-1][name] for name in order)
+                    if progress is not None:
+                        progress(table, done)
+                await target._engine.after_copy(into, table)

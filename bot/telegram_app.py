@@ -36,8 +36,10 @@ from telegram.ext import (
     Application,
     ApplicationBuilder,
     CallbackQueryHandler,
+    ChosenInlineResultHandler,
     CommandHandler,
     ContextTypes,
+    InlineQueryHandler,
     MessageHandler,
     filters,
 )
@@ -72,6 +74,7 @@ from bot.service import (
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
+from bot.telegram_inline import InlineMemes, InlineTiming, is_inline_ref
 from common.config import TelegramConfig
 from common.template import MAX_UPLOAD_BYTES, is_upload_key, too_big
 
@@ -112,6 +115,9 @@ a photo with the command as its caption. A picture of a known template is recogn
 /top [week|month|all] — this chat's best memes (👍 minus 👎), shown again
 /forget — reply to one of your memes to delete it everywhere (or /forget NUMBER from /history)
 /settings — this chat's settings; admins change them with /settings temperature 0.9
+
+In any chat, type my @username and then a template and words, e.g. drake no thanks | yes please,
+and pick one of the memes I show.
 
 Vote with 👍 / 👎 under a meme; 🔁 makes another one like it."""
 
@@ -326,6 +332,7 @@ class TelegramFrontEnd:
         *,
         timeouts: Timeouts = Timeouts(),
         retry: SendRetry = SendRetry(),
+        inline: InlineTiming | None = None,
     ) -> None:
         if not config.token:
             raise TelegramStartError(
@@ -375,6 +382,21 @@ class TelegramFrontEnd:
             )
         )
         self.app.add_handler(CallbackQueryHandler(self.on_button, pattern=r"^(v|r):"))
+        # Inline mode (bot/telegram_inline.py): queries, what is sent from them, and the buttons
+        # of candidates sent before they were stored.
+        self.inline = InlineMemes(
+            service,
+            config,
+            self.app,
+            platform=PLATFORM,
+            send=self.with_retries,
+            words=self.error_text,
+            keyboard=keyboard,
+            timing=inline or InlineTiming(),
+        )
+        self.app.add_handler(InlineQueryHandler(self.inline.on_query))
+        self.app.add_handler(ChosenInlineResultHandler(self.inline.on_chosen))
+        self.app.add_handler(CallbackQueryHandler(self.inline.on_button, pattern=r"^i[vr]:"))
         self.app.add_error_handler(self.on_error)
 
     # --- lifecycle ---
@@ -399,11 +421,18 @@ class TelegramFrontEnd:
         await self.app.updater.start_polling(
             timeout=dt.timedelta(seconds=self.config.poll_timeout_s),
             bootstrap_retries=3,
-            allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
+            allowed_updates=[
+                Update.MESSAGE,
+                Update.CALLBACK_QUERY,
+                Update.INLINE_QUERY,
+                Update.CHOSEN_INLINE_RESULT,
+            ],
             error_callback=self.on_polling_error,
         )
         await self.app.start()
         logger.info("telegram: polling as @%s", self.app.bot.username)
+        if not self.inline.enabled:
+            logger.info("telegram: inline mode is off: set [telegram] inline_cache_chat to use it")
 
     async def close(self) -> None:
         """Stop fetching updates, let the handlers in progress finish, close the connections."""
@@ -546,7 +575,9 @@ class TelegramFrontEnd:
             await self.reply(message, self.error_text(exc))
             return
         text = f"Forgotten: meme #{forgotten.id} is gone from /history, /top and the exports, votes and all."
-        if not await self.take_down(forgotten):
+        if is_inline_ref(forgotten.message_id):  # sent inline: bots cannot delete those
+            text += await self.inline.take_down(forgotten.message_id or "")
+        elif not await self.take_down(forgotten):
             text += FORGET_STUCK
         await self.reply(message, text)
 
@@ -594,6 +625,9 @@ class TelegramFrontEnd:
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
+        if query.inline_message_id is not None:  # a meme sent inline: no message, maybe no chat of ours
+            await self.inline.on_button(update, context)
+            return
         try:
             action, meme_id, vote = parse_button(query.data or "")
         except ValueError:

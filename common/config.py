@@ -95,7 +95,10 @@ class RenderConfig:
 
 @dataclass
 class StorageConfig:
-    database: Path = Path("memebot.db")
+    database: Path = Path("memebot.db")  # the SQLite file, used unless `url` is set
+    # A PostgreSQL database instead of the file: "postgresql://user:password@host:5432/memebot".
+    # Not in repr: the password. Best set as MEMEBOT_DATABASE_URL, to keep it out of files.
+    url: str = field(default="", repr=False)
     # Key for hashing user ids; the environment variable wins so it can stay out of files.
     user_hash_key: str = field(default="memebot-default-key-change-me", repr=False)
     # A user's own picture is stored as its SHA-256 only; a chat's admins may turn keeping the
@@ -211,7 +214,13 @@ class Config:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file (what `database_location` is unless [storage] url is set)."""
         return self.resolve(self.storage.database)
+
+    @property
+    def database_location(self) -> Path | str:
+        """Where storage keeps its data: the PostgreSQL URL when one is set, else the SQLite file."""
+        return self.storage.url or self.database_path
 
 
 # Environment variables that override a setting: name -> (section, key).
@@ -225,9 +234,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MEMEBOT_CHECKPOINT": ("model", "checkpoint"),
     "MEMEBOT_DEVICE": ("model", "device"),
     "MEMEBOT_DATABASE": ("storage", "database"),
+    "MEMEBOT_DATABASE_URL": ("storage", "url"),
     "MEMEBOT_CACHE_DIR": ("paths", "cache_dir"),
     "TELEGRAM_API_URL": ("telegram", "api_url"),
 }
+
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check a TOML value against a dataclass field type and convert it."""
@@ -311,6 +322,11 @@ def _validate(config: Config) -> None:
             "[generation] rank_length_power: must be between 0 and 1",
         ),
         (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
+        (
+            # The URL itself is not repeated: it may hold a password.
+            not config.storage.url or config.storage.url.startswith(("postgresql://", "postgres://")),
+            "[storage] url: must start with postgresql:// (for a SQLite file, set [storage] database)",
+        ),
         (config.limits.user_rate_per_minute > 0, "[limits] user_rate_per_minute: must be positive"),
         (config.limits.chat_rate_per_minute > 0, "[limits] chat_rate_per_minute: must be positive"),
         (config.limits.user_burst >= 1, "[limits] user_burst: must be at least 1"),

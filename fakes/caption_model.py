@@ -50,8 +50,12 @@ class ScriptedCaptions:
         fail: bool = False,
         sample_endings: Sequence[str] = (),
         templates: Sequence[str] = (),
+        best_of: bool = False,
     ) -> None:
         self.delay_s = delay_s  # simulated decoding time (time.sleep releases the GIL, like torch)
+        # True: a sampled request gets all its best-of-N candidates ("take N" each), as the real
+        # model returns them; False: one caption, which keeps other tests' numbering simple.
+        self.best_of = best_of
         self.fail = fail
         self.sample_endings = list(sample_endings)  # sampled endings to use, in order, before "take N"
         self.requests: list[GenerationRequest] = []
@@ -79,6 +83,11 @@ class ScriptedCaptions:
 
     def answer(self, request: GenerationRequest) -> GenerationResult:
         self.requests.append(request)
+        several = self.best_of and request.method == "sample"
+        count = max(1, request.n, request.best_of) if several else 1
+        return GenerationResult([Caption(self._caption(request), -1.0 - k) for k in range(count)])
+
+    def _caption(self, request: GenerationRequest) -> list[str]:
         boxes = normalize_user_text(request.prefix) if request.prefix.strip() else [""]
         if request.method != "sample":
             ending = FIXED_ENDING
@@ -89,7 +98,7 @@ class ScriptedCaptions:
         boxes[-1] = f"{boxes[-1].rstrip()} {ending}".strip()
         while len(boxes) < request.n_boxes:
             boxes.append(f"box {len(boxes) + 1}")
-        return GenerationResult([Caption(boxes, -1.0)])
+        return boxes
 
     def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
         if self.delay_s:

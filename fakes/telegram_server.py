@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -34,6 +35,17 @@ BOT_DOWNLOAD_LIMIT = 20 * 2**20  # getFile refuses bigger files: bots download a
 BOT_DELETE_WINDOW_S = 48 * 3600  # a bot deletes messages only while they are younger than this
 MEDIA_GROUP_SIZES = range(2, 11)  # sendMediaGroup takes 2 to 10 items
 WRONG_FILE = "Bad Request: wrong file identifier/HTTP URL specified"
+# Inline mode's rules (Bot API): at most 50 results, ids and callback data of 1-64 bytes, one
+# answer per query, given while the query is fresh (about 10 s; then this error).
+MAX_INLINE_RESULTS = 50
+MAX_ID_BYTES = 64
+INLINE_ANSWER_DEADLINE_S = 10.0
+QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
+START_PARAMETER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ADMIN_STATUSES = ("creator", "administrator")
 
 
@@ -73,6 +85,25 @@ class Fault:
     stall_s: float = 0.0  # > 0: hold the request this long, then drop it unrecorded
     delay_s: float = 0.0  # > 0: answer normally, but only after this long (a slow server)
     retry_after: int | None = None  # for 429 replies
+
+
+@dataclass
+class InlineQuery:
+    """An inline query a user typed (`send_inline_query`) and the bot's answer to it."""
+
+    id: str
+    user_id: int
+    query: str
+    at: float = field(default_factory=time.monotonic)
+    answer: Call | None = None  # the accepted answerInlineQuery call
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [] if self.answer is None else list(self.answer.params.get("results") or [])
+
+    @property
+    def button(self) -> dict[str, Any] | None:
+        return None if self.answer is None else self.answer.params.get("button")
 
 
 def _user(user_id: int, name: str = "", is_bot: bool = False, username: str | None = None) -> dict:
@@ -116,6 +147,14 @@ class FakeTelegramServer:
         self._runner: web.AppRunner | None = None
         self._closing = False
         self.port = 0
+        # Inline mode: queries by id; messages sent through the bot by inline_message_id (what
+        # the chat shows: photo file_id and keyboard); whether the bot gets chosen_inline_result
+        # (BotFather's /setinlinefeedback); the update kinds the bot asked for (getUpdates).
+        self.inline_queries: dict[str, InlineQuery] = {}
+        self.inline_messages: dict[str, dict[str, Any]] = {}
+        self.inline_feedback = True
+        self.inline_answer_deadline_s = INLINE_ANSWER_DEADLINE_S
+        self.allowed_updates: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -355,6 +394,8 @@ class FakeTelegramServer:
     def answer_key(call: Call) -> str | None:
         if call.method == "answerCallbackQuery":
             return FakeTelegramServer.query_key(str(call.params["callback_query_id"]))
+        if call.method == "answerInlineQuery":
+            return FakeTelegramServer.inline_key(str(call.params["inline_query_id"]))
         reply = call.params.get("reply_parameters")
         if call.method in ("sendMessage", "sendPhoto", "sendMediaGroup") and isinstance(reply, dict):
             return f"message:{call.chat_id}:{reply['message_id']}"
@@ -475,10 +516,14 @@ class FakeTelegramServer:
     async def _api_getUpdates(self, call: Call) -> list[dict[str, Any]]:
         offset = int(call.params.get("offset") or 0)
         timeout = float(call.params.get("timeout") or 0)
-        # Updates below the offset are confirmed: the real server forgets them.
-        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        if isinstance(call.params.get("allowed_updates"), list) and call.params["allowed_updates"]:
+            self.allowed_updates = list(call.params["allowed_updates"])  # the server remembers it
+        # Updates below the offset are confirmed: the real server forgets them. Kinds the bot
+        # did not ask for are never delivered (a bot that leaves out inline_query gets none).
+        self._updates = [u for u in self._updates if u["update_id"] >= offset and self._allowed(u)]
         if timeout > 0:
             await self._wait_until(lambda: bool(self._updates) or self._closing, timeout)
+            self._updates = [u for u in self._updates if self._allowed(u)]
         limit = int(call.params.get("limit") or 100)
         return self._updates[:limit]
 
@@ -582,6 +627,8 @@ class FakeTelegramServer:
         return True
 
     async def _api_editMessageReplyMarkup(self, call: Call) -> dict[str, Any] | bool:
+        if call.params.get("inline_message_id"):
+            return self._edit_inline_markup(call)
         key = (int(call.params["chat_id"]), int(call.params["message_id"]))
         if key not in self.messages:
             raise ApiError(400, "Bad Request: message to edit not found")
@@ -591,3 +638,183 @@ class FakeTelegramServer:
         else:
             message.pop("reply_markup", None)
         return message
+
+    # --- inline mode ---------------------------------------------------------------------------
+
+    @staticmethod
+    def inline_key(query_id: str) -> str:
+        """The `answers` key of the bot's answer to an inline query."""
+        return f"inline:{query_id}"
+
+    def _allowed(self, update: dict[str, Any]) -> bool:
+        kinds = [k for k in update if k != "update_id"]
+        return not self.allowed_updates or all(k in self.allowed_updates for k in kinds)
+
+    def send_inline_query(self, query: str, *, user_id: int = 501, chat_type: str = "supergroup") -> str:
+        """A user types `@bot query` in a chat of `chat_type`; returns the inline query's id."""
+        query_id = f"iq{next(self._update_ids)}"
+        self.inline_queries[query_id] = InlineQuery(query_id, user_id, query)
+        self.push_update(
+            {
+                "inline_query": {
+                    "id": query_id,
+                    "from": self.user(user_id),
+                    "query": query,
+                    "offset": "",
+                    "chat_type": chat_type,
+                }
+            }
+        )
+        return query_id
+
+    async def wait_inline_answer(self, query_id: str, timeout: float = 10.0) -> InlineQuery:
+        """The query once the bot has answered it (AssertionError if it does not in time)."""
+        if await self.wait_answer(self.inline_key(query_id), timeout) is None:
+            raise AssertionError(f"inline query {query_id} was not answered within {timeout} s")
+        return self.inline_queries[query_id]
+
+    def choose_inline_result(
+        self, query_id: str, result_id: str, *, user_id: int | None = None
+    ) -> str | None:
+        """The user taps one of the answer's results: it is sent to their chat. Returns its
+        inline_message_id, which Telegram gives only for a result with a keyboard (the bot can
+        edit only those). The bot hears of it as chosen_inline_result when inline feedback is on."""
+        query = self.inline_queries[query_id]
+        chosen = [r for r in query.results if r.get("id") == result_id]
+        assert chosen, f"the answer to {query_id} has no result {result_id!r}: {query.results}"
+        result = chosen[0]
+        inline_message_id = None
+        if result.get("reply_markup"):
+            inline_message_id = f"im{next(self._update_ids)}"
+            self.inline_messages[inline_message_id] = {
+                "photo": result.get("photo_file_id"),
+                "reply_markup": result["reply_markup"],
+            }
+        if self.inline_feedback:
+            payload: dict[str, Any] = {
+                "result_id": result_id,
+                "from": self.user(query.user_id if user_id is None else user_id),
+                "query": query.query,
+            }
+            if inline_message_id is not None:
+                payload["inline_message_id"] = inline_message_id
+            self.push_update({"chosen_inline_result": payload})
+        return inline_message_id
+
+    def press_inline(self, inline_message_id: str, data: str, *, user_id: int = 501) -> str:
+        """A user presses a button under a message sent through the bot: the callback query has
+        the inline_message_id and no message (the bot may not even be in that chat)."""
+        assert inline_message_id in self.inline_messages, f"no inline message {inline_message_id}"
+        query_id = f"cq{next(self._update_ids)}"
+        self.push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": self.user(user_id),
+                    "chat_instance": f"ci-{inline_message_id}",
+                    "data": data,
+                    "inline_message_id": inline_message_id,
+                }
+            }
+        )
+        return query_id
+
+    @staticmethod
+    def inline_buttons(message: dict[str, Any]) -> list[str]:
+        """An inline message's buttons as a user reads them."""
+        rows = (message.get("reply_markup") or {}).get("inline_keyboard", [])
+        return [button["text"] for row in rows for button in row]
+
+    @staticmethod
+    def _check_keyboard(markup: Any) -> None:
+        rows = markup.get("inline_keyboard", []) if isinstance(markup, dict) else []
+        for row in rows:
+            for button in row:
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= MAX_ID_BYTES:
+                    raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+
+    async def _api_answerInlineQuery(self, call: Call) -> bool:
+        query = self.inline_queries.get(str(call.params.get("inline_query_id")))
+        late = query is not None and time.monotonic() - query.at > self.inline_answer_deadline_s
+        if query is None or query.answer is not None or late:
+            raise ApiError(400, QUERY_INVALID)  # unknown, answered already, or too late
+        results = call.params.get("results")
+        if not isinstance(results, list):
+            raise ApiError(400, "Bad Request: results must be a JSON array")
+        if len(results) > MAX_INLINE_RESULTS:
+            raise ApiError(400, "Bad Request: RESULTS_TOO_MUCH")
+        ids: set[str] = set()
+        for result in results:
+            result_id = result.get("id") if isinstance(result, dict) else None
+            if not isinstance(result_id, str) or not 1 <= len(result_id.encode()) <= MAX_ID_BYTES:
+                raise ApiError(400, "Bad Request: RESULT_ID_INVALID")
+            if result_id in ids:
+                raise ApiError(400, "Bad Request: RESULT_ID_DUPLICATE")
+            ids.add(result_id)
+            self._check_result(result)
+        cache_time = call.params.get("cache_time")
+        if cache_time is not None and not (str(cache_time).isdigit()):
+            raise ApiError(400, "Bad Request: cache_time must be a non-negative integer")
+        button = call.params.get("button")
+        if button is not None:
+            if not isinstance(button, dict) or not button.get("text"):
+                raise ApiError(400, "Bad Request: the button needs a text")
+            if "web_app" not in button and not START_PARAMETER.fullmatch(
+                str(button.get("start_parameter", ""))
+            ):
+                raise ApiError(400, "Bad Request: BOT_START_PARAM_INVALID")
+        if len(str(call.params.get("next_offset", "")).encode()) > MAX_ID_BYTES:
+            raise ApiError(400, "Bad Request: NEXT_OFFSET_INVALID")
+        query.answer = call
+        return True
+
+    def _check_result(self, result: dict[str, Any]) -> None:
+        kind = result.get("type")
+        if kind == "photo":
+            file_id = result.get("photo_file_id")
+            if file_id is None:
+                raise ApiError(400, "Bad Request: this fake serves cached photos (photo_file_id) only")
+            if file_id not in self.files:
+                raise ApiError(400, WRONG_FILE)
+        elif kind == "article":
+            content = result.get("input_message_content") or {}
+            if not result.get("title") or not content.get("message_text"):
+                raise ApiError(400, "Bad Request: an article needs a title and input_message_content")
+        else:
+            raise ApiError(400, f"Bad Request: this fake serves photo and article results, not {kind!r}")
+        self._check_keyboard(result.get("reply_markup"))
+
+    def _inline_message(self, call: Call) -> dict[str, Any]:
+        message = self.inline_messages.get(str(call.params.get("inline_message_id")))
+        if message is None:
+            raise ApiError(400, "Bad Request: MESSAGE_ID_INVALID")
+        return message
+
+    def _edit_inline_markup(self, call: Call) -> bool:
+        message = self._inline_message(call)
+        markup = call.params.get("reply_markup") or None
+        self._check_keyboard(markup)
+        if markup == message.get("reply_markup"):
+            raise ApiError(400, NOT_MODIFIED)
+        message["reply_markup"] = markup
+        return True
+
+    async def _api_editMessageMedia(self, call: Call) -> bool:
+        if not call.params.get("inline_message_id"):
+            raise ApiError(400, "Bad Request: this fake serves editMessageMedia for inline messages only")
+        message = self._inline_message(call)
+        media = call.params.get("media")
+        if not isinstance(media, dict) or media.get("type") != "photo":
+            raise ApiError(400, "Bad Request: this fake serves photos only")
+        file_id = media.get("media")
+        if call.files or not isinstance(file_id, str) or file_id.startswith("attach://"):
+            # The Bot API: "When an inline message is edited, a new file can't be uploaded".
+            raise ApiError(400, "Bad Request: can't upload a new file for an inline message")
+        if file_id not in self.files:
+            raise ApiError(400, WRONG_FILE)
+        markup = call.params.get("reply_markup") or None
+        self._check_keyboard(markup)
+        message["photo"] = file_id
+        message["reply_markup"] = markup  # an edit without a keyboard takes the keyboard off
+        return True

@@ -28,10 +28,15 @@ fi
 # libfribidi0 lets Pillow's bundled libraqm lay out right-to-left text. Installed when this runs
 # as root or with password-less sudo; otherwise it says what to install, and set-up goes on.
 FONT_PACKAGES=(fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji libfribidi0)
-install_fonts() {
-    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: $1"; return 0; }
-    local missing=() pkg
-    for pkg in "${FONT_PACKAGES[@]}"; do
+# PostgreSQL's server: the tests start their own in a temporary folder (tests/helpers/postgres.py)
+# to run every storage test on PostgreSQL too; without it those tests are skipped, loudly.
+TEST_PACKAGES=(postgresql)
+install_packages() {
+    local what=$1 pkg
+    shift
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get here: $what"; return 0; }
+    local missing=()
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -40,17 +45,19 @@ install_fonts() {
         if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
             as_root=(sudo -n)
         else
-            echo "not root: to draw every script and emoji, run: sudo apt-get install ${missing[*]}"
+            echo "not root: run sudo apt-get install ${missing[*]}, else $what"
             return 0
         fi
     fi
-    echo "installing fonts: ${missing[*]}"
+    echo "installing ${missing[*]}"
     local apt=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
     "${apt[@]}" install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
         || { "${apt[@]}" update -q >/dev/null 2>&1 && "${apt[@]}" install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
-        || echo "could not install ${missing[*]}: $1"
+        || echo "could not install ${missing[*]}: $what"
 }
-install_fonts "captions in other scripts and emoji will show a replacement mark (see memebot doctor)"
+install_packages "captions in other scripts and emoji will show a replacement mark (see memebot doctor)" \
+    "${FONT_PACKAGES[@]}"
+install_packages "the PostgreSQL storage tests are skipped" "${TEST_PACKAGES[@]}"
 "$VENV/bin/memebot" doctor >/dev/null 2>&1 \
     || echo "note: some scripts or emoji cannot be drawn here: $VENV/bin/memebot doctor says which"
 echo "memebot is installed: $VENV/bin/memebot --help"

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.postgres import INSTALL_HINT, PostgresServer, find_bin_dir
 
 # Loopback traffic of the fake chat servers must never go through a proxy.
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -73,3 +76,48 @@ def tiny_checkpoint(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFa
     )
     train(recipe, dataset, run, device="cpu", progress=False)
     return run / "best.pt"
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+POSTGRES_SKIPPED = "PostgreSQL tests skipped"  # starts every skip reason; the summary counts them
+POSTGRES_TEST_PASSWORD = "pg-test-secret"  # in every test URL; trust authentication ignores it
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (tests/helpers/postgres.py).
+
+    Skipped only when no server binaries are installed, and then loudly (the summary below);
+    with MEMEBOT_REQUIRE_POSTGRES=1 (CI) that is a failure instead. Binaries that are there but
+    fail to start the server are always a failure: something is broken.
+    """
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        reason = f"{POSTGRES_SKIPPED}: no initdb/pg_ctl/postgres found; {INSTALL_HINT}"
+        if os.environ.get("MEMEBOT_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (MEMEBOT_REQUIRE_POSTGRES is set)", pytrace=False)
+        pytest.skip(reason)
+    server = PostgresServer.start(bin_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty PostgreSQL database for one test (left for the server's teardown to remove).
+    Its URL carries a password, so whatever shows the URL is seen hiding it."""
+    return postgres_server.url(postgres_server.create_database(), password=POSTGRES_TEST_PASSWORD)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A skipped PostgreSQL test is easy to miss among dots: say it in red at the end."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if POSTGRES_SKIPPED in str(getattr(report, "longrepr", ""))
+    ]
+    if skipped:
+        reason = str(skipped[0].longrepr[2]) if isinstance(skipped[0].longrepr, tuple) else ""
+        terminalreporter.write_sep("!", f"{len(skipped)} PostgreSQL tests were SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(reason.removeprefix("Skipped: "), red=True, bold=True)

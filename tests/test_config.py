@@ -71,8 +71,28 @@ def test_environment_overrides_the_file(tmp_path: Path):
 
 
 def test_tokens_never_show_in_the_config_repr():
-    config = load_config(None, env={"TELEGRAM_TOKEN": "123456:SECRET", "DISCORD_TOKEN": "discord-secret"})
+    config = load_config(
+        None,
+        env={
+            "TELEGRAM_TOKEN": "123456:SECRET",
+            "DISCORD_TOKEN": "discord-secret",
+            "MEMEBOT_DATABASE_URL": "postgresql://bot:pg-secret@db/memes",
+        },
+    )
     assert "SECRET" not in repr(config) and "discord-secret" not in repr(config)
+    assert "pg-secret" not in repr(config)
+
+
+def test_a_postgresql_url_replaces_the_sqlite_file(tmp_path: Path):
+    plain = load_config(write(tmp_path, "[storage]\ndatabase = '/tmp/x.db'\n"), env={})
+    assert plain.database_location == Path("/tmp/x.db")
+    url = "postgresql://bot:pw@db.example:5432/memes"
+    from_file = load_config(write(tmp_path, f"[storage]\nurl = '{url}'\n"), env={})
+    from_env = load_config(None, env={"MEMEBOT_DATABASE_URL": url})
+    assert from_file.database_location == from_env.database_location == url
+    with pytest.raises(ConfigError, match=r"\[storage\] url: must start with postgresql://") as err:
+        load_config(write(tmp_path, "[storage]\nurl = 'mysql://bot:pw@db/memes'\n"), env={})
+    assert "pw" not in str(err.value)  # the message does not repeat the URL and its password
 
 
 def test_relative_paths_resolve_against_the_project_root():

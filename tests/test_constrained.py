@@ -728,12 +728,13 @@ def test_config_has_generation_defaults_for_the_rules():
 
 
 def test_config_refuses_a_best_of_out_of_range(tmp_path):
+    from bot.settings import check_config_defaults
     from common.config import ConfigError
 
     path = tmp_path / "config.toml"
     path.write_text("[generation]\nbest_of = 0\n")
     with pytest.raises(ConfigError, match="best_of"):
-        load_config(path, env={})
+        check_config_defaults(load_config(path, env={}))  # the range is the settings table's
     path.write_text("[generation]\nbest_of = 4\nlexicon = false\n")
     g = load_config(path, env={}).generation
     assert (g.best_of, g.lexicon) == (4, False)

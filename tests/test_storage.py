@@ -1,4 +1,10 @@
-"""Storage on SQLite: concurrency, ratings, settings, migrations, crash safety, privacy, export."""
+"""Storage: concurrency, ratings, settings, migrations, crash safety, privacy, export.
+
+Every test of what storage does runs on both engines: the `location` fixture is a SQLite file
+(`[sqlite]`) or a new database on the session's PostgreSQL server (`[postgres]`, see
+tests/conftest.py), so `pytest -k postgres` runs the PostgreSQL half. SQLite-only tests are
+about the file itself: old schemas only a SQLite file can hold, corruption, kill -9, backup.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +28,7 @@ import pytest
 from PIL import Image
 
 from bot.storage import (
+    COPIED_TABLES,
     SCHEMA_VERSION,
     InvalidValue,
     NewMeme,
@@ -29,11 +36,15 @@ from bot.storage import (
     Score,
     Storage,
     StorageError,
+    StoredMeme,
     UnknownMeme,
 )
+from bot.storage_engines import redact_url, url_passwords
 from cli.main import main
 from common.records import ExportError, ExportRow, read_export
 from common.template import Template
+from tests.conftest import POSTGRES_TEST_PASSWORD
+from tests.helpers.postgres import PostgresServer, free_port
 from tests.helpers.templates import catalog_template
 
 KEY = "test-hash-key"
@@ -70,8 +81,23 @@ class FakeClock:
         return self.now
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a test's database is: a new SQLite file, or a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "memebot.db"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+async def storage(location: Path | str) -> AsyncIterator[Storage]:
+    store = await Storage.open(location, KEY)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_storage(tmp_path: Path) -> AsyncIterator[Storage]:
     store = await Storage.open(tmp_path / "memebot.db", KEY)
     yield store
     await store.close()
@@ -80,6 +106,27 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
 def integrity(path: Path) -> str:
     with sqlite3.connect(path) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def run_sql(location: Path | str, request: pytest.FixtureRequest) -> Callable[[str], list[str]]:
+    """Run SQL on the test's database behind storage's back (a hand edit, a look at the schema);
+    its rows as text, columns joined by "|"."""
+    if isinstance(location, Path):
+
+        def on_sqlite(statement: str) -> list[str]:
+            with sqlite3.connect(location) as conn:
+                rows = conn.execute(statement).fetchall()
+            conn.close()
+            return ["|".join(str(v) for v in row) for row in rows]
+
+        return on_sqlite
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return lambda statement: server.sql(database_name(location), statement).splitlines()
 
 
 # --- concurrency -------------------------------------------------------------------------
@@ -102,9 +149,11 @@ async def hammer(storages: list[Storage], writers: int = 200) -> tuple[int, dict
     return shared, own_votes
 
 
-async def check_hammered(path: Path, shared: int, own_votes: dict[int, int], writers: int = 200) -> None:
-    assert integrity(path) == "ok"
-    async with await Storage.open(path, KEY) as fresh:
+async def check_hammered(
+    location: Path | str, shared: int, own_votes: dict[int, int], writers: int = 200
+) -> None:
+    async with await Storage.open(location, KEY) as fresh:
+        assert await fresh.integrity_check() == ["ok"]
         stats = await fresh.stats()
         assert (stats.memes, stats.ratings) == (writers + 1, 2 * writers)
         assert await fresh.score(shared) == Score(up=writers, down=0)
@@ -117,20 +166,49 @@ async def check_hammered(path: Path, shared: int, own_votes: dict[int, int], wri
             assert meme.score == (Score(1, 0) if value == 1 else Score(0, 1))
 
 
-async def test_200_concurrent_writers_on_one_storage_lose_nothing(storage: Storage) -> None:
+async def test_200_concurrent_writers_on_one_storage_lose_nothing(
+    storage: Storage, location: Path | str
+) -> None:
     shared, own_votes = await hammer([storage])
-    await check_hammered(storage.path, shared, own_votes)
+    await check_hammered(location, shared, own_votes)
+    if isinstance(location, Path):
+        assert integrity(location) == "ok"
 
 
-async def test_200_concurrent_writers_on_two_storages_sharing_a_file(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    first, second = await Storage.open(path, KEY), await Storage.open(path, KEY)
+async def test_200_concurrent_writers_on_two_storages_sharing_a_database(location: Path | str) -> None:
+    first, second = await Storage.open(location, KEY), await Storage.open(location, KEY)
     try:
         shared, own_votes = await hammer([first, second])
     finally:
         await first.close()
         await second.close()
-    await check_hammered(path, shared, own_votes)
+    await check_hammered(location, shared, own_votes)
+
+
+async def test_read_then_write_transactions_on_one_meme_queue_across_storages(location: Path | str) -> None:
+    """Two processes at once: a double press is a vote and its withdrawal, never two votes; two
+    🔁 presses never take the same kept candidate. (SQLite queues all writers; PostgreSQL runs
+    them side by side unless the transaction locks what it changes.)"""
+    first, second = await Storage.open(location, KEY), await Storage.open(location, KEY)
+    try:
+        memes = [await first.record_meme(new_meme(i)) for i in range(10)]
+        await asyncio.gather(
+            *(
+                store.rate(meme_id, "telegram", "double-clicker", 1)
+                for meme_id in memes
+                for store in (first, second)
+            )
+        )
+        assert [await first.score(meme_id) for meme_id in memes] == [Score(0, 0)] * 10
+        kept = replace(new_meme(), params={"candidates": list(range(20))})
+        meme_id = await first.record_meme(kept)
+        taken = await asyncio.gather(
+            *(store.pop_param_item(meme_id, "candidates") for store in (first, second) * 11)
+        )
+        assert sorted(t for t in taken if t is not None) == list(range(20)) and taken.count(None) == 2
+    finally:
+        await first.close()
+        await second.close()
 
 
 # --- ratings -----------------------------------------------------------------------------
@@ -195,7 +273,6 @@ async def test_history_is_the_users_newest_first(storage: Storage) -> None:
     assert await storage.user_history("telegram", "nobody") == []
 
 
-
 async def test_message_id_maps_a_button_press_back_to_its_meme(storage: Storage) -> None:
     meme_id = await storage.record_meme(new_meme(boxes=["when the", "tests pass"]))
     assert (await storage.get_meme(meme_id)).message_id is None
@@ -205,6 +282,14 @@ async def test_message_id_maps_a_button_press_back_to_its_meme(storage: Storage)
     assert meme.boxes == ["when the", "tests pass"]
     assert meme.params == {"temperature": 0.8, "seed": 0}
     assert meme.created_at.tzinfo is not None
+
+
+async def test_a_nul_character_in_a_users_words_does_not_fail_the_write(storage: Storage) -> None:
+    meme_id = await storage.record_meme(replace(new_meme(), prefix="a\x00b", author_name="Ann\x00"))
+    meme = await storage.get_meme(meme_id)
+    # SQLite keeps it; PostgreSQL's text cannot hold it and stores U+FFFD instead.
+    nul = "\x00" if storage.engine == "sqlite" else "\ufffd"
+    assert (meme.prefix, meme.author_name) == (f"a{nul}b", f"Ann{nul}")
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -219,7 +304,11 @@ async def test_settings_unset_is_none_set_and_clear(storage: Storage) -> None:
         allowed_templates=["drake", "two-buttons"],
         filter_enabled=False,
     )
-    assert changed == {"temperature": 0.5, "allowed_templates": ("drake", "two-buttons"), "filter_enabled": False}
+    assert changed == {
+        "temperature": 0.5,
+        "allowed_templates": ("drake", "two-buttons"),
+        "filter_enabled": False,
+    }
     assert await storage.get_settings("discord", "guild-1") == changed
     # Another server, or the same id on another platform, is untouched.
     assert await storage.get_settings("discord", "guild-2") == {}
@@ -374,23 +463,21 @@ async def test_v4_settings_columns_move_into_one_json_object_value_for_value(tmp
     assert columns == ["platform", "scope_id", "settings"]
 
 
-async def test_stored_settings_this_version_cannot_read_fall_back_to_defaults(storage: Storage) -> None:
+async def test_stored_settings_this_version_cannot_read_fall_back_to_defaults(
+    storage: Storage, run_sql: Callable[[str], list[str]]
+) -> None:
     """A hand-edited row, or keys a newer version wrote: reading never fails, and a change
     keeps the keys it does not know."""
     await storage.set_settings("telegram", "c", best_of=4)
-    with sqlite3.connect(storage.path) as conn:
-        conn.execute(
-            "UPDATE settings SET settings = ? WHERE scope_id = 'c'",
-            ('{"best_of": 4, "beam_width": "wide", "colour": "red"}',),
-        )
-        conn.execute("INSERT INTO settings VALUES ('telegram', 'broken', '[not json')")
-    conn.close()
+    run_sql(
+        """UPDATE settings SET settings = '{"best_of": 4, "beam_width": "wide", "colour": "red"}'"""
+        " WHERE scope_id = 'c'"
+    )
+    run_sql("INSERT INTO settings VALUES ('telegram', 'broken', '[not json')")
     assert await storage.get_settings("telegram", "c") == {"best_of": 4}
     assert await storage.get_settings("telegram", "broken") == {}
     assert await storage.set_settings("telegram", "c", lexicon=False) == {"best_of": 4, "lexicon": False}
-    with sqlite3.connect(storage.path) as conn:
-        (stored,) = conn.execute("SELECT settings FROM settings WHERE scope_id = 'c'").fetchone()
-    conn.close()
+    (stored,) = run_sql("SELECT settings FROM settings WHERE scope_id = 'c'")
     assert json.loads(stored)["colour"] == "red"
     assert await storage.set_settings("telegram", "broken", cooldown_s=5) == {"cooldown_s": 5.0}
 
@@ -458,27 +545,37 @@ def test_database_survives_sigkill_mid_write(tmp_path: Path) -> None:
     conn.close()
 
 
+RAW_IDS = ["tg-user-8675309", "discord-998877665544"]
+
+
+def assert_private(blob: bytes) -> None:
+    assert blob
+    for user in RAW_IDS:
+        assert user.encode() not in blob
+        # Not a plain (unkeyed) hash either, which anyone could recompute from the id.
+        assert hashlib.sha256(user.encode()).hexdigest()[:16].encode() not in blob
+
+
+async def write_memes_of_raw_ids(store: Storage) -> list[StoredMeme]:
+    for n, user in enumerate(RAW_IDS):
+        meme_id = await store.record_meme(new_meme(n, user_id=user))
+        for voter in RAW_IDS:
+            await store.rate(meme_id, "telegram", voter, 1)
+    history = await store.user_history("telegram", RAW_IDS[0])
+    assert len(history) == 1 and history[0].user_hash != RAW_IDS[0]
+    return history
+
+
 async def test_no_raw_user_id_in_database_or_wal_bytes(tmp_path: Path) -> None:
     path = tmp_path / "private.db"
-    raw_ids = ["tg-user-8675309", "discord-998877665544"]
+    raw_ids = RAW_IDS
 
     def file_bytes() -> bytes:
         files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
         return b"".join(f.read_bytes() for f in files if f.exists())
 
-    def assert_private(blob: bytes) -> None:
-        for user in raw_ids:
-            assert user.encode() not in blob
-            # Not a plain (unkeyed) hash either, which anyone could recompute from the id.
-            assert hashlib.sha256(user.encode()).hexdigest()[:16].encode() not in blob
-
     async with await Storage.open(path, KEY) as store:
-        for n, user in enumerate(raw_ids):
-            meme_id = await store.record_meme(new_meme(n, user_id=user))
-            for voter in raw_ids:
-                await store.rate(meme_id, "telegram", voter, 1)
-        history = await store.user_history("telegram", raw_ids[0])
-        assert len(history) == 1 and history[0].user_hash != raw_ids[0]
+        history = await write_memes_of_raw_ids(store)
         assert path.with_name(path.name + "-wal").exists()  # the live WAL is checked too
         assert_private(file_bytes())
     assert_private(file_bytes())
@@ -488,8 +585,9 @@ async def test_no_raw_user_id_in_database_or_wal_bytes(tmp_path: Path) -> None:
 
 
 async def test_backup_while_another_connection_writes_is_a_readable_copy(
-    storage: Storage, tmp_path: Path
+    sqlite_storage: Storage, tmp_path: Path
 ) -> None:
+    storage = sqlite_storage
     for i in range(30):
         await storage.rate(await storage.record_meme(new_meme(i)), "telegram", "alice", 1)
     dest = tmp_path / "backups" / "copy.db"
@@ -551,32 +649,35 @@ def as_tuples(rows: list[ExportRow]) -> list[tuple]:
     return [(r.template, r.boxes, r.up, r.down, r.score, r.model_id, r.created_at) for r in rows]
 
 
-@pytest.fixture
-def export_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A config file pointing at a database filled with DATASET."""
-    for name in ("MEMEBOT_DATABASE", "MEMEBOT_USER_HASH_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    db = tmp_path / "export.db"
+async def fill_dataset(location: Path | str) -> None:
+    clock = FakeClock(DAY["jan01"])
+    async with await Storage.open(location, KEY, clock=clock) as store:
+        for name, (template, day, votes) in DATASET.items():
+            clock.now = DAY[day]
+            meme_id = await store.record_meme(new_meme(boxes=BOXES[name], template=template, user_id=name))
+            for voter, value in votes.items():
+                if value == 0:
+                    await store.rate(meme_id, "telegram", voter, 1)
+                    await store.rate(meme_id, "telegram", voter, 1)
+                else:
+                    await store.rate(meme_id, "telegram", voter, value)
+
+
+def write_config(tmp_path: Path, location: Path | str) -> Path:
+    """A config file whose [storage] is `location`: a SQLite file, or a PostgreSQL URL."""
+    where = f'database = "{location}"' if isinstance(location, Path) else f'url = "{location}"'
     config = tmp_path / "config.toml"
-    config.write_text(f'[storage]\ndatabase = "{db}"\nuser_hash_key = "{KEY}"\n')
-
-    async def fill() -> None:
-        clock = FakeClock(DAY["jan01"])
-        async with await Storage.open(db, KEY, clock=clock) as store:
-            for name, (template, day, votes) in DATASET.items():
-                clock.now = DAY[day]
-                meme_id = await store.record_meme(
-                    new_meme(boxes=BOXES[name], template=template, user_id=name)
-                )
-                for voter, value in votes.items():
-                    if value == 0:
-                        await store.rate(meme_id, "telegram", voter, 1)
-                        await store.rate(meme_id, "telegram", voter, 1)
-                    else:
-                        await store.rate(meme_id, "telegram", voter, value)
-
-    asyncio.run(fill())
+    config.write_text(f'[storage]\n{where}\nuser_hash_key = "{KEY}"\n')
     return config
+
+
+@pytest.fixture
+def export_config(location: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config file pointing at a database filled with DATASET."""
+    for name in ("MEMEBOT_DATABASE", "MEMEBOT_DATABASE_URL", "MEMEBOT_USER_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    asyncio.run(fill_dataset(location))
+    return write_config(tmp_path, location)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -657,6 +758,7 @@ def test_read_export_rejects_files_that_are_not_exports(tmp_path: Path) -> None:
         read_export(tmp_path / "absent.jsonl")
 
 
+@pytest.mark.parametrize("location", ["sqlite"], indirect=True)
 def test_db_stats_and_backup_cli(
     export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -679,13 +781,14 @@ def test_db_stats_and_backup_cli(
     assert main(["--config", str(export_config), "db", "backup", str(dest), "--force"]) == 0
 
 
+@pytest.mark.parametrize("location", ["sqlite"], indirect=True)
 def test_db_check_cli_says_whether_the_file_is_sound(
-    export_config: Path, capsys: pytest.CaptureFixture[str]
+    export_config: Path, location: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["--config", str(export_config), "db", "check"]) == 0
     assert capsys.readouterr().out.strip().endswith(": ok")
 
-    database = export_config.parent / "export.db"
+    database = location
     with sqlite3.connect(database) as conn:  # a big table, so its pages lie past the header
         conn.execute("CREATE TABLE padding (x TEXT)")
         conn.executemany("INSERT INTO padding VALUES (?)", [("y" * 500,) for _ in range(200)])
@@ -704,9 +807,9 @@ def test_db_check_cli_says_whether_the_file_is_sound(
 # --- leaderboards and forgetting ---------------------------------------------------------------
 
 
-async def test_leaderboard_query_ranks_by_score_then_up_votes_then_newer(tmp_path: Path) -> None:
+async def test_leaderboard_query_ranks_by_score_then_up_votes_then_newer(location: Path | str) -> None:
     clock = FakeClock(datetime(2024, 3, 1, tzinfo=UTC))
-    async with await Storage.open(tmp_path / "top.db", KEY, clock=clock) as store:
+    async with await Storage.open(location, KEY, clock=clock) as store:
 
         async def meme(votes: list[int], day: int, platform: str = "telegram", **where: str) -> int:
             clock.now = datetime(2024, 3, day, tzinfo=UTC)
@@ -790,3 +893,215 @@ async def test_leaderboard_covers_memes_from_before_the_v7_migration(tmp_path: P
         assert (await store.get_meme(7)).media_ref == "file-7"
         assert (await store.meme_at("telegram", "-1001", "556")).id == 7
         assert await store.meme_at("telegram", "-1001", "555") is None
+
+
+# --- PostgreSQL: its own ways, one schema with SQLite, and `memebot db migrate` ----------------
+
+
+def columns_and_indices_sqlite(path: Path) -> dict[str, object]:
+    with sqlite3.connect(path) as conn:
+        tables = {
+            table: [(r[1], bool(r[3]) or bool(r[5])) for r in conn.execute(f"PRAGMA table_info({table})")]
+            for table in COPIED_TABLES
+        }
+        indices = {
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        }
+    conn.close()
+    return {"tables": tables, "indices": indices}
+
+
+def columns_and_indices_postgres(server: PostgresServer, database: str) -> dict[str, object]:
+    tables = {}
+    for table in COPIED_TABLES:
+        rows = server.sql(
+            database,
+            "SELECT column_name, is_nullable FROM information_schema.columns"
+            f" WHERE table_name = '{table}' ORDER BY ordinal_position",
+        ).splitlines()
+        tables[table] = [(name, nullable == "NO") for name, nullable in (r.split("|") for r in rows)]
+    indices = server.sql(
+        database,
+        "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey'",
+    )
+    return {"tables": tables, "indices": set(indices.split())}
+
+
+async def test_postgres_gets_the_same_schema_as_sqlite_from_the_same_migrations(
+    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    async with await Storage.open(tmp_path / "s.db", KEY), await Storage.open(postgres_url, KEY) as pg:
+        assert (await pg.stats()).schema_version == SCHEMA_VERSION
+    database = database_name(postgres_url)
+    assert columns_and_indices_postgres(postgres_server, database) == columns_and_indices_sqlite(
+        tmp_path / "s.db"
+    )
+    # SQLite's type words as PostgreSQL spells them (8-byte floats, bytes, ids numbered by the server).
+    types = postgres_server.sql(
+        database,
+        "SELECT table_name || '.' || column_name || ' ' || data_type FROM information_schema.columns"
+        " WHERE (table_name, column_name) IN (('pictures', 'band'), ('pictures', 'data'), ('memes', 'id'))"
+        " ORDER BY 1",
+    ).splitlines()
+    assert types == ["memes.id integer", "pictures.band double precision", "pictures.data bytea"]
+    assert postgres_server.sql(database, "SELECT version FROM schema_version").split() == [
+        str(SCHEMA_VERSION)
+    ]
+    # Opening again migrates nothing and keeps the data.
+    async with await Storage.open(postgres_url, KEY) as again:
+        assert await again.record_meme(new_meme()) == 1
+    async with await Storage.open(postgres_url, KEY) as again:
+        assert (await again.get_meme(1)).boxes == ["top 0", "bottom 0"]
+
+
+async def test_postgres_refusals_give_advice_and_never_show_the_password(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    messages = []
+
+    async def refused(location: str, match: str, **options: bool) -> None:
+        with pytest.raises(StorageError, match=match) as err:
+            await Storage.open(location, KEY, **options)
+        messages.append(str(err.value))
+
+    await refused(postgres_url, "no memebot database", create=False)  # an empty database: tools refuse it
+    async with await Storage.open(postgres_url, KEY) as store:
+        assert store.location == postgres_url.replace(POSTGRES_TEST_PASSWORD, "***")
+    postgres_server.sql(database_name(postgres_url), "UPDATE schema_version SET version = 99")
+    await refused(postgres_url, "newer than this memebot")
+    server_url = postgres_url.rsplit("/", 1)[0]
+    await refused(f"{server_url}/no_such_database", "create it first")
+    dead = f"postgresql://memebot:{POSTGRES_TEST_PASSWORD}@127.0.0.1:{free_port()}/memebot"
+    await refused(dead, "cannot reach the PostgreSQL server")
+    assert all(POSTGRES_TEST_PASSWORD not in message for message in messages)
+    assert all("memebot:***@127.0.0.1" in message for message in messages)
+
+
+def test_database_urls_are_shown_without_their_password() -> None:
+    assert (
+        redact_url("postgresql://bot:s3cret@db.example:5432/memes")
+        == "postgresql://bot:***@db.example:5432/memes"
+    )
+    assert redact_url("postgres://db.example/memes?password=s3cret&sslmode=require") == (
+        "postgres://db.example/memes?password=%2A%2A%2A&sslmode=require"
+    )
+    assert redact_url("postgresql://bot@localhost/memes") == "postgresql://bot@localhost/memes"
+    assert url_passwords("postgresql://bot:s3cret@h/m?password=other") == ["s3cret", "other"]
+    assert url_passwords("postgresql://h/m") == []
+
+
+async def test_no_raw_user_id_in_the_postgres_servers_files(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    async with await Storage.open(postgres_url, KEY) as store:
+        await write_memes_of_raw_ids(store)
+    database = database_name(postgres_url)
+    postgres_server.sql(database, "CHECKPOINT")  # the tables' pages, not just the WAL, on disk
+    (oid,) = postgres_server.sql(
+        database, "SELECT oid FROM pg_database WHERE datname = current_database()"
+    ).split()
+    data = postgres_server.base / "data"
+    files = [*(data / "base" / oid).iterdir(), *(data / "pg_wal").glob("0*")]
+    assert_private(b"".join(f.read_bytes() for f in files if f.is_file()))
+
+
+@pytest.mark.parametrize("location", ["postgres"], indirect=True)
+def test_db_cli_on_postgres_stats_check_and_backup_advice(
+    export_config: Path, location: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(export_config), "db", "stats"]) == 0
+    out = capsys.readouterr().out
+    stats = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    assert (stats["database"], stats["engine"]) == (redact_url(location), "postgresql")
+    assert (stats["memes"], stats["ratings"], stats["up votes"], stats["down votes"]) == ("6", "8", "5", "3")
+    assert stats["schema version"] == str(SCHEMA_VERSION)
+    assert stats["size on server"].endswith(("KiB", "MiB"))
+    assert main(["--config", str(export_config), "db", "check"]) == 0
+    assert ": ok (every row read back" in capsys.readouterr().out
+    assert main(["--config", str(export_config), "db", "backup", str(tmp_path / "copy.db")]) == 1
+    err = capsys.readouterr().err
+    assert "pg_dump" in err and not (tmp_path / "copy.db").exists()
+    assert POSTGRES_TEST_PASSWORD not in out + err
+
+
+async def fill_everything(path: Path) -> None:
+    """Every table `db migrate` copies, with the awkward values: a kept picture, settings, a
+    deleted message, a media ref, an author name, unicode."""
+    await fill_dataset(path)
+    async with await Storage.open(path, KEY) as store:
+        await store.set_settings("telegram", "chat-1", temperature=0.5, allowed_templates=["drake"])
+        await store.set_settings("discord", "guild", lexicon=False)
+        buffer = io.BytesIO()
+        Image.new("RGB", (48, 40), (200, 10, 10)).save(buffer, "PNG")
+        picture = Template.from_image_bytes(buffer.getvalue(), name="red")
+        meme = replace(new_meme(7), template=picture, keep_picture=True, author_name="Zoë", scope_id="guild")
+        meme_id = await store.record_meme(meme)
+        await store.set_message_id(meme_id, "m-1", "file-id-1")
+        await store.set_message_deleted(meme_id)
+
+
+def test_db_migrate_copies_sqlite_into_postgres_with_counts_checked(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("MEMEBOT_DATABASE", "MEMEBOT_USER_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    source = tmp_path / "bot.db"
+    asyncio.run(fill_everything(source))
+    config = write_config(tmp_path, source)
+    # The URL from the environment, as the README advises: its password stays off the command line.
+    monkeypatch.setenv("MEMEBOT_DATABASE_URL", postgres_url)
+    assert main(["--config", str(config), "db", "migrate"]) == 0
+    captured = capsys.readouterr()
+    table = [line.split() for line in captured.out.splitlines()]
+    assert table == [
+        ["table", "source", "target"],
+        ["memes", "7", "7", "ok"],
+        ["ratings", "8", "8", "ok"],
+        ["settings", "2", "2", "ok"],
+        ["pictures", "1", "1", "ok"],
+    ]
+    assert "every count matches" in captured.err and POSTGRES_TEST_PASSWORD not in captured.err
+
+    async def compare() -> None:
+        async with await Storage.open(source, KEY) as old, await Storage.open(postgres_url, KEY) as new:
+            for meme_id in range(1, 8):
+                assert await new.get_meme(meme_id) == await old.get_meme(meme_id)
+            for scope in (("telegram", "chat-1"), ("discord", "guild")):
+                assert await new.get_settings(*scope) == await old.get_settings(*scope)
+            slug = (await old.get_meme(7)).template
+            assert (await new.picture_template(slug)).image == (await old.picture_template(slug)).image
+            assert await new.top_memes("telegram", "chat-1") == await old.top_memes("telegram", "chat-1")
+            # Ratings and history still find their users: the hashes were copied as they were.
+            assert await new.user_history("telegram", "A") == await old.user_history("telegram", "A")
+            assert await new.rate(1, "telegram", "u1", 1) == Score(2, 0)  # u1's vote withdrawn
+            assert await new.record_meme(new_meme(8)) == 8  # new ids follow the copied ones
+
+    asyncio.run(compare())
+    # Into a database that holds data already: refused, nothing written.
+    assert main(["--config", str(config), "db", "migrate", "--to", postgres_url]) == 1
+    assert "already holds memebot data" in capsys.readouterr().err
+
+
+def test_db_migrate_fails_when_the_counts_differ(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("MEMEBOT_DATABASE", "MEMEBOT_DATABASE_URL", "MEMEBOT_USER_HASH_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    source = tmp_path / "bot.db"
+    asyncio.run(fill_dataset(source))
+    copy_to = Storage.copy_to
+
+    async def copy_and_lose_a_vote(self: Storage, target: Storage, **options: object) -> None:
+        await copy_to(self, target, **options)
+        async with target._write() as db:  # as if the bot voted on the source meanwhile
+            await db.execute(
+                "DELETE FROM ratings WHERE meme_id = 1 AND user_hash = ?", (self.user_hash("telegram", "u1"),)
+            )
+
+    monkeypatch.setattr(Storage, "copy_to", copy_and_lose_a_vote)
+    config = write_config(tmp_path, source)
+    assert main(["--config", str(config), "db", "migrate", "--to", postgres_url]) == 1
+    captured = capsys.readouterr()
+    assert ["ratings", "8", "7", "MISMATCH"] in [line.split() for line in captured.out.splitlines()]
+    assert "row counts differ" in captured.err
