@@ -1,7 +1,7 @@
 """Load and fault test: the whole bot under a crowd, through the fake Telegram server.
 
     .venv/bin/python -m bench.load [--commands 1000] [--users 100] [--chats 20] [--concurrency 50]
-                                    [--checkpoint PATH] [--no-faults]
+                                    [--checkpoint PATH] [--no-faults] [--real-model]
 
 The real python-telegram-bot front end, the real MemeService, ModelPool and SQLite serve
 `/meme` commands from simulated users in group chats, mixed with 👍/👎 presses, bad input
@@ -12,13 +12,25 @@ replies, the database locked by another connection). Each prints p50/p95 latency
 and the accounting: every command answered (meme, busy or cooldown; never silence, never
 "something went wrong"), and the database's meme and rating counts equal to what was sent
 and accepted. tests/test_load.py runs a small version of the same.
+
+`--real-model` serves the shipped checkpoint with the served config, as `memebot run` loads
+it (one clean run, 250 commands unless --commands says otherwise), profiles it (cProfile of the
+event loop's thread; the model worker's and the renderers' busy time), names the bottleneck,
+then in the same process measures the two stages alone on the same work: the pool replaying
+the very generation requests the bot made, at the same concurrency, no Telegram, no
+rendering; and one renderer drawing the very (template, boxes) the bot drew. It prints the
+full path's memes/s over the slower of the two (the goal: at least 0.7).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import itertools
+import os
+import pstats
 import random
 import sqlite3
 import statistics
@@ -26,18 +38,21 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.app import open_service
+from bot.app import open_service, usable_draft, usable_lexicon
+from bot.render import Renderer
 from bot.service import MemeService
 from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
+from common.catalog import Template
 from common.config import Config
+from common.config import load_config as load_served_config
 from fakes.caption_model import ScriptedCaptions, config_for_tests
 from fakes.telegram_server import Call, FakeTelegramServer
-from model.pool import BatchGenerator, ModelPool
+from model.pool import BatchGenerator, GeneratorLoader, ModelPool, PoolError, resolve_devices
 from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback, TemplateScores
 
 FIRST_USER = 10_001
@@ -184,10 +199,13 @@ def load_config(workdir: Path) -> Config:
 
 @asynccontextmanager
 async def running_bot(
-    config: Config, generator: BatchGenerator, server: FakeTelegramServer
+    config: Config, generator: BatchGenerator, server: FakeTelegramServer, pool: ModelPool | None = None
 ) -> AsyncIterator[MemeService]:
-    pool = ModelPool([lambda: generator], queue_size=config.model.queue_size, timeout_s=30.0)
-    await pool.start(warmup=False)
+    """The bot on `pool` (started, owned by the caller) or on a pool of its own around `generator`."""
+    owns_pool = pool is None
+    if pool is None:
+        pool = ModelPool([lambda: generator], queue_size=config.model.queue_size, timeout_s=30.0)
+        await pool.start(warmup=False)
     telegram = server.bot_config()
     try:
         async with open_service(config, pool=pool) as service:
@@ -203,7 +221,8 @@ async def running_bot(
             finally:
                 await bot.close()
     finally:
-        await pool.close()
+        if owns_pool:
+            await pool.close()
 
 
 def hold_write_lock(database: Path, seconds: float) -> None:
@@ -239,8 +258,12 @@ async def run_load(
     faults: FaultPlan,
     workdir: Path,
     generator: BatchGenerator | None = None,
+    pool: ModelPool | None = None,
+    on_service: Callable[[MemeService], None] | None = None,
 ) -> LoadReport:
-    """One run; `generator` defaults to the scripted caption model."""
+    """One run; `generator` defaults to the scripted caption model. A started `pool` (the
+    caller's, left running) replaces the generator; `on_service(service)` is called once the bot
+    is up (the real-model run instruments the renderer there)."""
     config = load_config(workdir)
     flaky = FlakyGenerator(generator or ScriptedCaptions(delay_s=0.005), faults.model_fail_every)
     report = LoadReport()
@@ -251,8 +274,10 @@ async def run_load(
     pressed: set[tuple[int, int]] = set()  # (meme id, user): each presses a meme once
 
     async with FakeTelegramServer(token="123456:LOAD-TEST-TOKEN") as server:
-        async with running_bot(config, flaky, server) as service:
+        async with running_bot(config, flaky, server, pool) as service:
             database = service.storage.path
+            if on_service is not None:
+                on_service(service)
 
             async def command(text: str, kind: str, user: int, chat: int) -> None:
                 report.sent[kind] += 1
@@ -351,11 +376,238 @@ async def run_load(
     return report
 
 
+# ---- the whole path with the real model ---------------------------------------------------------
+
+
+class RecordingGenerator:
+    """Wraps the real generator in the pool's worker: keeps every generation request the bot
+    made (replayed alone afterwards, so both measure the same work) and the worker's busy time."""
+
+    def __init__(self, inner: BatchGenerator) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.requests: list[GenerationRequest] = []
+        self.busy_s = 0.0  # wall time inside the model, generation and template scoring
+        self.batches = 0
+        self.scorings = 0
+        self.recording = False  # off for the warm-up and the replay
+
+    def generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_result: ResultCallback | None = None,
+        abandoned: Abandoned | None = None,
+    ) -> list[GenerationResult]:
+        # One worker thread calls this (one device): no lock needed for the counters.
+        if self.recording:
+            self.requests.extend(requests)
+            self.batches += 1
+        started = time.perf_counter()
+        try:
+            return self.inner.generate_batch(requests, on_result, abandoned)
+        finally:
+            if self.recording:
+                self.busy_s += time.perf_counter() - started
+
+    def score_templates(self, text: str, templates: Sequence[str] = ()) -> TemplateScores:
+        started = time.perf_counter()
+        try:
+            return self.inner.score_templates(text, templates)
+        finally:
+            if self.recording:
+                self.scorings += 1
+                self.busy_s += time.perf_counter() - started
+
+
+@dataclass
+class RenderLog:
+    """Every render the bot did (template, boxes, keyword options) and the time they took;
+    renders run in asyncio.to_thread's threads, hence the lock."""
+
+    calls: list[tuple[Template, list[str], dict[str, object]]] = field(default_factory=list)
+    busy_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def instrument(self, service: MemeService) -> None:
+        original = service.renderer.render
+
+        def render(template: Template, boxes: Sequence[str], **options: object) -> object:
+            started = time.perf_counter()
+            try:
+                return original(template, boxes, **options)  # type: ignore[arg-type]
+            finally:
+                with self.lock:
+                    self.calls.append((template, list(boxes), options))
+                    self.busy_s += time.perf_counter() - started
+
+        service.renderer.render = render  # type: ignore[method-assign]  # the instance's, this run only
+
+
+def served_pool(served: Config) -> tuple[ModelPool, list[RecordingGenerator]]:
+    """The pool `memebot run` starts (bot/app.py start_pool, ModelPool.from_config), with the
+    generator wrapped for recording; the list holds it once the worker has loaded it."""
+    devices = resolve_devices(served.model.device)
+    if len(devices) != 1:
+        raise SystemExit(f"--real-model measures one worker; [model] device gives {devices}")
+    loader = GeneratorLoader(
+        served.checkpoint_path,
+        devices[0],
+        served.model.threads,
+        served.model.quantize,
+        served.model.compile,
+        usable_draft(served),
+        served.model.half_weights,
+        served.kernel_dir,
+        usable_lexicon(served),
+    )
+    recording: list[RecordingGenerator] = []
+
+    def load() -> BatchGenerator:
+        recording.append(RecordingGenerator(loader()))
+        return recording[0]
+
+    pool = ModelPool(
+        [load],
+        max_batch=served.model.max_batch,
+        batch_wait_ms=served.model.batch_wait_ms,
+        queue_size=served.model.queue_size,
+        timeout_s=served.model.timeout_s,
+    )
+    return pool, recording
+
+
+async def replay_generation(
+    pool: ModelPool, requests: list[GenerationRequest], concurrency: int
+) -> tuple[float, int]:
+    """Seconds for the pool to decode `requests` with `concurrency` callers, each sending its
+    next as soon as it has its answer: generation alone, no Telegram, no rendering. Also how
+    many failed (timed out under the pool's timeout)."""
+    todo = list(reversed(requests))
+    failed = 0
+
+    async def caller() -> None:
+        nonlocal failed
+        while todo:
+            try:
+                await pool.generate(todo.pop())
+            except PoolError:
+                failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return time.perf_counter() - started, failed
+
+
+def replay_renders(served: Config, calls: list[tuple[Template, list[str], dict[str, object]]]) -> float:
+    """Seconds for one fresh renderer (as open_service builds it) to draw the same memes one
+    after another in this thread, after one warm-up render of each template."""
+    renderer = Renderer(
+        served.template_images_dir,
+        max_side=served.render.max_side,
+        fallback_fonts=[served.resolve(p) for p in served.render.fallback_fonts],
+        uppercase=served.render.uppercase,
+    )
+    for template in {id(t): t for t, _, _ in calls}.values():
+        renderer.render(template, [])
+    started = time.perf_counter()
+    for template, boxes, options in calls:
+        renderer.render(template, boxes, **options)  # type: ignore[arg-type]
+    return time.perf_counter() - started
+
+
+def top_sinks(profile: cProfile.Profile, n: int = 12) -> str:
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(n)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    return "\n".join(lines[start:])
+
+
+async def real_model_run(plan: LoadPlan, workdir: Path) -> bool:
+    """The whole path on the shipped model, profiled, then each stage alone. True if all is well."""
+    served = load_served_config()
+    if not served.checkpoint_path.exists():
+        raise SystemExit(f"no model at {served.checkpoint_path}")
+    if served.generation != Config().generation:
+        # run_load's service is built from the defaults (with the load test's limits and paths).
+        print("note: the config file's [generation] differs from the defaults; the run uses the defaults")
+    pool, loaded = served_pool(served)
+    await pool.start()  # with the warm-up `memebot run` does (kernel load, first pass)
+    generator = loaded[0]
+    renders = RenderLog()
+    profile = cProfile.Profile()
+    try:
+        generator.recording = True
+        loop_cpu, process_cpu = time.thread_time(), time.process_time()
+        profile.enable()  # this thread is the event loop's: bot, fake Bot API server and clients
+        report = await run_load(plan, FaultPlan(), workdir, pool=pool, on_service=renders.instrument)
+        profile.disable()
+        loop_cpu, process_cpu = time.thread_time() - loop_cpu, time.process_time() - process_cpu
+        generator.recording = False
+        requests = list(generator.requests)
+        # Capacity, not goodput: 50 best-of-8 requests at once queue for longer than the served
+        # 20 s, and a request that times out is abandoned half-decoded. The full path's timeouts
+        # show in its "busy" answers; here every request is decoded to the end.
+        pool.timeout_s = 600.0
+        gen_alone_s, gen_failed = await replay_generation(pool, requests, plan.concurrency)
+    finally:
+        await pool.close()
+    render_alone_s = await asyncio.to_thread(replay_renders, served, renders.calls)
+
+    memes = len(report.meme_ids)
+    wall = report.wall_s
+    full_rate = memes / wall
+    # Each stage alone as memes/s: one meme is one served reply (a best-of-8 request) and one
+    # render. The replay includes the requests of users who were then told "busy" (timed out).
+    gen_rate = (len(requests) - gen_failed) / gen_alone_s
+    render_rate = len(renders.calls) / render_alone_s
+    slower = min(gen_rate, render_rate)
+    print(
+        report.summary(
+            f"real model ({served.checkpoint_path.name}, served config), concurrency {plan.concurrency}"
+        )
+    )
+    print(
+        f"model: {pool.model_id}; device {served.model.device}, threads {served.model.threads}, "
+        f"max_batch {served.model.max_batch}, best_of {served.generation.best_of}; "
+        f"{len(requests)} generation requests in {generator.batches} batches "
+        f"(mean {len(requests) / max(1, generator.batches):.1f}), {generator.scorings} template scorings; "
+        f"{len(renders.calls)} renders; {len(requests) / max(1, memes):.1f} generation requests per meme"
+        f" delivered (the others timed out in the queue: those users were told busy)"
+    )
+    print(
+        "\n-- profile: event loop thread (cProfile, top by own time; epoll's poll is the loop idle) --\n"
+        + top_sinks(profile)
+    )
+    shares = {
+        "model decoding (the pool's one worker)": generator.busy_s / wall,
+        "event loop thread (bot + fake Bot API + clients)": loop_cpu / wall,
+        "rendering (asyncio.to_thread workers)": renders.busy_s / wall,
+    }
+    cores = os.cpu_count() or 1
+    print("-- where the run's wall time went (busy seconds / wall seconds) --")
+    for name, share in shares.items():
+        print(f"  {name:<50} {100 * share:5.0f}%")
+    print(f"  {'whole process CPU':<50} {100 * process_cpu / wall:5.0f}% of one core ({cores} cores)")
+    name, share = max(shares.items(), key=lambda item: item[1])
+    print(f"bottleneck: {name}, busy {100 * share:.0f}% of the run")
+    print(
+        f"\n-- alone, same process, same work --\n"
+        f"generation alone: {len(requests)} requests at concurrency {plan.concurrency} in {gen_alone_s:.1f} s"
+        f": {gen_rate:.1f} replies/s ({gen_failed} timed out)\n"
+        f"render alone: {len(renders.calls)} renders in one thread in {render_alone_s:.2f} s"
+        f": {render_rate:.0f} memes/s\n"
+        f"full path {full_rate:.1f} memes/s = {full_rate / slower:.2f} x the slower stage alone"
+        f" ({'generation' if gen_rate <= render_rate else 'rendering'}, {slower:.1f} memes/s); goal >= 0.70"
+    )
+    return not report.problems
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--commands", type=int, help="/meme commands (default 1000; --real-model: 250)")
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--chats", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50)
@@ -363,8 +615,29 @@ def main() -> None:
         "--checkpoint", type=Path, help="decode with this real model instead of the scripted one"
     )
     parser.add_argument("--no-faults", action="store_true", help="skip the run with faults injected")
+    parser.add_argument(
+        "--real-model",
+        action="store_true",
+        help="the shipped model with the served config, profiled, against generation and rendering alone",
+    )
     args = parser.parse_args()
-    plan = LoadPlan(commands=args.commands, users=args.users, chats=args.chats, concurrency=args.concurrency)
+    if args.real_model:
+        # Sized for minutes on two CPU cores (~10 memes/s): ratings and bad input scaled down alike.
+        commands = args.commands or 250
+        plan = LoadPlan(
+            commands=commands,
+            users=args.users,
+            chats=args.chats,
+            concurrency=args.concurrency,
+            ratings=commands // 4,
+            bad_inputs=commands // 20,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            ok = asyncio.run(real_model_run(plan, Path(tmp)))
+        raise SystemExit(0 if ok else 1)
+    plan = LoadPlan(
+        commands=args.commands or 1000, users=args.users, chats=args.chats, concurrency=args.concurrency
+    )
 
     def generator() -> BatchGenerator | None:
         if args.checkpoint is None:

@@ -153,7 +153,8 @@ async def run_bot(config: Config, stop: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
     check_front_ends(config)
-    secrets = [config.telegram.token, config.discord.token, config.storage.user_hash_key]
+    secrets = [config.telegram.token, config.telegram.webhook_secret, config.discord.token]
+    secrets.append(config.storage.user_hash_key)
     secrets += url_passwords(config.storage.url)  # a driver's error may quote the URL it was given
     with redacted_logs(secrets):
         await _serve(config, stop)

@@ -177,7 +177,7 @@ class MemeButton(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         client = interaction.client
-        assert isinstance(client, MemeClient)
+        assert isinstance(client, MemeClientHooks)
         await client.front_end.on_button(interaction, self.action, self.meme_id)
 
 
@@ -306,15 +306,16 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
-class MemeClient(discord.Client):
-    """discord.py client on the `guilds` intent alone: interactions need no other, and no privileged one."""
+def client_options() -> dict[str, Any]:
+    """The `guilds` intent alone: interactions need no other, and no privileged one. Captions
+    are user text: an "@everyone" in one must never ping anybody."""
+    return {"intents": discord.Intents(guilds=True), "allowed_mentions": discord.AllowedMentions.none()}
 
-    def __init__(self, front_end: DiscordFrontEnd) -> None:
-        # Captions are user text: an "@everyone" in one must never ping anybody.
-        super().__init__(
-            intents=discord.Intents(guilds=True), allowed_mentions=discord.AllowedMentions.none()
-        )
-        self.front_end = front_end
+
+class MemeClientHooks:
+    """What both clients below do on top of discord.py's: set up the front end, report errors."""
+
+    front_end: DiscordFrontEnd
 
     async def setup_hook(self) -> None:
         await self.front_end.setup()
@@ -325,13 +326,36 @@ class MemeClient(discord.Client):
         report_unexpected(_log, f"Discord event {event_method}", sys.exc_info()[1])
 
 
+class MemeClient(MemeClientHooks, discord.Client):
+    """One unsharded gateway connection ([discord] shard_count = 0)."""
+
+    def __init__(self, front_end: DiscordFrontEnd) -> None:
+        super().__init__(**client_options())
+        self.front_end = front_end
+
+
+class ShardedMemeClient(MemeClientHooks, discord.AutoShardedClient):
+    """This process's shards of `shard_count`, one gateway connection each, in one client: the
+    commands, buttons and service are shared, and discord.py routes each guild to its shard."""
+
+    def __init__(self, front_end: DiscordFrontEnd, shard_count: int, shard_ids: list[int]) -> None:
+        super().__init__(shard_count=shard_count, shard_ids=list(shard_ids) or None, **client_options())
+        self.front_end = front_end
+
+
+def make_client(front_end: DiscordFrontEnd, config: DiscordConfig) -> discord.Client:
+    if config.shard_count:
+        return ShardedMemeClient(front_end, config.shard_count, config.shard_ids)
+    return MemeClient(front_end)
+
+
 class DiscordFrontEnd:
     """The Discord bot on a MemeService. `await start()` logs in, syncs commands and connects."""
 
     def __init__(self, service: MemeService, config: DiscordConfig) -> None:
         self.service = service
         self.config = config
-        self.client = MemeClient(self)
+        self.client = make_client(self, config)
         self.tree = app_commands.CommandTree(self.client)
         self.tree.error(self.on_command_error)
         self._gateway: asyncio.Task[None] | None = None

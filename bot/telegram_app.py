@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from telegram import (
     BotCommand,
@@ -321,9 +322,13 @@ def repost_caption(entry: LeaderboardEntry, private: bool) -> str:
 
 # --- the front end ----------------------------------------------------------------------------------
 
+# What the bot handles; Telegram sends nothing else (getUpdates and setWebhook both take it).
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY, Update.INLINE_QUERY, Update.CHOSEN_INLINE_RESULT]
+
 
 class TelegramFrontEnd:
-    """Owns one python-telegram-bot Application; `start()` begins polling, `close()` ends it."""
+    """Owns one python-telegram-bot Application; `start()` begins polling (or serving the webhook,
+    [telegram] webhook_url), `close()` ends it."""
 
     def __init__(
         self,
@@ -417,22 +422,57 @@ class TelegramFrontEnd:
             await self.app.bot.set_my_commands([BotCommand(name, text) for name, text in COMMANDS])
         except TelegramError as exc:  # the menu is a nicety; the bot works without it
             logger.warning("could not register the command menu: %s", exc)
-        assert self.app.updater is not None
-        await self.app.updater.start_polling(
-            timeout=dt.timedelta(seconds=self.config.poll_timeout_s),
-            bootstrap_retries=3,
-            allowed_updates=[
-                Update.MESSAGE,
-                Update.CALLBACK_QUERY,
-                Update.INLINE_QUERY,
-                Update.CHOSEN_INLINE_RESULT,
-            ],
-            error_callback=self.on_polling_error,
-        )
+        if self.config.webhook_url:
+            await self._start_webhook()
+        else:
+            assert self.app.updater is not None
+            await self.app.updater.start_polling(
+                timeout=dt.timedelta(seconds=self.config.poll_timeout_s),
+                bootstrap_retries=3,
+                allowed_updates=ALLOWED_UPDATES,
+                error_callback=self.on_polling_error,
+            )
+            logger.info("telegram: polling as @%s", self.app.bot.username)
         await self.app.start()
-        logger.info("telegram: polling as @%s", self.app.bot.username)
         if not self.inline.enabled:
             logger.info("telegram: inline mode is off: set [telegram] inline_cache_chat to use it")
+
+    async def _start_webhook(self) -> None:
+        """Serve Telegram's POSTs on [telegram] webhook_listen and tell Telegram the public URL
+        (setWebhook). PTB's server answers 403 to a request without the secret token. Several
+        processes may all set the same URL; none deletes it on stopping, so the others keep
+        receiving while one restarts."""
+        assert self.app.updater is not None
+        host, port = self.config.webhook_address
+        path = urlsplit(self.config.webhook_url).path.strip("/")
+        try:
+            await self.app.updater.start_webhook(
+                listen=host,
+                port=port,
+                url_path=path,
+                webhook_url=self.config.webhook_url,
+                secret_token=self.config.webhook_secret,
+                allowed_updates=ALLOWED_UPDATES,
+                bootstrap_retries=3,
+            )
+        except OSError as exc:
+            raise TelegramStartError(
+                f"cannot listen for Telegram's webhook on {self.config.webhook_listen} "
+                f"({exc.strerror or exc}): "
+                "is another process using that port? Give each process its own [telegram] webhook_listen"
+            ) from exc
+        except TelegramError as exc:
+            raise TelegramStartError(
+                f"Telegram refused the webhook {self.config.webhook_url} ({exc}): "
+                "check [telegram] webhook_url"
+            ) from exc
+        logger.info(
+            "telegram: receiving updates as @%s on %s/%s (webhook %s)",
+            self.app.bot.username,
+            self.config.webhook_listen,
+            path,
+            self.config.webhook_url,
+        )
 
     async def close(self) -> None:
         """Stop fetching updates, let the handlers in progress finish, close the connections."""

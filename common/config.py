@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -150,6 +151,21 @@ class TelegramConfig:
     # candidate is uploaded to this chat first (the bot must be able to post there: a private
     # channel with the bot as admin, or your own chat with the bot). 0 = inline mode off.
     inline_cache_chat: int = 0
+    # Webhook mode instead of polling, for several processes behind one public address: the
+    # HTTPS URL Telegram posts updates to (a reverse proxy ends TLS and spreads the requests over
+    # the processes), the host:port this process's own HTTP server listens on for them (the
+    # URL's path is served there too), and the secret Telegram sends in every request
+    # (X-Telegram-Bot-Api-Secret-Token; anything without it gets 403). Empty URL = polling.
+    webhook_url: str = ""
+    webhook_listen: str = "127.0.0.1:8443"
+    # Not in repr: a secret. Best set as TELEGRAM_WEBHOOK_SECRET.
+    webhook_secret: str = field(default="", repr=False)
+
+    @property
+    def webhook_address(self) -> tuple[str, int]:
+        """`webhook_listen` as (host, port); "[::]:8443" gives ("::", 8443)."""
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass
@@ -157,6 +173,12 @@ class DiscordConfig:
     enabled: bool = False
     token: str = field(default="", repr=False)
     test_guild: int = 0  # sync commands to this guild only (instant) when non-zero
+    # Sharding, for many guilds or many processes: Discord sends each guild's events on shard
+    # (guild_id >> 22) % shard_count. 0 = one unsharded connection. With a count, this process
+    # runs `shard_ids` (all of them when empty), each on its own gateway connection; processes
+    # that split the ids between them serve every guild once, on one shared database.
+    shard_count: int = 0
+    shard_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -237,6 +259,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MEMEBOT_DATABASE_URL": ("storage", "url"),
     "MEMEBOT_CACHE_DIR": ("paths", "cache_dir"),
     "TELEGRAM_API_URL": ("telegram", "api_url"),
+    "TELEGRAM_WEBHOOK_SECRET": ("telegram", "webhook_secret"),
+    "TELEGRAM_WEBHOOK_LISTEN": ("telegram", "webhook_listen"),  # each process its own port
+    # One config file for every process; each is told its own shards: DISCORD_SHARD_IDS="[0, 1]".
+    "DISCORD_SHARD_COUNT": ("discord", "shard_count"),
+    "DISCORD_SHARD_IDS": ("discord", "shard_ids"),
 }
 
 
@@ -335,6 +362,50 @@ def _validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_shards(config.discord)
+    _validate_webhook(config.telegram)
+
+
+# What Telegram accepts as a webhook's secret token (setWebhook's secret_token).
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def _validate_webhook(telegram: TelegramConfig) -> None:
+    host, _, port = telegram.webhook_listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            "[telegram] webhook_listen: expected host:port, e.g. 127.0.0.1:8443, "
+            f"got {telegram.webhook_listen!r}"
+        )
+    if not telegram.webhook_url:
+        return
+    if not telegram.webhook_url.startswith("https://"):
+        raise ConfigError("[telegram] webhook_url: Telegram posts only to https:// URLs")
+    # The secret itself is never repeated in a message.
+    if not telegram.webhook_secret:
+        raise ConfigError(
+            "[telegram] webhook_url is set but no secret: set TELEGRAM_WEBHOOK_SECRET (1-256 of A-Z a-z "
+            "0-9 _ -), so that only Telegram can send the bot updates"
+        )
+    if not WEBHOOK_SECRET.fullmatch(telegram.webhook_secret):
+        raise ConfigError(
+            "[telegram] webhook_secret: Telegram takes 1-256 characters of A-Z a-z 0-9 _ - only"
+        )
+
+
+def _validate_shards(discord: DiscordConfig) -> None:
+    count, ids = discord.shard_count, discord.shard_ids
+    if count < 0:
+        raise ConfigError("[discord] shard_count: must not be negative (0: no sharding)")
+    if ids and not count:
+        raise ConfigError("[discord] shard_ids: needs [discord] shard_count, the total over every process")
+    wrong = [i for i in ids if not 0 <= i < count]
+    if wrong:
+        raise ConfigError(
+            f"[discord] shard_ids: {wrong} not in 0..{count - 1} (shard ids are below shard_count)"
+        )
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"[discord] shard_ids: {ids} names a shard twice")
 
 
 def load_config(

@@ -280,15 +280,18 @@ class FakeDiscord:
         self.commands: dict[
             int | None, list[dict[str, Any]]
         ] = {}  # scope (guild id, None = global) -> synced commands
-        self.identify: dict[str, Any] | None = None
+        self.identify: dict[str, Any] | None = None  # the latest IDENTIFY payload
+        self.identifies: list[dict[str, Any]] = []  # every one, in order (a sharded bot sends several)
         self.sessions = 0  # gateway connections that completed IDENTIFY
         self.interactions: dict[str, FakeInteraction] = {}  # by token
         self.messages: dict[int, FakeMessage] = {}
         self.uploads: dict[int, FakeAttachment] = {}  # files users attached to command options
         self.downloads: list[str] = []  # attachment paths fetched (by the bot: tests only look)
         self._ids = itertools.count(1_200_000_000_000_000_000)
-        self._ws: web.WebSocketResponse | None = None
-        self._seq = 0
+        # Live gateway connections by shard id; a bot that sends no `shard` is shard 0 of 1.
+        self._sockets: dict[int, web.WebSocketResponse] = {}
+        self._seqs: dict[int, int] = {}
+        self.shard_count = 1  # as the latest IDENTIFY said
         self._rate_limits: list[_RateLimit] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -324,8 +327,8 @@ class FakeDiscord:
         self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
+        for ws in list(self._sockets.values()):
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -360,7 +363,11 @@ class FakeDiscord:
 
     async def wait_connected(self, sessions: int = 1, timeout: float = 10.0) -> None:
         """Wait until the bot's gateway connection number `sessions` has identified."""
-        await self.wait_until(lambda: self.sessions >= sessions and self._ws is not None, timeout)
+        await self.wait_until(lambda: self.sessions >= sessions and bool(self._sockets), timeout)
+
+    def shard_of(self, guild_id: int | None) -> int:
+        """The shard Discord sends a guild's events on (a DM's: shard 0), as its docs define it."""
+        return 0 if guild_id is None else (guild_id >> 22) % self.shard_count
 
     async def run_command(
         self, name: str, user: FakeUser, *, dm: bool = False, channel_id: int | None = None, **options: Any
@@ -527,7 +534,7 @@ class FakeDiscord:
         dm: bool = False,
         channel_id: int | None = None,
     ) -> FakeInteraction:
-        if self._ws is None:
+        if not self._sockets:
             raise AssertionError("no bot is connected to the fake gateway")
         channel = channel_id or (message.channel_id if message is not None else self.channel_id)
         interaction_id = next(self._ids)
@@ -585,11 +592,15 @@ class FakeDiscord:
         return interaction
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a gateway DISPATCH event to the connected bot."""
-        if self._ws is None:
-            raise AssertionError("no bot is connected to the fake gateway")
-        self._seq += 1
-        await self._ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+        """Send a gateway DISPATCH event to the connected bot, on the shard of its guild."""
+        shard = self.shard_of(int(data["guild_id"]) if data.get("guild_id") else None)
+        ws = self._sockets.get(shard)
+        if ws is None:
+            raise AssertionError(
+                f"no bot is connected to the fake gateway as shard {shard} of {self.shard_count}"
+            )
+        self._seqs[shard] += 1
+        await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seqs[shard], "d": data}))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -613,8 +624,9 @@ class FakeDiscord:
                 elif frame["op"] == 6:  # resume: not modelled, ask for a fresh session
                     await ws.send_str(json.dumps({"op": 9, "d": False}))
         finally:
-            if self._ws is ws:
-                self._ws = None
+            for shard, live in list(self._sockets.items()):
+                if live is ws:
+                    del self._sockets[shard]
             await self._notify()
         return ws
 
@@ -622,18 +634,26 @@ class FakeDiscord:
         if data.get("token") != self.token:
             await ws.close(code=4004, message=b"Authentication failed.")
             return
+        # Discord's rules for the `shard` field: [id, count], 0 <= id < count, else close 4010.
+        shard_id, count = data.get("shard", [0, 1])
+        if not 0 <= shard_id < count:
+            await ws.close(code=4010, message=b"Invalid shard.")
+            return
         self.identify = data
-        self._ws = ws
-        self._seq = 1
+        self.identifies.append(data)
+        self.shard_count = count
+        self._sockets[shard_id] = ws
+        self._seqs[shard_id] = 1
         ready = {
             "v": 10,
+            "shard": [shard_id, count],
             "session_id": f"session-{self.sessions + 1}",
             "resume_gateway_url": self.gateway_url,
             "user": self.bot_user,
             "guilds": [],
             "application": {"id": str(self.application_id), "flags": 0},
         }
-        await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": self._seq, "d": ready}))
+        await ws.send_str(json.dumps({"op": 0, "t": "READY", "s": 1, "d": ready}))
         self.sessions += 1
         await self._notify()
 

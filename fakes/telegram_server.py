@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from common.config import TelegramConfig
@@ -47,6 +48,12 @@ NOT_MODIFIED = (
 )
 START_PARAMETER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ADMIN_STATUSES = ("creator", "administrator")
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what setWebhook takes as secret_token
+WEBHOOK_ATTEMPTS, WEBHOOK_RETRY_S = 50, 0.1  # a failed webhook delivery is tried again
+WEBHOOK_CONFLICT = (
+    "Conflict: can't use getUpdates method while webhook is active; "
+    "use deleteWebhook to delete the webhook first"
+)
 
 
 @dataclass
@@ -155,6 +162,19 @@ class FakeTelegramServer:
         self.inline_feedback = True
         self.inline_answer_deadline_s = INLINE_ANSWER_DEADLINE_S
         self.allowed_updates: list[str] = []
+        # Webhook mode (setWebhook): updates are POSTed to the bot instead of waiting for
+        # getUpdates. `webhook` is what setWebhook set; `webhook_proxy` ("http://host:port", or
+        # several: one process each, taken in turn) is where the test's stand-in for a reverse
+        # proxy forwards the webhook URL's path (the URL itself is https, which nothing here
+        # serves); `webhook_statuses` the bot's answers.
+        self.webhook: dict[str, Any] | None = None
+        self.webhook_proxy: str | list[str] = ""
+        self._proxy_turn = itertools.count()
+        self.webhook_statuses: list[int] = []
+        self.webhook_posts: list[tuple[dict[str, Any], str, int]] = []  # (update, where, status) each POST
+        self._delivery: asyncio.Task[None] | None = None
+        self._posts: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -171,6 +191,12 @@ class FakeTelegramServer:
     async def close(self) -> None:
         self._closing = True
         self._notify()  # long polls in progress return now instead of holding up the shutdown
+        tasks = [t for t in [self._delivery, *self._posts] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -511,9 +537,76 @@ class FakeTelegramServer:
         return {**self.bot_user, "can_join_groups": True, "can_read_all_group_messages": False}
 
     async def _api_deleteWebhook(self, call: Call) -> bool:
+        self.webhook = None
+        if str(call.params.get("drop_pending_updates", "")).lower() == "true":
+            self._updates.clear()
         return True
 
+    async def _api_setWebhook(self, call: Call) -> bool:
+        url = str(call.params.get("url") or "")
+        if not url:  # the real server takes an empty url as deleteWebhook
+            return await self._api_deleteWebhook(call)
+        if not url.startswith("https://"):
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        secret = call.params.get("secret_token")
+        if secret is not None and not WEBHOOK_SECRET.fullmatch(str(secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if isinstance(call.params.get("allowed_updates"), list) and call.params["allowed_updates"]:
+            self.allowed_updates = list(call.params["allowed_updates"])
+        self.webhook = {"url": url, "secret_token": None if secret is None else str(secret)}
+        if self._delivery is None:
+            self._delivery = asyncio.create_task(self._deliver_updates(), name="fake-telegram-webhook")
+        self._notify()
+        return True
+
+    async def post_update(self, update: dict[str, Any], secret: str | None) -> int:
+        """POST one update to the bot's webhook as Telegram does, with `secret` in the
+        X-Telegram-Bot-Api-Secret-Token header (None: no header); returns the HTTP status."""
+        if self.webhook is None:
+            raise AssertionError("no webhook is set: the bot has not called setWebhook")
+        path = self.webhook["url"].removeprefix("https://").partition("/")[2]
+        proxies = [self.webhook_proxy] if isinstance(self.webhook_proxy, str) else self.webhook_proxy
+        proxy = proxies[next(self._proxy_turn) % len(proxies)] if any(proxies) else ""
+        target = f"{proxy.rstrip('/')}/{path}" if proxy else self.webhook["url"]
+        headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        async with self._http.post(target, json=update, headers=headers) as response:
+            self.webhook_posts.append((update, proxy or target, response.status))
+            return response.status
+
+    async def _deliver_updates(self) -> None:
+        """While a webhook is set, POST each queued update to it, several at a time as Telegram
+        does (its max_connections), and record the answers."""
+        while not self._closing:
+            await self._wait_until(lambda: bool(self.webhook and self._updates) or self._closing, 3600)
+            if self._closing or self.webhook is None:
+                continue
+            pending, self._updates = [u for u in self._updates if self._allowed(u)], []
+            for update in pending:
+                task = asyncio.create_task(self._post_one(update, self.webhook["secret_token"]))
+                self._posts.add(task)
+                task.add_done_callback(self._posts.discard)
+
+    async def _post_one(self, update: dict[str, Any], secret: str | None) -> None:
+        # Telegram retries a delivery that failed: a bot sets its webhook a moment before its
+        # server listens (python-telegram-bot does), or a process behind the proxy restarts.
+        # (Retries here are quick and few: a test should not wait long for a bot that is down.)
+        status = 0
+        for _ in range(WEBHOOK_ATTEMPTS):
+            try:
+                status = await self.post_update(update, secret)
+            except aiohttp.ClientError:
+                status = 0  # nothing listening (yet)
+            if 0 < status < 500:
+                break
+            await asyncio.sleep(WEBHOOK_RETRY_S)
+        self.webhook_statuses.append(status)
+        self._notify()
+
     async def _api_getUpdates(self, call: Call) -> list[dict[str, Any]]:
+        if self.webhook is not None:
+            raise ApiError(409, WEBHOOK_CONFLICT)
         offset = int(call.params.get("offset") or 0)
         timeout = float(call.params.get("timeout") or 0)
         if isinstance(call.params.get("allowed_updates"), list) and call.params["allowed_updates"]:

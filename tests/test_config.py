@@ -38,6 +38,17 @@ def test_missing_file_is_a_clear_error(tmp_path: Path):
         ("[render]\nfallback_fonts = 'x.ttf'\n", r"\[render\] fallback_fonts: expected a list"),
         ("[telegram]\nenabled = 'yes'\n", r"\[telegram\] enabled: expected true or false"),
         ("model = 3\n", r"\[model\]: expected a table"),
+        ("[discord]\nshard_ids = [0]\n", r"\[discord\] shard_ids: needs \[discord\] shard_count"),
+        ("[discord]\nshard_count = 2\nshard_ids = [2]\n", r"shard_ids: \[2\] not in 0..1"),
+        ("[discord]\nshard_count = 2\nshard_ids = [1, 1]\n", r"shard_ids: \[1, 1\] names a shard twice"),
+        ("[discord]\nshard_count = -1\n", r"shard_count: must not be negative"),
+        ("[telegram]\nwebhook_url = 'https://x.example/hook'\n", r"webhook_url is set but no secret"),
+        ("[telegram]\nwebhook_url = 'http://x.example/hook'\n", r"webhook_url: Telegram posts only to https"),
+        ("[telegram]\nwebhook_listen = '8443'\n", r"webhook_listen: expected host:port"),
+        (
+            "[telegram]\nwebhook_url = 'https://x.example/hook'\nwebhook_secret = 'sec ret!'\n",
+            r"webhook_secret: Telegram takes 1-256 characters",
+        ),
         ("[model\n", "not valid TOML"),
     ],
 )
@@ -118,3 +129,18 @@ def test_config_is_taken_before_or_after_the_subcommand(tmp_path, capsys):
         assert "configuration error" in capsys.readouterr().err
     assert main(["templates", "drake", "--config", "config.example.toml"]) == 0
     assert "drake" in capsys.readouterr().out
+
+
+def test_each_process_is_told_its_shards_and_webhook_port_by_the_environment(tmp_path: Path):
+    """One config file for every process; the environment says which shards and port are this one's,
+    and carries the webhook secret (never in an error or repr)."""
+    path = write(tmp_path, "[discord]\nshard_count = 4\n[telegram]\nwebhook_url = 'https://x.example/hook'\n")
+    env = {
+        "DISCORD_SHARD_IDS": "[2, 3]",
+        "TELEGRAM_WEBHOOK_LISTEN": "0.0.0.0:9001",
+        "TELEGRAM_WEBHOOK_SECRET": "s3cret-x",
+    }
+    config = load_config(path, env=env)
+    assert (config.discord.shard_count, config.discord.shard_ids) == (4, [2, 3])
+    assert config.telegram.webhook_address == ("0.0.0.0", 9001)
+    assert config.telegram.webhook_secret == "s3cret-x" and "s3cret-x" not in repr(config)

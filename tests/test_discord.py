@@ -197,6 +197,57 @@ async def test_a_missing_or_wrong_token_is_a_clear_start_error(fake: FakeDiscord
     assert fake.sessions == 0
 
 
+# ---- sharding -------------------------------------------------------------------------------------
+
+SHARD_0_GUILD = 4200  # (guild_id >> 22) % 2 == 0: Discord sends its events on shard 0 of 2
+SHARD_1_GUILD = (1 << 22) | 4200  # ... and this one's on shard 1 of 2
+
+
+async def test_a_process_given_shard_1_of_2_identifies_as_it_and_serves_that_shards_guilds(
+    fake: FakeDiscord, start_bot, config: Config
+) -> None:
+    await start_bot(replace(config.discord, shard_count=2, shard_ids=[1]))
+    assert [i["shard"] for i in fake.identifies] == [[1, 2]]  # one connection: its own shard
+    fake.guild_id = SHARD_1_GUILD
+    message = await final_message(fake, await fake.run_command("meme", ALICE, template="drake"))
+    assert message.attachments and message.button_texts() == ["👍 0", "👎 0", "🔁"]
+    press = await fake.press_button(message, message.buttons[0]["custom_id"], BOB)
+    await fake.wait_until(lambda: press.acknowledged)
+    assert message.button_texts() == ["👍 1", "👎 0", "🔁"]
+    # Shard 0's guilds are another process's: nothing of theirs reaches this one.
+    fake.guild_id = SHARD_0_GUILD
+    with pytest.raises(AssertionError, match="shard 0 of 2"):
+        await fake.run_command("meme", ALICE, template="drake")
+
+
+async def test_two_processes_split_the_shards_and_each_serves_its_own_guilds(
+    fake: FakeDiscord, start_bot, config: Config
+) -> None:
+    zero = await start_bot(replace(config.discord, shard_count=2, shard_ids=[0]))
+    one = await start_bot(replace(config.discord, shard_count=2, shard_ids=[1]))
+    assert sorted(i["shard"] for i in fake.identifies) == [[0, 2], [1, 2]]
+    for guild, bot, other in ((SHARD_0_GUILD, zero, one), (SHARD_1_GUILD, one, zero)):
+        fake.guild_id = guild
+        before = len(other.model.requests)
+        message = await final_message(
+            fake, await fake.run_command("meme", ALICE, template="drake", prefix=f"guild {guild}")
+        )
+        assert message.attachments
+        assert bot.model.last.prefix == f"guild {guild}" and len(other.model.requests) == before
+
+
+async def test_one_process_may_run_every_shard(fake: FakeDiscord, start_bot, config: Config) -> None:
+    await start_bot(replace(config.discord, shard_count=2))  # no shard_ids: all of them, here
+    await fake.wait_until(lambda: len(fake.identifies) == 2)
+    assert sorted(i["shard"] for i in fake.identifies) == [[0, 2], [1, 2]]
+    for guild in (SHARD_0_GUILD, SHARD_1_GUILD):
+        fake.guild_id = guild
+        message = await final_message(
+            fake, await fake.run_command("caption", ALICE, template="drake", text="a | b")
+        )
+        assert message.attachments
+
+
 # ---- /meme --------------------------------------------------------------------------------------
 
 

@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import logging
 import os
 import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from bot.app import run_bot
 from bot.export import export_memes
 from bot.render import Renderer
 from bot.service import ChatContext, MemeService
@@ -37,6 +39,7 @@ from fakes.caption_model import (
     write_untrained_checkpoint,
 )
 from fakes.telegram_server import GROUP_ID, Call, FakeTelegramServer
+from tests.helpers.postgres import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -381,6 +384,52 @@ async def test_bot_survives_server_errors_and_timeouts(harness: Harness):
     server.send_text("/help", user_id=ALICE)
     (reply,) = await server.wait_for("sendMessage", timeout=15)
     assert reply.params["text"] == HELP
+
+
+# --- webhook mode ----------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = "hook-Secret_0123456789"
+
+
+async def test_webhook_mode_serves_what_telegram_posts_and_refuses_a_wrong_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """`memebot run` (in-process: run_bot) with [telegram] webhook_url: updates come by POST."""
+    caplog.set_level(logging.DEBUG)  # PTB logs setWebhook's parameters at DEBUG: all must be redacted
+    port = free_port()
+    async with FakeTelegramServer() as server:
+        telegram = replace(
+            server.bot_config(),
+            webhook_url="https://bot.example.test/telegram/hook",
+            webhook_listen=f"127.0.0.1:{port}",
+            webhook_secret=WEBHOOK_SECRET,
+        )
+        config = replace(config_for_tests(tmp_path), telegram=telegram)  # no model: /caption
+        # Telegram posts to the public https URL; the reverse proxy there forwards to this process.
+        server.webhook_proxy = f"http://127.0.0.1:{port}"
+        stop = asyncio.Event()
+        running = asyncio.create_task(run_bot(config, stop))
+        try:
+            await server.wait_for("setWebhook", timeout=20)
+            assert server.webhook == {"url": telegram.webhook_url, "secret_token": WEBHOOK_SECRET}
+            message = server.send_text("/caption drake by | webhook", user_id=ALICE)  # POSTed to the bot
+            (photo,) = await server.wait_for("sendPhoto")
+            server.press(server.message_of(photo), f"v:{meme_id(photo)}:1", user_id=BOB)
+            (edit,) = await server.wait_for("editMessageReplyMarkup")
+            assert button_texts(edit)[0] == "👍 1"
+            assert server.webhook_statuses == [200, 200]
+
+            # Anyone who finds the URL could post updates: without the secret PTB refuses them.
+            forged = {"update_id": 10_000, "message": {**message, "message_id": 9_999, "text": "/help"}}
+            assert await server.post_update(forged, secret="not-the-secret") == 403
+            assert await server.post_update(forged, secret=None) == 403
+            await asyncio.sleep(0.3)
+            assert not server.sent("sendMessage")  # nothing answered the forged /help
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert "receiving updates as @memebot_test_bot" in caplog.text
+    assert WEBHOOK_SECRET not in caplog.text
 
 
 # --- `memebot run` as an operator runs it ---------------------------------------------------------
