@@ -14,27 +14,23 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from bot.render import missing_note
-from bot.service import (
+from bot.errors import (
     BadPeriodError,
     BadPictureError,
     BannedWordError,
-    ChatContext,
-    MadeMeme,
     MemeError,
     MemeNumberError,
-    MemeService,
     NoSuchMemeError,
     NoTemplatesEnabledError,
-    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     UnknownTemplateError,
     Wording,
     caption_hints,
     error_text,
-    meme_number,
 )
+from bot.render import missing_note
+from bot.service import ChatContext, MadeMeme, MemeService, Picture, meme_number
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from common.template import MAX_UPLOAD_BYTES, too_big
 

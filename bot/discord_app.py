@@ -25,33 +25,35 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot.frontend import StartError
-from bot.render import missing_note
-from bot.service import (
-    PERIODS,
+from bot.errors import (
     AdminOnlyError,
     BadPeriodError,
     BadPictureError,
     BannedWordError,
-    ChatContext,
-    ForgottenMeme,
-    Leaderboard,
-    LeaderboardEntry,
-    MadeMeme,
     MemeError,
     MemeNumberError,
-    MemeOptions,
-    MemeService,
     NoSuchMemeError,
     NoTemplatesEnabledError,
-    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     Wording,
     caption_hints,
     error_text,
-    meme_number,
     report_unexpected,
+)
+from bot.frontend import StartError
+from bot.render import missing_note
+from bot.service import (
+    PERIODS,
+    ChatContext,
+    ForgottenMeme,
+    Leaderboard,
+    LeaderboardEntry,
+    MadeMeme,
+    MemeOptions,
+    MemeService,
+    Picture,
+    meme_number,
 )
 from bot.settings import (
     RESET_WORDS,

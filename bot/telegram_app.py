@@ -45,33 +45,35 @@ from telegram.ext import (
     filters,
 )
 
-from bot.frontend import StartError
-from bot.render import missing_note
-from bot.service import (
+from bot.errors import (
     AdminOnlyError,
     BadPeriodError,
     BadPictureError,
     BannedWordError,
-    ChatContext,
-    ForgottenMeme,
-    Leaderboard,
-    LeaderboardEntry,
-    MadeMeme,
     MemeError,
     MemeNumberError,
-    MemeService,
     NoSuchMemeError,
     NotAMemeMessageError,
     NoTemplatesEnabledError,
-    Picture,
     SettingsUsageError,
     TemplateNotEnabledError,
     UnknownTemplateError,
     Wording,
     caption_hints,
     error_text,
-    meme_number,
     report_unexpected,
+)
+from bot.frontend import StartError
+from bot.render import missing_note
+from bot.service import (
+    ChatContext,
+    ForgottenMeme,
+    Leaderboard,
+    LeaderboardEntry,
+    MadeMeme,
+    MemeService,
+    Picture,
+    meme_number,
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score

@@ -55,18 +55,9 @@ from telegram import (
 from telegram.error import BadRequest, TelegramError
 from telegram.ext import Application, ContextTypes
 
+from bot.errors import MemeError, NoModelError, UnknownMemeError, Wording, error_text, report_unexpected
 from bot.render import RenderedMeme
-from bot.service import (
-    ChatContext,
-    MemeDraft,
-    MemeError,
-    MemeService,
-    NoModelError,
-    UnknownMemeError,
-    Wording,
-    error_text,
-    report_unexpected,
-)
+from bot.service import ChatContext, MemeDraft, MemeService
 from bot.storage import Score
 from common.config import TelegramConfig
 

@@ -12,20 +12,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.render import Renderer
-from bot.service import (
+from bot.errors import (
     AdminOnlyError,
     BadInputError,
     BadSettingError,
     BannedWordError,
     BoxCountError,
     BusyError,
-    ChatContext,
     CooldownError,
     GenerationError,
     MemeError,
-    MemeOptions,
-    MemeService,
     MissingCaptionError,
     MissingTemplateError,
     NoModelError,
@@ -38,6 +34,8 @@ from bot.service import (
     UnknownTemplateError,
     error_text,
 )
+from bot.render import Renderer
+from bot.service import ChatContext, MemeOptions, MemeService
 from bot.settings import ChatSettings
 from bot.storage import Score, Storage
 from common.catalog import load_catalog

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from bot.errors import BadPictureError, PictureGoneError
 from bot.render import Renderer
-from bot.service import BadPictureError, ChatContext, MemeOptions, MemeService, Picture, PictureGoneError
+from bot.service import ChatContext, MemeOptions, MemeService, Picture
 from common.template import (
     MAX_UPLOAD_BYTES,
     UPLOAD_PREFIX,
