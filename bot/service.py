@@ -272,6 +272,10 @@ def _looks_hashed(chat_id: str) -> bool:
     return len(chat_id) == USER_HASH_HEX and all(c in string.hexdigits for c in chat_id)
 
 
+def fills_every_box(boxes: list[str], n_boxes: int) -> bool:
+    return len(boxes) >= n_boxes and all(box.strip() for box in boxes[:n_boxes])
+
+
 def _stored_candidates(params: dict[str, Any]) -> list[list[str]]:
     """The runners-up kept with a meme (see CANDIDATES); [] for anything malformed."""
     value = params.get(CANDIDATES)
@@ -355,6 +359,11 @@ class MemeService:
             request = self._request(chosen, prefix, settings, options)
             candidates = await self._generate_clean(request)
         candidates = [with_typed_prefix(prefix, boxes) for boxes in candidates]  # as typed, emoji and all
+        if chosen.is_upload:
+            # A picture's top and bottom lines are a set-up and its punchline. Without a template
+            # to go by the model often stops after the first (the best of 8 left a line empty in
+            # 34 of 60 picture memes), and 33 of those 34 had a candidate filling both: it goes first.
+            candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(chosen.boxes)))
         params: dict[str, Any] = {
             "temperature": request.temperature,
             "top_k": request.top_k,

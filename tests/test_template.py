@@ -27,6 +27,7 @@ from common.template import (
     classic_layout,
 )
 from fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
+from model.requests import Caption, GenerationResult
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -290,10 +291,31 @@ async def test_a_picture_of_a_known_template_is_that_template(service: MemeServi
     with Image.open(service.config.template_images_dir / drake.image.file) as image:
         buffer = io.BytesIO()
         image.convert("RGB").resize((image.width // 2, image.height // 2)).save(buffer, "JPEG", quality=40)
-    made = await service.make_meme(ALICE, Picture(buffer.getvalue()), "when the", MemeOptions(method="greedy"))
+    made = await service.make_meme(
+        ALICE, Picture(buffer.getvalue()), "when the", MemeOptions(method="greedy")
+    )
     assert made.template == drake and made.found is not None and made.found.how == "recognized"
     assert (await service.storage.get_meme(made.id)).template == "drake-hotline-bling"
 
     await service.set_settings(ADMIN, {"templates": "two buttons"})  # Drake not allowed here:
     plain = await service.caption(ALICE, Picture(buffer.getvalue()), ["a", "b"])  # the picture as it is
     assert plain.template.is_upload and plain.found is None
+
+
+class StopsEarly(ScriptedCaptions):
+    """Sampling as a model without a template to go by does: the likeliest caption stops after
+    the top line, a runner-up fills both."""
+
+    def answer(self, request):
+        self.requests.append(request)
+        captions = [Caption(["when the cat", ""], -1.0), Caption(["when the cat", "sits on it"], -2.0)]
+        return GenerationResult(captions[: max(1, request.best_of)])
+
+
+async def test_a_picture_meme_prefers_a_caption_that_fills_both_lines(tmp_path: Path) -> None:
+    config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
+    async with scripted_service(config, StopsEarly()) as service:
+        made = await service.make_meme(ALICE, Picture(picture((400, 300))), "", MemeOptions(method="sample"))
+        assert made.boxes == ["when the cat", "sits on it"]
+        catalog = await service.make_meme(ALICE, "drake", "", MemeOptions(method="sample"))
+        assert catalog.boxes == ["when the cat", ""]  # a catalog template keeps the model's order
