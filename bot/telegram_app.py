@@ -77,7 +77,7 @@ from bot.service import (
 )
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
-from bot.telegram_inline import InlineMemes, InlineTiming, is_inline_ref
+from bot.telegram_inline import InlineMemes, InlineTiming, already_shown, answer_press, is_inline_ref
 from common.config import TelegramConfig
 from common.template import MAX_UPLOAD_BYTES, is_upload_key, too_big
 
@@ -692,15 +692,11 @@ class TelegramFrontEnd:
         try:
             await self.with_retries(lambda: query.edit_message_reply_markup(keyboard(meme_id, score)))
         except BadRequest as exc:
-            # Two presses racing can leave the counts already right: Telegram calls that an error.
-            if "not modified" not in str(exc).lower():
+            if not already_shown(exc):
                 raise
 
     async def answer(self, query: CallbackQuery, text: str, alert: bool = False) -> None:
-        try:
-            await self.with_retries(lambda: query.answer(text[:200], show_alert=alert))
-        except BadRequest as exc:  # too late (the query expired): the user already moved on
-            logger.info("telegram: could not answer a button press: %s", exc)
+        await answer_press(self.with_retries, query, text, alert)
 
     # --- sending ---
 

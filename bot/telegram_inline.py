@@ -94,6 +94,26 @@ INLINE_WORDING: Wording = {
 }
 
 
+async def answer_press(
+    send: Callable[[Callable[[], Awaitable[T]]], Awaitable[T]],
+    query: CallbackQuery,
+    text: str,
+    alert: bool = False,
+) -> None:
+    """Answer a button press (a toast, or an alert), through `send`'s retries; a press too old to
+    answer is only logged: the user already moved on."""
+    try:
+        await send(lambda: query.answer(text[:200], show_alert=alert))
+    except BadRequest as exc:
+        logger.info("telegram: could not answer a button press: %s", exc)
+
+
+def already_shown(exc: BadRequest) -> bool:
+    """An edit Telegram refused as changing nothing: two presses racing can leave the counts
+    already right, and Telegram calls that an error."""
+    return "not modified" in str(exc).lower()
+
+
 @dataclass(frozen=True)
 class InlineTiming:
     """How inline mode paces itself; the defaults are for people typing on a phone."""
@@ -524,15 +544,11 @@ class InlineMemes:
                 )
             )
         except BadRequest as exc:
-            # Two presses racing can leave the counts already right: Telegram calls that an error.
-            if "not modified" not in str(exc).lower():
+            if not already_shown(exc):
                 raise
 
     async def _answer_press(self, query: CallbackQuery, text: str, alert: bool = False) -> None:
-        try:
-            await self.send(lambda: query.answer(text[:200], show_alert=alert))
-        except BadRequest as exc:  # too late (the press expired): the user already moved on
-            logger.info("telegram: could not answer a button press: %s", exc)
+        await answer_press(self.send, query, text, alert)
 
     async def take_down(self, message_ref: str) -> str:
         """A forgotten meme sent inline: bots cannot delete inline messages, so its buttons go (a
