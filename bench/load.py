@@ -1,7 +1,7 @@
 """Load and fault test: the whole bot under a crowd, through the fake Telegram server.
 
     .venv/bin/python -m bench.load [--commands 1000] [--users 100] [--chats 20] [--concurrency 50]
-                                    [--checkpoint PATH] [--no-faults] [--real-model]
+                                    [--checkpoint PATH] [--no-faults] [--real-model] [--endpoint URL]
 
 The real python-telegram-bot front end, the real MemeService, ModelPool and SQLite serve
 `/meme` commands from simulated users in group chats, mixed with 👍/👎 presses, bad input
@@ -20,6 +20,11 @@ then in the same process measures the two stages alone on the same work: the poo
 the very generation requests the bot made, at the same concurrency, no Telegram, no
 rendering; and one renderer drawing the very (template, boxes) the bot drew. It prints the
 full path's memes/s over the slower of the two (the goal: at least 0.7).
+
+`--endpoint URL` (implies --real-model) does the same through the model service that
+`memebot serve-model` runs at URL: the bot is its client (model/remote.py, as with `[model]
+endpoint`), the model's busy time and batches come from the service's /stats, and the
+"generation alone" replay goes through the service too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import io
 import itertools
 import os
@@ -52,7 +58,8 @@ from common.config import Config
 from common.config import load_config as load_served_config
 from fakes.caption_model import ScriptedCaptions, config_for_tests
 from fakes.telegram_server import Call, FakeTelegramServer
-from model.pool import BatchGenerator, GeneratorLoader, ModelPool, PoolError, resolve_devices
+from model.pool import BatchGenerator, GeneratorLoader, ModelPool, PoolError, PoolStats, resolve_devices
+from model.remote import RemoteModel
 from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback, TemplateScores
 
 FIRST_USER = 10_001
@@ -81,6 +88,10 @@ class LoadPlan:
     bad_inputs: int = 60
     burst: int = 30  # extra /meme commands sent at once by one user (most hit the rate limit)
     seed: int = 0
+    # How long a user waits for an answer before it counts as silence. Longer than the bot's
+    # own worst case (the model's 20 s timeout, then rendering and sending on a busy CPU): a
+    # shorter wait called a meme that came at 31 s "never answered" while it was stored.
+    answer_wait_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,10 @@ def load_config(workdir: Path) -> Config:
 
 @asynccontextmanager
 async def running_bot(
-    config: Config, generator: BatchGenerator, server: FakeTelegramServer, pool: ModelPool | None = None
+    config: Config,
+    generator: BatchGenerator,
+    server: FakeTelegramServer,
+    pool: ModelPool | RemoteModel | None = None,
 ) -> AsyncIterator[MemeService]:
     """The bot on `pool` (started, owned by the caller) or on a pool of its own around `generator`."""
     owns_pool = pool is None
@@ -258,7 +272,7 @@ async def run_load(
     faults: FaultPlan,
     workdir: Path,
     generator: BatchGenerator | None = None,
-    pool: ModelPool | None = None,
+    pool: ModelPool | RemoteModel | None = None,
     on_service: Callable[[MemeService], None] | None = None,
 ) -> LoadReport:
     """One run; `generator` defaults to the scripted caption model. A started `pool` (the
@@ -283,7 +297,7 @@ async def run_load(
                 report.sent[kind] += 1
                 message = server.send_text(text, chat_id=chat, user_id=user)
                 start = time.monotonic()
-                answers = await server.wait_answer(server.message_key(message), timeout=30.0)
+                answers = await server.wait_answer(server.message_key(message), timeout=plan.answer_wait_s)
                 if answers is None:
                     report.answers["silence"] += 1
                     return
@@ -316,7 +330,7 @@ async def run_load(
                 report.sent["rating"] += 1
                 vote = rng.choice((1, -1))
                 query = server.press(message, f"v:{meme}:{vote}", user_id=user)
-                answers = await server.wait_answer(server.query_key(query), timeout=30.0)
+                answers = await server.wait_answer(server.query_key(query), timeout=plan.answer_wait_s)
                 if answers is None:
                     report.answers["silence"] += 1
                 elif "went wrong" in str(answers[0].params.get("text", "")):
@@ -419,6 +433,37 @@ class RecordingGenerator:
                 self.busy_s += time.perf_counter() - started
 
 
+class RecordingRemote(RemoteModel):
+    """The client of the model service (--endpoint), recording like RecordingGenerator: the
+    generation requests the bot made, and from the service's /stats the batches, template
+    scorings and busy time between begin() and end()."""
+
+    def __init__(self, endpoint: str, **options: float) -> None:
+        super().__init__(endpoint, **options)  # type: ignore[arg-type]
+        self.requests: list[GenerationRequest] = []
+        self.recording = False
+        self.busy_s = 0.0
+        self.batches = 0
+        self.scorings = 0
+        self._before = PoolStats()
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self.recording:
+            self.requests.append(request)
+        return await super().generate(request)
+
+    async def begin(self) -> None:
+        self._before = await self.server_stats()
+        self.recording = True
+
+    async def end(self) -> None:
+        self.recording = False
+        after = await self.server_stats()
+        self.busy_s = after.busy_s - self._before.busy_s
+        self.batches = after.batches - self._before.batches
+        self.scorings = after.scored - self._before.scored
+
+
 @dataclass
 class RenderLog:
     """Every render the bot did (template, boxes, keyword options) and the time they took;
@@ -477,7 +522,7 @@ def served_pool(served: Config) -> tuple[ModelPool, list[RecordingGenerator]]:
 
 
 async def replay_generation(
-    pool: ModelPool, requests: list[GenerationRequest], concurrency: int
+    pool: ModelPool | RemoteModel, requests: list[GenerationRequest], concurrency: int
 ) -> tuple[float, int]:
     """Seconds for the pool to decode `requests` with `concurrency` callers, each sending its
     next as soon as it has its answer: generation alone, no Telegram, no rendering. Also how
@@ -523,20 +568,41 @@ def top_sinks(profile: cProfile.Profile, n: int = 12) -> str:
     return "\n".join(lines[start:])
 
 
-async def real_model_run(plan: LoadPlan, workdir: Path) -> bool:
-    """The whole path on the shipped model, profiled, then each stage alone. True if all is well."""
+async def real_model_run(plan: LoadPlan, workdir: Path, endpoint: str = "") -> bool:
+    """The whole path on the shipped model, profiled, then each stage alone. True if all is well.
+    `endpoint`: through the model service there instead of a pool in this process."""
     served = load_served_config()
-    if not served.checkpoint_path.exists():
+    if endpoint:
+        served = dataclasses.replace(served, model=dataclasses.replace(served.model, endpoint=endpoint))
+    elif not served.checkpoint_path.exists():
         raise SystemExit(f"no model at {served.checkpoint_path}")
     if served.generation != Config().generation:
         # run_load's service is built from the defaults (with the load test's limits and paths).
         print("note: the config file's [generation] differs from the defaults; the run uses the defaults")
-    pool, loaded = served_pool(served)
-    await pool.start()  # with the warm-up `memebot run` does (kernel load, first pass)
-    generator = loaded[0]
+    pool: ModelPool | RecordingRemote
+    generator: RecordingGenerator | RecordingRemote
+    if endpoint:
+        pool = generator = RecordingRemote(
+            endpoint, timeout_s=served.model.timeout_s, queue_size=served.model.queue_size
+        )
+        await pool.start()
+        info = pool.info
+        where = (
+            f"the model service at {endpoint}: device {info.get('device')}, max_batch {info.get('max_batch')}, "
+            f"batch wait {info.get('batch_wait_ms')} ms, replica {info.get('replica')}"
+        )
+        decoding = "model decoding (the service's replica; /stats)"
+    else:
+        pool, loaded = served_pool(served)
+        await pool.start()  # with the warm-up `memebot run` does (kernel load, first pass)
+        generator = loaded[0]
+        where = f"device {served.model.device}, threads {served.model.threads}, max_batch {served.model.max_batch}"
+        decoding = "model decoding (the pool's one worker)"
     renders = RenderLog()
     profile = cProfile.Profile()
     try:
+        if isinstance(generator, RecordingRemote):
+            await generator.begin()
         generator.recording = True
         loop_cpu, process_cpu = time.thread_time(), time.process_time()
         profile.enable()  # this thread is the event loop's: bot, fake Bot API server and clients
@@ -544,6 +610,8 @@ async def real_model_run(plan: LoadPlan, workdir: Path) -> bool:
         profile.disable()
         loop_cpu, process_cpu = time.thread_time() - loop_cpu, time.process_time() - process_cpu
         generator.recording = False
+        if isinstance(generator, RecordingRemote):
+            await generator.end()
         requests = list(generator.requests)
         # Capacity, not goodput: 50 best-of-8 requests at once queue for longer than the served
         # 20 s, and a request that times out is abandoned half-decoded. The full path's timeouts
@@ -568,8 +636,7 @@ async def real_model_run(plan: LoadPlan, workdir: Path) -> bool:
         )
     )
     print(
-        f"model: {pool.model_id}; device {served.model.device}, threads {served.model.threads}, "
-        f"max_batch {served.model.max_batch}, best_of {served.generation.best_of}; "
+        f"model: {pool.model_id}; {where}, best_of {served.generation.best_of}; "
         f"{len(requests)} generation requests in {generator.batches} batches "
         f"(mean {len(requests) / max(1, generator.batches):.1f}), {generator.scorings} template scorings; "
         f"{len(renders.calls)} renders; {len(requests) / max(1, memes):.1f} generation requests per meme"
@@ -580,7 +647,7 @@ async def real_model_run(plan: LoadPlan, workdir: Path) -> bool:
         + top_sinks(profile)
     )
     shares = {
-        "model decoding (the pool's one worker)": generator.busy_s / wall,
+        decoding: generator.busy_s / wall,
         "event loop thread (bot + fake Bot API + clients)": loop_cpu / wall,
         "rendering (asyncio.to_thread workers)": renders.busy_s / wall,
     }
@@ -620,8 +687,13 @@ def main() -> None:
         action="store_true",
         help="the shipped model with the served config, profiled, against generation and rendering alone",
     )
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="--real-model through the model service `memebot serve-model` runs at URL (as [model] endpoint)",
+    )
     args = parser.parse_args()
-    if args.real_model:
+    if args.real_model or args.endpoint:
         # Sized for minutes on two CPU cores (~10 memes/s): ratings and bad input scaled down alike.
         commands = args.commands or 250
         plan = LoadPlan(
@@ -633,7 +705,7 @@ def main() -> None:
             bad_inputs=commands // 20,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            ok = asyncio.run(real_model_run(plan, Path(tmp)))
+            ok = asyncio.run(real_model_run(plan, Path(tmp), args.endpoint or ""))
         raise SystemExit(0 if ok else 1)
     plan = LoadPlan(
         commands=args.commands or 1000, users=args.users, chats=args.chats, concurrency=args.concurrency

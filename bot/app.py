@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.frontend import FrontEnd, StartError
 from bot.recognize import TemplateRecognizer
@@ -26,7 +27,10 @@ from bot.storage import Storage
 from bot.storage_engines import url_passwords
 from common.catalog import load_catalog
 from common.config import Config
-from model.pool import ModelPool
+from model.pool import ModelPool, PoolError
+
+if TYPE_CHECKING:
+    from model.remote import RemoteModel  # aiohttp: loaded only where [model] endpoint is set
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +64,25 @@ def usable_lexicon(config: Config, notice: Callable[[str], None] = warn) -> Path
     return path
 
 
-async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | None:
-    """The model pool, started; None (with a notice) when no checkpoint is installed."""
+def usable_scorer(config: Config, notice: Callable[[str], None] = warn) -> Path | None:
+    """The best-of-N reranker to load, if it is wanted ([generation] rerank_weight > 0) and
+    present: without it best of N ranks by log-probability alone."""
+    path = config.scorer_path
+    if config.generation.rerank_weight <= 0:
+        return None
+    if not path.exists():
+        notice(
+            f"no caption scorer at {path}: best of N ranks by log-probability alone (`memebot scorer` builds it)"
+        )
+        return None
+    return path
+
+
+async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | RemoteModel | None:
+    """The model pool, started; None (with a notice) when no checkpoint is installed. With
+    [model] endpoint set, a client of that model service instead: no model loads here."""
+    if config.model.endpoint:
+        return await start_remote(config)
     checkpoint = config.checkpoint_path
     if not checkpoint.exists():
         notice(NO_MODEL.format(path=checkpoint))
@@ -72,6 +93,7 @@ async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> Mo
         usable_draft(config, notice),
         config.kernel_dir,
         usable_lexicon(config, notice),
+        usable_scorer(config, notice),
     )
     try:
         await pool.start()
@@ -80,9 +102,22 @@ async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> Mo
     return pool
 
 
+async def start_remote(config: Config) -> RemoteModel:
+    """The client of the model service at [model] endpoint, connected; refuses to start, as
+    for a model that cannot load, when the service does not answer."""
+    from model.remote import RemoteModel
+
+    client = RemoteModel.from_config(config.model)
+    try:
+        await client.start()
+    except PoolError as exc:
+        raise StartError(f"cannot reach the model service at {config.model.endpoint}: {exc}") from exc
+    return client
+
+
 @asynccontextmanager
 async def open_service(
-    config: Config, *, pool: ModelPool | None = None, notice: Callable[[str], None] = warn
+    config: Config, *, pool: ModelPool | RemoteModel | None = None, notice: Callable[[str], None] = warn
 ) -> AsyncIterator[MemeService]:
     """The shared core for one process. A started `pool` may be passed in (tests, benchmarks);
     otherwise one is started from the config."""
@@ -104,7 +139,12 @@ async def open_service(
         if owns_pool:
             pool = await start_pool(config, notice)
         yield MemeService(
-            config=config, catalog=catalog, renderer=renderer, storage=storage, pool=pool, recognizer=recognizer
+            config=config,
+            catalog=catalog,
+            renderer=renderer,
+            storage=storage,
+            pool=pool,
+            recognizer=recognizer,
         )
     finally:
         if owns_pool and pool is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image, ImageOps
 
@@ -76,6 +76,9 @@ from common.content_filter import ContentFilter
 from common.template import ImageError, Template, is_upload_key
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
 from model.requests import PICK_AMONG, GenerationRequest, TemplateScores, choose_template
+
+if TYPE_CHECKING:
+    from model.remote import RemoteModel  # aiohttp: loaded only where [model] endpoint is set
 
 HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
@@ -297,12 +300,13 @@ class MemeService:
         catalog: Catalog,
         renderer: Renderer,
         storage: Storage,
-        pool: ModelPool | None,
+        pool: ModelPool | RemoteModel | None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         recognizer: Recognizer | None = None,
     ) -> None:
-        # pool=None: no model is installed; hand-written captions still work.
+        # pool=None: no model is installed; hand-written captions still work. A RemoteModel
+        # ([model] endpoint) has the pool's methods and errors: nothing below tells them apart.
         self.config = config
         self.catalog = catalog
         self.renderer = renderer
@@ -948,6 +952,7 @@ class MemeService:
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.
             best_of=chosen.best_of if chosen.method == "sample" else 1,
             rank_length_power=g.rank_length_power,
+            rerank_weight=g.rerank_weight,
         )
 
     @contextmanager

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cli.templates",  # templates
     "cli.doctor",  # doctor
     "cli.run",  # run, chat
+    "cli.serve_model",  # serve-model
     "cli.export",  # export
     "cli.database",  # db
     "cli.data",  # data stats, data pack
@@ -31,6 +32,7 @@ COMMAND_MODULES = (
     "cli.quality",  # quality
     "cli.draft",  # draft
     "cli.lexicon",  # lexicon
+    "cli.scorer",  # scorer
 )
 
 

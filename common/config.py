@@ -45,6 +45,9 @@ class ModelConfig:
     # The words decoding may spell (model/lexicon.py; `memebot lexicon` builds it), used by
     # requests with [generation] lexicon on. No file: decoding without the lexicon.
     lexicon: Path = Path("data/models/memebot-lexicon.txt.gz")
+    # The reranker of best of N (model/scorer.py; `memebot scorer` builds it), used by requests
+    # with [generation] rerank_weight > 0. No file: candidates ranked by log-probability alone.
+    scorer: Path = Path("data/models/memebot-scorer.npz")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2
     quantize: bool = False
@@ -63,6 +66,10 @@ class ModelConfig:
     batch_wait_ms: float = 0.0
     queue_size: int = 512
     timeout_s: float = 20.0
+    # The model service's URL (`memebot serve-model` prints it), e.g. "http://10.0.0.5:8000":
+    # this process then loads no model and sends its requests there (model/remote.py), with the
+    # same timeout_s and queue_size. Empty: decode in this process, with the settings above.
+    endpoint: str = ""
 
 
 @dataclass
@@ -85,6 +92,9 @@ class GenerationConfig:
     # blind readers took ours for the person's in 20 of 144 pairs at 0.5, in 8 at 1 (README,
     # Captions).
     rank_length_power: float = 0.5
+    # Best of N adds this times the reranker's score (model/scorer.py: how much a candidate reads
+    # like a person's caption) to each candidate's. 0 = off. RERANK_NOTE
+    rerank_weight: float = 0.0
 
 
 @dataclass
@@ -230,6 +240,10 @@ class Config:
         return self.resolve(self.model.lexicon)
 
     @property
+    def scorer_path(self) -> Path:
+        return self.resolve(self.model.scorer)
+
+    @property
     def kernel_dir(self) -> Path | None:
         """Where the fused decoding kernel is built, if it is wanted."""
         return self.cache_dir / "kernels" if self.model.fused_kernel else None
@@ -255,6 +269,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MEMEBOT_TEMPLATE_IMAGES": ("paths", "template_images"),
     "MEMEBOT_CHECKPOINT": ("model", "checkpoint"),
     "MEMEBOT_DEVICE": ("model", "device"),
+    "MEMEBOT_MODEL_ENDPOINT": ("model", "endpoint"),
     "MEMEBOT_DATABASE": ("storage", "database"),
     "MEMEBOT_DATABASE_URL": ("storage", "url"),
     "MEMEBOT_CACHE_DIR": ("paths", "cache_dir"),
@@ -337,6 +352,10 @@ def _validate(config: Config) -> None:
         (config.model.timeout_s > 0, "[model] timeout_s: must be positive"),
         (config.model.batch_wait_ms >= 0, "[model] batch_wait_ms: must not be negative"),
         (
+            not config.model.endpoint or config.model.endpoint.startswith(("http://", "https://")),
+            f"[model] endpoint: must be an http:// or https:// URL, got {config.model.endpoint!r}",
+        ),
+        (
             config.model.device == "auto"
             or config.model.device == "cpu"
             or config.model.device.startswith("cuda"),
@@ -347,6 +366,10 @@ def _validate(config: Config) -> None:
         (
             0 <= config.generation.rank_length_power <= 1,
             "[generation] rank_length_power: must be between 0 and 1",
+        ),
+        (
+            0 <= config.generation.rerank_weight <= 10,
+            "[generation] rerank_weight: must be between 0 and 10",
         ),
         (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
         (

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-command set-up: a virtual environment in .venv with torch and memebot (editable, dev extra).
+# One-command set-up: a virtual environment in .venv with torch and memebot (editable, dev and
+# serve extras).
 # torch: `pip install torch==2.13.0` is the CPU build on machines without a GPU here (served from
 # the local wheel cache); where nvidia-smi sees a GPU the same pin pulls the CUDA build from PyPI.
 set -euo pipefail
@@ -20,7 +21,8 @@ if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     fi
     "$VENV/bin/python" -m pip install --quiet torch==2.13.0
 fi
-"$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+# serve: Ray Serve for `memebot serve-model` (~360 MB installed); its test runs in `make test`.
+"$VENV/bin/python" -m pip install --quiet -e '.[dev,serve]'
 
 # Fonts for every script and colour emoji: Anton (a pip package) draws Latin only. Debian's Noto
 # packages cover Greek, Cyrillic, Arabic, Hebrew, Devanagari, Thai and more (fonts-noto-core),

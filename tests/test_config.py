@@ -60,12 +60,17 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[generation]\nmethod = 'creative'\n", r"default method = 'creative': must be one of greedy, sample, beam"),
+        (
+            "[generation]\nmethod = 'creative'\n",
+            r"default method = 'creative': must be one of greedy, sample, beam",
+        ),
         ("[generation]\ntemperature = -1\n", r"default temperature = -1.0: must be a number from 0.1 to 2"),
         ("[generation]\nbeam_width = 40\n", r"default beam_width = 40: must be a whole number from 1 to 16"),
     ],
 )
-def test_defaults_for_chat_settings_are_checked_by_the_settings_table(tmp_path: Path, text: str, message: str):
+def test_defaults_for_chat_settings_are_checked_by_the_settings_table(
+    tmp_path: Path, text: str, message: str
+):
     """One range per setting: bot/settings.py's, for the config's defaults as for /settings."""
     with pytest.raises(ConfigError, match=message):
         check_config_defaults(load_config(write(tmp_path, text), env={}))

@@ -711,7 +711,17 @@ async def test_storage_pops_list_items_of_a_memes_params_one_caller_at_a_time(tm
 
     async with await Storage.open(tmp_path / "db.sqlite", "key") as storage:
         meme_id = await storage.record_meme(
-            NewMeme("test", "c", "u", catalog_template("drake"), "", ["a"], "sample", {"k": [1, 2, 3], "x": 1}, "m")
+            NewMeme(
+                "test",
+                "c",
+                "u",
+                catalog_template("drake"),
+                "",
+                ["a"],
+                "sample",
+                {"k": [1, 2, 3], "x": 1},
+                "m",
+            )
         )
         got = await asyncio.gather(*(storage.pop_param_item(meme_id, "k") for _ in range(5)))
         assert sorted(g for g in got if g is not None) == [1, 2, 3] and got.count(None) == 2

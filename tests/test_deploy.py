@@ -29,7 +29,11 @@ def compose() -> dict[str, Any]:
 def bot_services() -> dict[str, dict[str, Any]]:
     """The services that run `memebot run` (the image's entry point is memebot)."""
     services = compose()["services"]
-    bots = {name: s for name, s in services.items() if str(s.get("image", "")).startswith("memebot")}
+    bots = {
+        name: s
+        for name, s in services.items()
+        if str(s.get("image", "")).startswith("memebot") and s.get("command", [""])[-1] == "run"
+    }
     assert bots, "no memebot services in compose.yaml"
     return bots
 
@@ -102,3 +106,18 @@ def test_the_image_is_built_by_setup_sh() -> None:
         assert context == ROOT, name
         dockerfile = (context / build["dockerfile"]).read_text(encoding="utf-8")
         assert "scripts/setup.sh" in dockerfile and (ROOT / "scripts" / "setup.sh").exists()
+
+
+def test_the_model_service_runs_serve_model_and_every_bot_is_its_client() -> None:
+    """The model service's command line is one `memebot serve-model` accepts, and every bot
+    process's [model] endpoint is that service, on the port it listens on."""
+    from cli.main import build_parser
+
+    model = compose()["services"]["model"]
+    args = build_parser().parse_args(model["command"])
+    assert args.command == "serve-model" and args.host == "0.0.0.0"
+    for name, service in bot_services().items():
+        endpoint = service_config(service).model.endpoint
+        assert endpoint == f"http://model:{args.port}", name
+        assert service["depends_on"]["model"]["condition"] == "service_healthy", name
+        assert str(args.port) in " ".join(model["healthcheck"]["test"])

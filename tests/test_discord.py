@@ -559,7 +559,9 @@ async def test_meme_and_caption_take_an_image_attachment(fake: FakeDiscord, star
     assert message.attachments[0].description == "top | bottom" and image_size(message) == (300, 300)
 
 
-async def test_context_menu_make_a_meme_on_a_messages_picture_credits_its_author(fake: FakeDiscord, start_bot) -> None:
+async def test_context_menu_make_a_meme_on_a_messages_picture_credits_its_author(
+    fake: FakeDiscord, start_bot
+) -> None:
     bot = await start_bot()
     post = fake.post_message(
         BOB, "my cat at 3am", uploads=(Upload(picture_bytes((500, 400), "JPEG"), "cat.jpg", "image/jpeg"),)

@@ -24,7 +24,15 @@ async def _rated_database(path: Path) -> None:
         for i in range(6):
             good = await storage.record_meme(
                 NewMeme(
-                    "telegram", "chat", f"user{i}", catalog_template("drake-hotline-bling"), "", NEW_CAPTION, "sample", {}, "m"
+                    "telegram",
+                    "chat",
+                    f"user{i}",
+                    catalog_template("drake-hotline-bling"),
+                    "",
+                    NEW_CAPTION,
+                    "sample",
+                    {},
+                    "m",
                 )
             )
             for voter in range(3):

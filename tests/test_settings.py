@@ -59,7 +59,11 @@ def test_defaults_come_from_the_config_and_are_values_the_settings_take():
     config.limits.chat_rate_per_minute = 12.0
     config.filter.enabled = False
     settings = effective(config)
-    assert (settings.temperature, settings.chat_rate_per_minute, settings.filter_enabled) == (1.3, 12.0, False)
+    assert (settings.temperature, settings.chat_rate_per_minute, settings.filter_enabled) == (
+        1.3,
+        12.0,
+        False,
+    )
     assert settings.allowed_templates is None and settings.cooldown_s == 0.0
     for s in SETTINGS:
         default = getattr(effective(Config()), s.name)
