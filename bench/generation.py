@@ -215,9 +215,6 @@ async def main() -> None:
         half_weights=config.model.half_weights and not args.fp32,
         kernel_dir=None if args.no_fused else config.kernel_dir,
         lexicon=config.lexicon_path,
-        scorer=config.scorer_path
-        if config.generation.rerank_weight > 0 and config.scorer_path.exists()
-        else None,
     )
     # A long timeout: the benchmark measures slowness, it must not turn it into errors.
     batch_wait_ms = config.model.batch_wait_ms if args.batch_wait_ms is None else args.batch_wait_ms

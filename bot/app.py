@@ -64,20 +64,6 @@ def usable_lexicon(config: Config, notice: Callable[[str], None] = warn) -> Path
     return path
 
 
-def usable_scorer(config: Config, notice: Callable[[str], None] = warn) -> Path | None:
-    """The best-of-N reranker to load, if it is wanted ([generation] rerank_weight > 0) and
-    present: without it best of N ranks by log-probability alone."""
-    path = config.scorer_path
-    if config.generation.rerank_weight <= 0:
-        return None
-    if not path.exists():
-        notice(
-            f"no caption scorer at {path}: best of N ranks by log-probability alone (`memebot scorer` builds it)"
-        )
-        return None
-    return path
-
-
 async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> ModelPool | RemoteModel | None:
     """The model pool, started; None (with a notice) when no checkpoint is installed. With
     [model] endpoint set, a client of that model service instead: no model loads here."""
@@ -93,7 +79,6 @@ async def start_pool(config: Config, notice: Callable[[str], None] = warn) -> Mo
         usable_draft(config, notice),
         config.kernel_dir,
         usable_lexicon(config, notice),
-        usable_scorer(config, notice),
     )
     try:
         await pool.start()

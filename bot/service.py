@@ -952,7 +952,6 @@ class MemeService:
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.
             best_of=chosen.best_of if chosen.method == "sample" else 1,
             rank_length_power=g.rank_length_power,
-            rerank_weight=g.rerank_weight,
         )
 
     @contextmanager

@@ -59,7 +59,7 @@ def mistyped_name(catalog: Catalog, text: str) -> bool:
 
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
-    from bot.app import usable_draft, usable_lexicon, usable_scorer
+    from bot.app import usable_draft, usable_lexicon
     from bot.render import box_count_error
     from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
@@ -111,7 +111,6 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
             half_weights=config.model.half_weights,
             kernel_dir=config.kernel_dir,
             lexicon=usable_lexicon(config, notice) if g.lexicon else None,
-            scorer=usable_scorer(config, notice),
         )
     except CheckpointError as exc:
         print(f"memebot generate: no model yet ({exc})", file=sys.stderr)
@@ -149,7 +148,6 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         block_repeats=g.block_repeats,
         best_of=g.best_of,
         rank_length_power=g.rank_length_power,
-        rerank_weight=g.rerank_weight,
     )
     try:
         (result,) = generator.generate_batch([request])

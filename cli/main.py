@@ -32,7 +32,6 @@ COMMAND_MODULES = (
     "cli.quality",  # quality
     "cli.draft",  # draft
     "cli.lexicon",  # lexicon
-    "cli.scorer",  # scorer
 )
 
 

@@ -197,7 +197,7 @@ def replica_gpus(config: Config, args: argparse.Namespace, cluster: dict[str, An
 def replica_loader(config: Config, gpus: float) -> GeneratorLoader:
     """What each replica loads: the model as `memebot run` loads it, on the replica's GPU (Ray
     shows a replica only the GPUs it was given, so that is always cuda:0) or on its CPUs."""
-    from bot.app import usable_draft, usable_lexicon, usable_scorer
+    from bot.app import usable_draft, usable_lexicon
 
     device = "cuda:0" if gpus > 0 else "cpu"
     return GeneratorLoader(
@@ -210,7 +210,6 @@ def replica_loader(config: Config, gpus: float) -> GeneratorLoader:
         config.model.half_weights,
         config.kernel_dir,
         usable_lexicon(config),
-        usable_scorer(config),
     )
 
 

@@ -45,9 +45,6 @@ class ModelConfig:
     # The words decoding may spell (model/lexicon.py; `memebot lexicon` builds it), used by
     # requests with [generation] lexicon on. No file: decoding without the lexicon.
     lexicon: Path = Path("data/models/memebot-lexicon.txt.gz")
-    # The reranker of best of N (model/scorer.py; `memebot scorer` builds it), used by requests
-    # with [generation] rerank_weight > 0. No file: candidates ranked by log-probability alone.
-    scorer: Path = Path("data/models/memebot-scorer.npz")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 2
     quantize: bool = False
@@ -92,9 +89,6 @@ class GenerationConfig:
     # blind readers took ours for the person's in 20 of 144 pairs at 0.5, in 8 at 1 (README,
     # Captions).
     rank_length_power: float = 0.5
-    # Best of N adds this times the reranker's score (model/scorer.py: how much a candidate reads
-    # like a person's caption) to each candidate's. 0 = off. RERANK_NOTE
-    rerank_weight: float = 0.0
 
 
 @dataclass
@@ -240,10 +234,6 @@ class Config:
         return self.resolve(self.model.lexicon)
 
     @property
-    def scorer_path(self) -> Path:
-        return self.resolve(self.model.scorer)
-
-    @property
     def kernel_dir(self) -> Path | None:
         """Where the fused decoding kernel is built, if it is wanted."""
         return self.cache_dir / "kernels" if self.model.fused_kernel else None
@@ -366,10 +356,6 @@ def _validate(config: Config) -> None:
         (
             0 <= config.generation.rank_length_power <= 1,
             "[generation] rank_length_power: must be between 0 and 1",
-        ),
-        (
-            0 <= config.generation.rerank_weight <= 10,
-            "[generation] rerank_weight: must be between 0 and 10",
         ),
         (config.render.max_side >= 64, "[render] max_side: must be at least 64"),
         (

@@ -30,7 +30,6 @@ import torch
 from model.draft import DraftTable
 from model.lexicon import BatchRules, Lexicon, WordState
 from model.requests import Caption, GenerationRequest
-from model.scorer import CaptionScorer
 from model.vocab import END, PAD, SEP, START, Vocab, normalize_user_text
 
 MAX_SYMBOLS = 199  # the data filter keeps captions under 200 symbols; the models never saw longer
@@ -86,7 +85,6 @@ class Batch:
     device: torch.device
     draft: DraftTable | None = None  # guesses of the next characters (model/speculation.py)
     lexicon: Lexicon | None = None  # the loaded word lexicon, if any (model/lexicon.py)
-    scorer: CaptionScorer | None = None  # the best-of-N reranker, if any (model/scorer.py)
 
     def __post_init__(self) -> None:
         symbols = self.vocab.symbols

@@ -35,7 +35,6 @@ from model.requests import (
     ResultCallback,
     TemplateScores,
 )
-from model.scorer import CaptionScorer, ScorerError
 from model.speculation import DRAFT_LENGTH
 from model.transformer import FrozenStep
 from model.vocab import Vocab
@@ -61,7 +60,6 @@ class CaptionGenerator:
         half_weights: bool = False,
         kernel: ModuleType | None = None,
         lexicon: Lexicon | None = None,
-        scorer: CaptionScorer | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
@@ -69,7 +67,6 @@ class CaptionGenerator:
         self.vocab = Vocab(tuple(checkpoint.vocab))
         self.model_id = checkpoint.model_id
         self.lexicon = lexicon
-        self.scorer = scorer
         self._rules = Rules(self.vocab.symbols, lexicon)
         self._rules.trie(())  # built now rather than on the first request (the filter's variant is not)
         on_cpu = self.device.type == "cpu"
@@ -145,7 +142,6 @@ class CaptionGenerator:
             device=self.device,
             draft=self.draft,
             lexicon=self.lexicon,
-            scorer=self.scorer,
         )
 
     def _prefill(self, templates: list[str], tokens: torch.Tensor, longest: int) -> tuple[torch.Tensor, Any]:
@@ -191,12 +187,10 @@ def load_generator(
     half_weights: bool = False,
     kernel_dir: Path | None = None,
     lexicon: Path | None = None,
-    scorer: Path | None = None,
 ) -> CaptionGenerator:
     """The pool's factory: load a checkpoint onto a device, with optional CPU speed-ups.
     `kernel_dir`: build (once) and use the fused decoding kernel there (CPU transformers).
-    `lexicon`: the word lexicon file for requests with `lexicon` on (model/lexicon.py).
-    `scorer`: the best-of-N reranker for requests with `rerank_weight` (model/scorer.py)."""
+    `lexicon`: the word lexicon file for requests with `lexicon` on (model/lexicon.py)."""
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
@@ -213,21 +207,8 @@ def load_generator(
             words = load_lexicon(lexicon)
         except LexiconError as exc:  # optional, like the draft table: decode without the rule
             logger.warning("decoding without the word lexicon: %s (`memebot lexicon` rebuilds it)", exc)
-    reranker = None
-    if scorer:
-        try:
-            reranker = CaptionScorer.load(scorer)
-        except ScorerError as exc:  # optional too: best of N then ranks by log-probability alone
-            logger.warning("best of N without the reranker: %s (`memebot scorer` rebuilds it)", exc)
     gen = CaptionGenerator(
-        ckpt,
-        device=device,
-        model=model,
-        draft=table,
-        half_weights=half_weights,
-        kernel=kernel,
-        lexicon=words,
-        scorer=reranker,
+        ckpt, device=device, model=model, draft=table, half_weights=half_weights, kernel=kernel, lexicon=words
     )
     if compile:
         # Measured off by default: the cache length is specialised on, so it recompiles for

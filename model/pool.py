@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 # initialisation (CUDA context, kernel selection, allocator growth).
 WARMUP_REQUEST = GenerationRequest(template="", method="greedy", max_length=4)
 MAX_BEST_OF = 64  # candidates one request may ask for (rows in a batch)
-MAX_RERANK_WEIGHT = 10.0  # past this the reranker alone decides; the log-probability no longer counts
 
 
 class BatchGenerator(Protocol):
@@ -179,8 +178,6 @@ def check_request(request: GenerationRequest) -> None:
         problems.append(f"best_of must be from 1 to {MAX_BEST_OF}, got {request.best_of}")
     if not 0 <= request.rank_length_power <= 1:
         problems.append(f"rank_length_power must be from 0 to 1, got {request.rank_length_power}")
-    if not 0 <= request.rerank_weight <= MAX_RERANK_WEIGHT:
-        problems.append(f"rerank_weight must be from 0 to {MAX_RERANK_WEIGHT}, got {request.rerank_weight}")
     if request.beam_width < 1:
         problems.append(f"beam_width must be at least 1, got {request.beam_width}")
     if request.n_boxes < 0:
@@ -233,12 +230,10 @@ class ModelPool:
         draft: Path | None = None,
         kernel_dir: Path | None = None,
         lexicon: Path | None = None,
-        scorer: Path | None = None,
     ) -> ModelPool:
         """One worker per device that `config.device` names; nothing is loaded until start().
         `draft`: the speculative decoding table, if any; `kernel_dir`: where to build the fused
-        CPU decoding kernel, if wanted; `lexicon`: the word lexicon file, if any; `scorer`: the
-        best-of-N reranker's file, if any."""
+        CPU decoding kernel, if wanted; `lexicon`: the word lexicon file, if any."""
         loaders = [
             GeneratorLoader(
                 checkpoint,
@@ -250,7 +245,6 @@ class ModelPool:
                 config.half_weights,
                 kernel_dir,
                 lexicon,
-                scorer,
             )
             for device in resolve_devices(config.device)
         ]
@@ -581,7 +575,6 @@ class GeneratorLoader:
     half_weights: bool = False
     kernel_dir: Path | None = None
     lexicon: Path | None = None  # the word lexicon (model/lexicon.py), for requests that want it
-    scorer: Path | None = None  # the reranker of best of N (model/scorer.py), for requests that want it
 
     def __call__(self) -> BatchGenerator:
         # Imported here so the pool (and its tests) do not need the model code loaded.
@@ -597,5 +590,4 @@ class GeneratorLoader:
             half_weights=self.half_weights,
             kernel_dir=self.kernel_dir,
             lexicon=self.lexicon,
-            scorer=self.scorer,
         )

@@ -37,7 +37,7 @@ DECODING_METHODS = (
     DecodingMethod(
         "sample",
         "varied, a bit random",
-        ("temperature", "top_k", "top_p", "seed", "best_of", "rank_length_power", "rerank_weight"),
+        ("temperature", "top_k", "top_p", "seed", "best_of", "rank_length_power"),
     ),
     DecodingMethod("beam", "the best of several candidates", ("beam_width",)),
 )
@@ -70,9 +70,6 @@ class GenerationRequest:
     # Best-of-N ranks by log-probability / length**rank_length_power: 1 is the mean per symbol;
     # lower leans to shorter captions, which readers found more convincing (README, Captions).
     rank_length_power: float = 1.0
-    # Best of N also adds rerank_weight times the reranker's score (model/scorer.py: how much a
-    # candidate reads like a person's caption); 0 = off, and so is a generator without a scorer.
-    rerank_weight: float = 0.0
 
 
 @dataclass(frozen=True)

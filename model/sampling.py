@@ -10,7 +10,6 @@ guesses of several characters per pass (model/speculation.py), which changes no 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -19,15 +18,7 @@ import torch
 
 from model import speculation
 from model.decoding import Batch, Row, prompt_ids
-from model.requests import (
-    Abandoned,
-    Caption,
-    GenerationRequest,
-    GenerationResult,
-    ResultCallback,
-    request_rows,
-)
-from model.scorer import CaptionScorer
+from model.requests import Abandoned, GenerationRequest, GenerationResult, ResultCallback, request_rows
 
 # Finished rows leave the batch (one copy of the moved rows' cache) once the live rows are at
 # most this share of it. With the fused kernel a riding row costs as much as a live one; batch
@@ -90,13 +81,6 @@ def _deliver(batch: Batch, q: int, rows: list[Row], done: ResultCallback) -> Non
     best first)."""
     request = batch.requests[q]
     captions = [batch.caption(row) for row in rows if row.request == q]
-    if (
-        request.method == "sample"
-        and request.best_of > 1
-        and request.rerank_weight
-        and batch.scorer is not None
-    ):
-        captions = [reranked(c, request, batch.scorer) for c in captions]
     if request.method == "sample" and request.best_of > 1:
         # A verbatim copy of a training caption ranks below every caption of the model's
         # own: the highest-likelihood candidates are often someone's meme word for word.
@@ -113,14 +97,6 @@ def _deliver(batch: Batch, q: int, rows: list[Row], done: ResultCallback) -> Non
                 seen.add(tuple(c.boxes))
                 captions.append(c)
     done(q, GenerationResult(captions))
-
-
-def reranked(caption: Caption, request: GenerationRequest, scorer: CaptionScorer) -> Caption:
-    """The caption scored for best of N with the reranker too: its own score (log-probability
-    per length**p) plus rerank_weight times how much it reads like a person's."""
-    own = caption.score if caption.score is not None else caption.logprob
-    bonus = request.rerank_weight * scorer.score(request.template, caption.boxes)
-    return dataclasses.replace(caption, score=own + bonus)
 
 
 def choose(batch: Batch, logp: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:

@@ -56,7 +56,6 @@ OTHER_VALUES = {
     "seed": 7,
     "best_of": 4,
     "rank_length_power": 0.5,
-    "rerank_weight": 2.0,
     "beam_width": 5,
 }
 

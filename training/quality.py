@@ -337,10 +337,7 @@ def load_served_generator(config: Config, checkpoint: Path) -> BatchGenerator:
 
     draft = present(config.draft_path, "draft table")
     lexicon = present(config.lexicon_path, "word lexicon")
-    scorer = present(config.scorer_path, "caption scorer") if config.generation.rerank_weight > 0 else None
-    pool = ModelPool.from_config(
-        config.model, checkpoint, draft, config.kernel_dir, lexicon=lexicon, scorer=scorer
-    )
+    pool = ModelPool.from_config(config.model, checkpoint, draft, config.kernel_dir, lexicon=lexicon)
     return pool.factories[0]()
 
 
