@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 # initialisation (CUDA context, kernel selection, allocator growth).
 WARMUP_REQUEST = GenerationRequest(template="", method="greedy", max_length=4)
 MAX_BEST_OF = 64  # candidates one request may ask for (rows in a batch)
+# A request is refused at once ("busy") when the decoding queued ahead of it, at the measured
+# rate, would take more than this share of the timeout: the rate is an average, batches vary.
+SHED_AT = 0.8
 
 
 class BatchGenerator(Protocol):
@@ -221,6 +224,10 @@ class ModelPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._stats = PoolStats()
+        # Rows one worker decodes per second, a moving average over recent batches: how long the
+        # queue will take. None until a batch has run.
+        self._rows_per_s: float | None = None
+        self._decoding_rows = 0  # rows in the batches being decoded now
 
     @classmethod
     def from_config(
@@ -346,6 +353,15 @@ class ModelPool:
         if len(self._queue) >= self.queue_size:
             self._stats.rejected += 1
             raise PoolBusy(f"{len(self._queue)} requests are already waiting")
+        wait = self._expected_wait_s(rows)
+        if wait is not None and wait > SHED_AT * self.timeout_s and not isinstance(request, ScoringRequest):
+            # It would time out in the queue, after part of its decoding was done for nothing:
+            # "busy" now instead of after timeout_s. (A saturated CPU measured 3.4 requests
+            # decoded per meme delivered without this: README, Speed.)
+            self._stats.rejected += 1
+            raise PoolBusy(
+                f"the queue holds about {wait:.0f} s of decoding, more than the {self.timeout_s:g} s allowed"
+            )
         loop = asyncio.get_running_loop()
         job = _Job(request, loop.create_future(), rows, loop.time())
         self._queue.append(job)
@@ -362,6 +378,20 @@ class ModelPool:
             self._withdraw(job)
             self._stats.cancelled += 1
             raise
+
+    def _expected_wait_s(self, rows: int) -> float | None:
+        """Seconds until a new request of `rows` rows would be decoded, from the rows queued
+        ahead of it and the measured rate; None when nothing is queued (a lone request is always
+        let in) or no batch has run yet."""
+        ahead = sum(job.rows for job in self._queue if not job.scoring and not job.future.done())
+        if not ahead or not self._rows_per_s:
+            return None
+        decoding = self._decoding_rows  # the batches running now finish first
+        return (decoding + ahead + rows) / (self._rows_per_s * max(1, len(self._workers)))
+
+    def _observe_rate(self, rows: int, seconds: float) -> None:
+        rate = rows / max(seconds, 1e-6)
+        self._rows_per_s = rate if self._rows_per_s is None else 0.7 * self._rows_per_s + 0.3 * rate
 
     def _withdraw(self, job: _Job) -> None:
         """Drop a request its caller gave up on: out of the queue if it has not started, and
@@ -440,6 +470,8 @@ class ModelPool:
     async def _run_batch(self, worker: _Worker, batch: list[_Job]) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        rows = sum(job.rows for job in batch)
+        self._decoding_rows += rows
 
         def answer_soon(i: int, result: GenerationResult) -> None:  # in the worker's thread
             loop.call_soon_threadsafe(self._answer, batch[i], result)
@@ -471,7 +503,9 @@ class ModelPool:
         else:
             for job, result in zip(batch, results, strict=True):
                 self._answer(job, result)
+            self._observe_rate(rows, time.perf_counter() - started)
         finally:
+            self._decoding_rows -= rows
             self._stats.batches += 1
             self._stats.batch_sizes[len(batch)] += 1
             self._stats.batch_rows[sum(job.rows for job in batch)] += 1
