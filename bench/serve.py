@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.generation import pct, request
 from bot.app import usable_draft, usable_lexicon
@@ -68,11 +68,14 @@ async def main() -> None:
     )
     args = parser.parse_args()
     served = load_config()
+    # The same generous limits on both sides: the benchmark measures slowness, it must not turn it
+    # into "busy" or timeouts on one side only.
+    limits = replace(served.model, timeout_s=600.0, queue_size=10_000)
     pool = ModelPool.from_config(
-        served.model, served.checkpoint_path, usable_draft(served), served.kernel_dir, usable_lexicon(served)
+        limits, served.checkpoint_path, usable_draft(served), served.kernel_dir, usable_lexicon(served)
     )
     await pool.start()
-    client = RemoteModel(args.endpoint, timeout_s=600.0, queue_size=10_000)
+    client = RemoteModel(args.endpoint, timeout_s=limits.timeout_s, queue_size=limits.queue_size)
     await client.start()
     info = client.info
     print(

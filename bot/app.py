@@ -181,6 +181,7 @@ async def run_bot(config: Config, stop: asyncio.Event | None = None) -> None:
     secrets = [config.telegram.token, config.telegram.webhook_secret, config.discord.token]
     secrets.append(config.storage.user_hash_key)
     secrets += url_passwords(config.storage.url)  # a driver's error may quote the URL it was given
+    secrets += url_passwords(config.model.endpoint)  # the client logs and words errors with its URL
     with redacted_logs(secrets):
         await _serve(config, stop)
 

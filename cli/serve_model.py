@@ -2,8 +2,10 @@
 
 Starts (or joins) a Ray instance, deploys the model behind Ray Serve's HTTP proxy
 (model/serve.py) and runs until Ctrl+C or SIGTERM. Bot processes then set `[model] endpoint` to
-the URL it prints (or MEMEBOT_MODEL_ENDPOINT) and load no model themselves. The batching, queue
-and timeout defaults are the `[model]` ones the in-process pool uses.
+the URL it prints (or MEMEBOT_MODEL_ENDPOINT) and load no model themselves. The batching and
+queue defaults are the `[model]` ones the in-process pool uses; timeouts are the clients' own
+(`[model] timeout_s` in each bot). The service has no authentication: listen on an internal
+network only.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve-model",
         help="serve the caption model to every bot process over HTTP (Ray Serve), until Ctrl+C",
         description="Deploys the configured model on Ray Serve with micro-batching; bots use it with "
-        '[model] endpoint = "<the URL printed>". Batching, queue and timeout defaults come from [model].',
+        '[model] endpoint = "<the URL printed>". Batching and queue defaults come from [model]; the clients keep their own timeouts.',
     )
     where = p.add_argument_group("where")
     where.add_argument(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -224,10 +225,10 @@ class ModelPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._stats = PoolStats()
-        # Rows one worker decodes per second, a moving average over recent batches: how long the
-        # queue will take. None until a batch has run.
-        self._rows_per_s: float | None = None
-        self._decoding_rows = 0  # rows in the batches being decoded now
+        # Seconds one batch takes to decode, a moving average over recent whole batches: how long
+        # the queue will take. None until a batch has run.
+        self._batch_s: float | None = None
+        self._decoding = 0  # batches being decoded now
 
     @classmethod
     def from_config(
@@ -353,8 +354,8 @@ class ModelPool:
         if len(self._queue) >= self.queue_size:
             self._stats.rejected += 1
             raise PoolBusy(f"{len(self._queue)} requests are already waiting")
-        wait = self._expected_wait_s(rows)
-        if wait is not None and wait > SHED_AT * self.timeout_s and not isinstance(request, ScoringRequest):
+        wait = None if isinstance(request, ScoringRequest) else self._expected_wait_s(rows)
+        if wait is not None and wait > SHED_AT * self.timeout_s:
             # It would time out in the queue, after part of its decoding was done for nothing:
             # "busy" now instead of after timeout_s. (A saturated CPU measured 3.4 requests
             # decoded per meme delivered without this: README, Speed.)
@@ -380,18 +381,19 @@ class ModelPool:
             raise
 
     def _expected_wait_s(self, rows: int) -> float | None:
-        """Seconds until a new request of `rows` rows would be decoded, from the rows queued
-        ahead of it and the measured rate; None when nothing is queued (a lone request is always
-        let in) or no batch has run yet."""
+        """Seconds until a new request of `rows` rows would be decoded: the batches running now,
+        then the batches the queue ahead of it and itself fill, at the measured seconds per batch
+        (counted in batches, not rows: a batch of 64 rows costs far less than 8 of 8, most of all
+        on a GPU). None when nothing is queued (a lone request is always let in) or no batch has
+        run yet."""
         ahead = sum(job.rows for job in self._queue if not job.scoring and not job.future.done())
-        if not ahead or not self._rows_per_s:
+        if not ahead or self._batch_s is None:
             return None
-        decoding = self._decoding_rows  # the batches running now finish first
-        return (decoding + ahead + rows) / (self._rows_per_s * max(1, len(self._workers)))
+        batches = self._decoding + math.ceil((ahead + rows) / self.max_batch)
+        return batches * self._batch_s / max(1, len(self._workers))
 
-    def _observe_rate(self, rows: int, seconds: float) -> None:
-        rate = rows / max(seconds, 1e-6)
-        self._rows_per_s = rate if self._rows_per_s is None else 0.7 * self._rows_per_s + 0.3 * rate
+    def _observe_batch(self, seconds: float) -> None:
+        self._batch_s = seconds if self._batch_s is None else 0.7 * self._batch_s + 0.3 * seconds
 
     def _withdraw(self, job: _Job) -> None:
         """Drop a request its caller gave up on: out of the queue if it has not started, and
@@ -470,8 +472,7 @@ class ModelPool:
     async def _run_batch(self, worker: _Worker, batch: list[_Job]) -> None:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        rows = sum(job.rows for job in batch)
-        self._decoding_rows += rows
+        self._decoding += 1
 
         def answer_soon(i: int, result: GenerationResult) -> None:  # in the worker's thread
             loop.call_soon_threadsafe(self._answer, batch[i], result)
@@ -503,9 +504,10 @@ class ModelPool:
         else:
             for job, result in zip(batch, results, strict=True):
                 self._answer(job, result)
-            self._observe_rate(rows, time.perf_counter() - started)
+            if not any(job.abandoned for job in batch):  # a batch cut short says nothing of the rate
+                self._observe_batch(time.perf_counter() - started)
         finally:
-            self._decoding_rows -= rows
+            self._decoding -= 1
             self._stats.batches += 1
             self._stats.batch_sizes[len(batch)] += 1
             self._stats.batch_rows[sum(job.rows for job in batch)] += 1

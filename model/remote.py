@@ -173,15 +173,17 @@ class RemoteModel:
                 async with self._session.request(method, self.endpoint + path, json=payload) as response:
                     body = await response.read()
                     return self._answer(response.status, body)
+        except aiohttp.ClientError as exc:
+            # First: aiohttp's connect timeout is a ClientError and a TimeoutError too, and a
+            # host that does not take the connection is down, not slow.
+            self._stats.failed += 1
+            raise PoolClosed(f"the model service at {self.endpoint} is unreachable: {exc}") from exc
         except TimeoutError:
             self._stats.timed_out += 1
             raise PoolTimeout(f"no answer from the model service within {self.timeout_s:g} s") from None
         except asyncio.CancelledError:
             self._stats.cancelled += 1
             raise
-        except aiohttp.ClientError as exc:
-            self._stats.failed += 1
-            raise PoolClosed(f"the model service at {self.endpoint} is unreachable: {exc}") from exc
         finally:
             self._in_flight -= 1
             if not self._in_flight:
