@@ -494,14 +494,11 @@ def served_pool(served: Config) -> tuple[ModelPool, list[RecordingGenerator]]:
     devices = resolve_devices(served.model.device)
     if len(devices) != 1:
         raise SystemExit(f"--real-model measures one worker; [model] device gives {devices}")
-    loader = GeneratorLoader(
+    loader = GeneratorLoader.from_config(
+        served.model,
         served.checkpoint_path,
         devices[0],
-        served.model.threads,
-        served.model.quantize,
-        served.model.compile,
         usable_draft(served),
-        served.model.half_weights,
         served.kernel_dir,
         usable_lexicon(served),
     )

@@ -202,14 +202,11 @@ def replica_loader(config: Config, gpus: float) -> GeneratorLoader:
     from bot.app import usable_draft, usable_lexicon
 
     device = "cuda:0" if gpus > 0 else "cpu"
-    return GeneratorLoader(
+    return GeneratorLoader.from_config(
+        config.model,
         config.checkpoint_path,
         device,
-        config.model.threads,
-        config.model.quantize,
-        config.model.compile,
         usable_draft(config),
-        config.model.half_weights,
         config.kernel_dir,
         usable_lexicon(config),
     )

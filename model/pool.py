@@ -243,17 +243,7 @@ class ModelPool:
         `draft`: the speculative decoding table, if any; `kernel_dir`: where to build the fused
         CPU decoding kernel, if wanted; `lexicon`: the word lexicon file, if any."""
         loaders = [
-            GeneratorLoader(
-                checkpoint,
-                device,
-                config.threads,
-                config.quantize,
-                config.compile,
-                draft,
-                config.half_weights,
-                kernel_dir,
-                lexicon,
-            )
+            GeneratorLoader.from_config(config, checkpoint, device, draft, kernel_dir, lexicon)
             for device in resolve_devices(config.device)
         ]
         return cls(
@@ -611,6 +601,30 @@ class GeneratorLoader:
     half_weights: bool = False
     kernel_dir: Path | None = None
     lexicon: Path | None = None  # the word lexicon (model/lexicon.py), for requests that want it
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        checkpoint: Path,
+        device: str,
+        draft: Path | None = None,
+        kernel_dir: Path | None = None,
+        lexicon: Path | None = None,
+    ) -> GeneratorLoader:
+        """The loader for one device with the `[model]` settings (threads, quantize, compile,
+        half weights): what a pool worker, a serving replica and the load test each load."""
+        return cls(
+            checkpoint,
+            device,
+            config.threads,
+            config.quantize,
+            config.compile,
+            draft,
+            config.half_weights,
+            kernel_dir,
+            lexicon,
+        )
 
     def __call__(self) -> BatchGenerator:
         # Imported here so the pool (and its tests) do not need the model code loaded.
