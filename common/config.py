@@ -272,8 +272,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check a TOML value against a dataclass field type and convert it."""
+def coerce(value: Any, annotation: Any, where: str, error: type[Exception] = ConfigError) -> Any:
+    """Check a value read from TOML or JSON against a dataclass field's type and convert it (a
+    list to a tuple where the field is one); raises `error` worded with `where` otherwise. The
+    config's sections and the model service's requests (model/wire.py) are both read with it."""
     if isinstance(annotation, str):
         annotation = eval(annotation, {"Path": Path, "Any": Any})  # dataclass string annotations
     origin = typing.get_origin(annotation)
@@ -281,31 +283,32 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(annotation)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return coerce(value, args[0], where, error)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise error(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        item = typing.get_args(annotation)[0]  # list[T] or tuple[T, ...]
+        items = [coerce(v, item, f"{where}[{i}]", error) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if annotation is Path:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a path string, got {type(value).__name__} {value!r}")
+            raise error(f"{where}: expected a path string, got {type(value).__name__} {value!r}")
         return Path(value)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise error(f"{where}: expected true or false, got {value!r}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+            raise error(f"{where}: expected a whole number, got {value!r}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise error(f"{where}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+            raise error(f"{where}: expected a string, got {type(value).__name__} {value!r}")
         return value
     return value
 
@@ -330,7 +333,7 @@ def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"[{section}] {key}: unknown setting (known: {known})")
         where = f"[{section}] {key}"
-        kwargs[key] = _coerce(value, fields[key].type, where)
+        kwargs[key] = coerce(value, fields[key].type, where)
     return cls(**kwargs)
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
+from common.config import coerce
 from model.pool import InvalidRequest, PoolStats
 from model.requests import Caption, GenerationRequest, GenerationResult, ScoringRequest, TemplateScores
 
@@ -31,15 +31,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
 
 def request_from_json(data: Any) -> GenerationRequest:
     """InvalidRequest for anything that is not a GenerationRequest's fields with their types."""
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"a generation request is a JSON object, got {type(data).__name__}")
-    fields = _request_fields()
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise InvalidRequest(f"unknown request fields: {', '.join(unknown)}")
-    if "template" not in data:
-        raise InvalidRequest("a generation request needs a template")
-    return GenerationRequest(**{name: _checked(name, value, fields[name]) for name, value in data.items()})
+    return _from_json(GenerationRequest, data)
 
 
 def result_to_json(result: GenerationResult) -> dict[str, Any]:
@@ -57,14 +49,7 @@ def scoring_to_json(request: ScoringRequest) -> dict[str, Any]:
 
 
 def scoring_from_json(data: Any) -> ScoringRequest:
-    if not isinstance(data, dict) or set(data) - {"text", "templates"}:
-        raise InvalidRequest('a scoring request is {"text": ..., "templates": [...]}')
-    text, templates = data.get("text"), data.get("templates", [])
-    if not isinstance(text, str):
-        raise InvalidRequest("text must be a string")
-    if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
-        raise InvalidRequest("templates must be a list of strings")
-    return ScoringRequest(text, tuple(templates))
+    return _from_json(ScoringRequest, data)
 
 
 def scores_to_json(scores: TemplateScores) -> dict[str, Any]:
@@ -98,39 +83,31 @@ def error_to_json(error: Exception) -> dict[str, Any]:
 
 # ---- checking a request's fields ---------------------------------------------------------
 
+_Request = TypeVar("_Request", GenerationRequest, ScoringRequest)
+
+
+def _from_json(cls: type[_Request], data: Any) -> _Request:
+    """A request dataclass from a JSON object: every field known, the required ones there, each
+    of its type (common/config.py's `coerce`, as the config file is read); InvalidRequest
+    otherwise."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"a {cls.__name__} is a JSON object, got {type(data).__name__}")
+    fields = _fields(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidRequest(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+    if missing:
+        raise InvalidRequest(f"a {cls.__name__} needs {', '.join(missing)}")
+    return cls(**{name: coerce(value, fields[name], name, InvalidRequest) for name, value in data.items()})
+
 
 @functools.cache
-def _request_fields() -> dict[str, Any]:
+def _fields(cls: type) -> dict[str, Any]:
     """Field name -> its resolved type (requests.py's annotations are strings)."""
-    hints = typing.get_type_hints(GenerationRequest)
-    return {f.name: hints[f.name] for f in dataclasses.fields(GenerationRequest)}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _checked(name: str, value: Any, annotation: Any) -> Any:
-    """The value as the field's type (a JSON list becomes a tuple); InvalidRequest if it is not one."""
-    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    if optional and value is None:
-        return None
-    kind = next(a for a in typing.get_args(annotation) if a is not type(None)) if optional else annotation
-    if typing.get_origin(kind) is tuple:
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    elif kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, kind):
-        return value
-    raise InvalidRequest(f"{name} must be {_describe(annotation)}, got {value!r}")
-
-
-def _describe(annotation: Any) -> str:
-    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
-    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    parts = [
-        "a list of strings" if typing.get_origin(a) is tuple else names.get(a, "null")
-        for a in (typing.get_args(annotation) if optional else (annotation,))
-    ]
-    return " or ".join(parts)
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

@@ -38,7 +38,7 @@ from common.config import ENV_OVERRIDES, Config, load_config
 from fakes.caption_model import config_for_tests
 from model.pool import GenerationFailed, InvalidRequest, ModelPool, PoolBusy, PoolClosed, PoolTimeout
 from model.remote import RemoteModel
-from model.requests import GenerationRequest
+from model.requests import GenerationRequest, ScoringRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.serve") is not None
@@ -257,7 +257,7 @@ async def test_bad_requests_are_refused_without_failing_anyone(service: Service,
     async with aiohttp.ClientSession() as session:  # and by the service, from any other caller
         async with session.post(service.endpoint + "/generate", json={"template": 3}) as response:
             assert response.status == 400
-            assert "template must be a string" in (await response.json())["detail"]
+            assert "template: expected a string" in (await response.json())["detail"]
         async with session.post(service.endpoint + "/generate", data=b"{not json") as response:
             assert response.status == 400
     assert (await client.generate(quick(2))).captions
@@ -384,3 +384,32 @@ async def test_a_bot_whose_model_service_is_down_refuses_to_start(tmp_path: Path
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, endpoint=endpoint))
     with pytest.raises(StartError, match="cannot reach the model service"):
         await start_pool(config)
+
+
+def test_the_wire_format_round_trips_requests_and_refuses_bad_fields():
+    """What any caller may post is checked field by field before it can reach a batch: the types
+    a request's fields have, the required ones present, nothing unknown."""
+    from model import wire
+
+    request = GenerationRequest("Two-Buttons", "tabs | spaces", seed=7, banned_words=("spam",), top_p=0.9)
+    assert wire.request_from_json(wire.request_to_json(request)) == request
+    assert (
+        wire.request_from_json({"template": "x", "temperature": 1}).temperature == 1.0
+    )  # JSON 1 is a number
+    scoring = ScoringRequest("when the tests pass", ("Drake-Hotline-Bling",))
+    assert wire.scoring_from_json(wire.scoring_to_json(scoring)) == scoring
+    for bad, says in [
+        ({"template": 3}, "template: expected a string"),
+        ({"template": "x", "n": True}, "n: expected a whole number"),
+        ({"template": "x", "banned_words": "spam"}, "banned_words: expected a list"),
+        ({"template": "x", "seed": 1.5}, "seed: expected a whole number"),
+        ({"template": "x", "gpu": 1}, "unknown GenerationRequest fields: gpu"),
+        ({"prefix": "x"}, "needs template"),
+        (["template"], "is a JSON object"),
+    ]:
+        with pytest.raises(InvalidRequest, match=says):
+            wire.request_from_json(bad)
+    with pytest.raises(InvalidRequest, match="templates\\[1\\]: expected a string"):
+        wire.scoring_from_json({"text": "x", "templates": ["a", 2]})
+    with pytest.raises(InvalidRequest, match="needs text"):
+        wire.scoring_from_json({"templates": []})
