@@ -137,6 +137,10 @@ class PoolStats:
     def mean_batch_size(self) -> float:
         return sum(k * v for k, v in self.batch_sizes.items()) / max(1, self.batches)
 
+    def snapshot(self) -> PoolStats:
+        """A copy, safe to keep and compare while the original goes on counting."""
+        return replace(self, batch_sizes=Counter(self.batch_sizes), batch_rows=Counter(self.batch_rows))
+
 
 # ---- the pool ---------------------------------------------------------------------------
 
@@ -265,8 +269,7 @@ class ModelPool:
     @property
     def stats(self) -> PoolStats:
         """A snapshot, safe to keep and compare."""
-        s = self._stats
-        return replace(s, batch_sizes=Counter(s.batch_sizes), batch_rows=Counter(s.batch_rows))
+        return self._stats.snapshot()
 
     async def start(self, warmup: bool = True) -> None:
         """Build every generator in its own worker thread (loading a model can take seconds),

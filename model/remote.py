@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -103,8 +102,7 @@ class RemoteModel:
     def stats(self) -> PoolStats:
         """This process's side: requests answered, rejected, timed out, cancelled, failed.
         Batches happen in the service: `await server_stats()` has those."""
-        s = self._stats
-        return replace(s, batch_sizes=s.batch_sizes.copy(), batch_rows=s.batch_rows.copy())
+        return self._stats.snapshot()
 
     async def start(self, warmup: bool = True) -> None:
         """Connect and ask the service which model it serves. The service warmed its replicas up
