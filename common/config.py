@@ -80,7 +80,8 @@ class GenerationConfig:
     # Words only from the lexicon ([model] lexicon), the user's own words, numbers and the
     # template's name: no made-up words. A server setting.
     lexicon: bool = True
-    # No word 3-gram twice in a caption and no box twice (inside decoding, every method).
+    # No word 3-gram twice in a caption, no box twice, no character more than 8 times in a row
+    # (inside decoding, every method; model/decoding.py).
     block_repeats: bool = True
     # Sampling: decode this many candidates together, answer with the best ranked (below) and
     # keep the rest for 🔁. 1 = off. A server setting.

@@ -63,7 +63,7 @@ class GenerationRequest:
     # Words only from the generator's lexicon, the prefix's words, numbers and the template
     # name's words (model/lexicon.py); ignored by a generator that has no lexicon loaded.
     lexicon: bool = False
-    block_repeats: bool = False  # no word 3-gram twice and no box twice in a caption
+    block_repeats: bool = False  # no word 3-gram twice, no box twice, no character run past MAX_RUN
     # Sampling: decode max(n, best_of) candidates in one batch and return them all (distinct
     # ones), best first by `Caption.score`. Greedy and beam requests ignore it.
     best_of: int = 1

@@ -9,6 +9,7 @@ kernel change nothing. Best of N returns the candidates best first, and 🔁 ser
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from fakes.caption_model import (
     write_untrained_checkpoint,
 )
 from model.checkpoint import load_checkpoint
+from model.decoding import MAX_RUN, Row
 from model.fused import load_fused_kernel
 from model.generate import CaptionGenerator, load_generator
 from model.lexicon import (
@@ -748,3 +750,34 @@ def test_config_refuses_a_best_of_out_of_range(tmp_path):
     path.write_text("[generation]\nbest_of = 4\nlexicon = false\n")
     g = load_config(path, env={}).generation
     assert (g.best_of, g.lexicon) == (4, False)
+
+
+# ---- no character more than MAX_RUN times in a row ----------------------------------------------
+
+
+def test_no_character_comes_more_than_max_run_times_in_a_row(tiny):
+    """Under block_repeats the symbol of a run of MAX_RUN is masked ("boi!!!!!!!!" stops at
+    eight), a shorter run is left alone, the rule is off without block_repeats, and it never
+    leaves a row with nothing to produce."""
+
+    vocab = tiny.vocab
+    a, bang = vocab.encode_boxes(["a"])[0], vocab.encode_boxes(["!"])[0]
+    V = len(vocab.symbols)
+
+    def allowed(generated: list[int], block_repeats: bool = True, only: list[int] | None = None) -> set[int]:
+        request = GenerationRequest("Ancient-Aliens", method="sample", block_repeats=block_repeats)
+        batch = tiny._batch([request])
+        logits = torch.zeros(1, V)
+        if only is not None:
+            logits[:] = -math.inf
+            logits[0, only] = 0.0
+        logp = batch.constrain(
+            logits, [Row(request=0, prompt=vocab.encode_boxes(["boi"]), generated=generated)]
+        )
+        return {i for i in range(V) if math.isfinite(logp[0, i].item())}
+
+    assert a not in allowed([a] * MAX_RUN) and bang in allowed([a] * MAX_RUN)
+    assert bang not in allowed([a] + [bang] * MAX_RUN)
+    assert a in allowed([a] * (MAX_RUN - 1))  # one short of the limit
+    assert a in allowed([a] * MAX_RUN, block_repeats=False)
+    assert allowed([a] * MAX_RUN, only=[a]) == {a}  # the only way on stays open
