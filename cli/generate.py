@@ -11,6 +11,7 @@ other than its slug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
     from common.catalog import UnknownTemplate, load_catalog
+    from common.content_filter import ContentFilter
     from common.template import ImageError
     from model.checkpoint import CheckpointError
     from model.draft import DraftTableError
@@ -132,6 +134,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         template = fitting[choose_template(scores, random.Random(args.seed))]
     if not template.is_upload and template.slug != args.template.strip():  # picked or recognised
         print(f"template: {template.slug}")
+    content_filter = ContentFilter.from_config(config.filter) if config.filter.enabled else None
     request = GenerationRequest(
         template=template.dataset_name,
         prefix=prefix,
@@ -148,6 +151,8 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         block_repeats=g.block_repeats,
         best_of=g.best_of,
         rank_length_power=g.rank_length_power,
+        # The bot's content filter, as a chat without settings of its own has it.
+        banned_words=content_filter.banned if content_filter is not None else (),
     )
     try:
         (result,) = generator.generate_batch([request])
@@ -155,7 +160,12 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 2
     renderer = make_renderer(config) if args.output else None
-    captions = result.captions[: args.n]  # best of N: the n best candidates
+    captions = result.captions
+    if content_filter is not None:  # a banned phrase across words: the candidates saying it go
+        captions = [c for c in captions if content_filter.find(c.text) is None] or [
+            dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
+        ]
+    captions = captions[: args.n]  # best of N: the n best candidates
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

@@ -1,6 +1,7 @@
 """The content filter: which words the bot never writes and never accepts from users.
 
-The list is better-profanity's maintained word list, plus `[filter] extra_words`, minus
+The list is better-profanity's maintained word list and a few phrases telling someone to kill
+themselves (SELF_HARM), plus `[filter] extra_words`, minus
 `[filter] allowed_words` (everyday words the list also bans, like "god" or "stupid": a meme
 bot that refuses "stupid" is useless). It is built once per process.
 
@@ -32,6 +33,10 @@ LETTER_SYMBOLS = str.maketrans({"$": "s", "@": "a"})
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits, inner apostrophes kept ("don't")
 SEPARATORS = re.compile(r"[\s._-]+")  # what may stand between the words of a phrase entry
 MASK = "*"
+# Telling someone to kill themselves: not profanity, so not on better-profanity's list, and the
+# model wrote it ("kill yourself until you get the best friend zone", two-buttons). Banned like
+# the list's entries: phrases drop the candidates that say them, "kys" is never completed.
+SELF_HARM = ("kill yourself", "kill urself", "kill ur self", "kill your self", "kys", "go die")
 
 
 def fold(word: str) -> str:
@@ -72,7 +77,7 @@ class ContentFilter:
     def from_config(cls, config: FilterConfig, wordlist: Path = WORDLIST) -> ContentFilter:
         entries = [line.strip().lower() for line in wordlist.read_text(encoding="utf-8").splitlines()]
         allowed = {fold(w) for w in config.allowed_words} - {fold(w) for w in config.extra_words}
-        entries += [w.strip().lower() for w in config.extra_words]
+        entries += [w.strip().lower() for w in config.extra_words] + list(SELF_HARM)
         single: list[str] = []
         phrases: set[tuple[str, ...]] = set()
         for entry in entries:

@@ -335,3 +335,21 @@ def test_memebot_generate_names_the_template_it_picked(tiny_checkpoint: Path, ca
     assert main(["generate", "gru", "world domination", *base]) == 2
     err = capsys.readouterr().err
     assert 'No template "gru"' in err and "grumpy-cat" in err
+
+
+def test_memebot_generate_applies_the_content_filter(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    """The command line writes what the bot would: a banned word is never completed, and with the
+    filter off the model's own caption comes back."""
+    base = ["generate", "ancient-aliens", "--checkpoint", str(tiny_checkpoint), "--method", "greedy"]
+    assert main(base) == 0
+    assert "aliens" in capsys.readouterr().out  # the memorised "i'm not saying it was aliens ..."
+    config = tmp_path / "config.toml"
+    config.write_text('[filter]\nextra_words = ["aliens"]\n')
+    assert main(["--config", str(config), *base]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and "aliens" not in out
+    config.write_text('[filter]\nenabled = false\nextra_words = ["aliens"]\n')
+    assert main(["--config", str(config), *base]) == 0
+    assert "aliens" in capsys.readouterr().out

@@ -39,7 +39,19 @@ def content_filter() -> ContentFilter:
 
 
 @pytest.mark.parametrize(
-    "text", ["sh1t happens", "5HIT", "$hit", "a$$", "f.u.c.k you", "bull shit", "I love PIZZA"]
+    "text",
+    [
+        "sh1t happens",
+        "5HIT",
+        "$hit",
+        "a$$",
+        "f.u.c.k you",
+        "bull shit",
+        "I love PIZZA",
+        "kill yourself until you get the best friend zone",  # what the model wrote (two-buttons)
+        "just KYS | lol",
+        "go die",
+    ],
 )
 def test_filter_catches_banned_words_in_their_disguises(content_filter: ContentFilter, text: str):
     assert content_filter.find(text) is not None
@@ -57,6 +69,9 @@ def test_filter_catches_banned_words_in_their_disguises(content_filter: ContentF
         "assassin's creed",
         "shitake mushrooms",
         "pizzas",
+        "kill the lights",
+        "skill yourself up",
+        "i could die laughing",
     ],
 )
 def test_filter_matches_whole_words_and_spares_everyday_ones(content_filter: ContentFilter, text: str):
