@@ -25,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,9 @@ from common.config import load_config  # noqa: E402
 from model.generate import load_generator  # noqa: E402
 from model.pool import GeneratorLoader, ModelPool  # noqa: E402
 from model.requests import DECODING_METHODS, DecodingMethod, GenerationRequest  # noqa: E402
+
+if TYPE_CHECKING:
+    from model.remote import RemoteModel
 
 TEMPLATES = ["Change-My-Mind", "Drake-Hotline-Bling", "Two-Buttons", "Ancient-Aliens", "Distracted-Boyfriend"]
 # Every decoding method (model/requests.py), timed with these settings beyond the defaults.
@@ -100,14 +103,23 @@ async def single_latency(pool: ModelPool, method: str, reps: int) -> tuple[list[
     return times, lengths
 
 
-async def throughput(pool: ModelPool, method: str, concurrency: int, total: int) -> float:
+async def throughput(
+    pool: ModelPool | RemoteModel,
+    method: str,
+    concurrency: int,
+    total: int,
+    latencies: list[float] | None = None,
+) -> float:
     """Captions per second with `concurrency` clients, each sending its next request as soon as
-    it has its answer."""
+    it has its answer; each request's seconds appended to `latencies` when given."""
     queue = list(range(total))
 
     async def client() -> None:
         while queue:
+            started = time.perf_counter()
             await pool.generate(request(method, queue.pop()))
+            if latencies is not None:
+                latencies.append(time.perf_counter() - started)
 
     t = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))

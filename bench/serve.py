@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import time
 from dataclasses import dataclass, field, replace
 
-from bench.generation import pct, request
+from bench.generation import pct, throughput
 from bot.app import usable_draft, usable_lexicon
 from common.config import load_config
 from model.pool import ModelPool, PoolStats
@@ -38,18 +37,7 @@ class Side:
 
 
 async def closed_loop(model: ModelPool | RemoteModel, concurrency: int, total: int, side: Side) -> None:
-    queue = list(range(total))
-
-    async def caller() -> None:
-        while queue:
-            i = queue.pop()
-            started = time.perf_counter()
-            await model.generate(request("served", i))
-            side.latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    side.rates.append(total / (time.perf_counter() - started))
+    side.rates.append(await throughput(model, "served", concurrency, total, side.latencies))
 
 
 async def batch_stats(model: ModelPool | RemoteModel) -> PoolStats:
