@@ -138,6 +138,7 @@ def serve_model_command(config: Config, args: argparse.Namespace) -> int:
             max_batch=args.max_batch or config.model.max_batch,
             batch_wait_ms=config.model.batch_wait_ms if args.batch_wait_ms is None else args.batch_wait_ms,
             hold_while_busy=not args.eager_batches,
+            timeout_s=config.model.timeout_s,
         )
         options = ServeOptions(
             host=args.host,

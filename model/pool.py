@@ -142,6 +142,37 @@ class PoolStats:
         return replace(self, batch_sizes=Counter(self.batch_sizes), batch_rows=Counter(self.batch_rows))
 
 
+# ---- shedding load ----------------------------------------------------------------------
+
+
+@dataclass
+class BatchClock:
+    """How long the decoding queued ahead of a request will take, from the seconds recent whole
+    batches took: the pool and the serving replica (model/serve.py) both refuse a request at
+    once ("busy") when that passes SHED_AT of the timeout, rather than let it time out in the
+    queue after part of its decoding was done for nothing."""
+
+    batch_s: float | None = None  # moving average of one whole batch; None until one has run
+
+    def observe(self, seconds: float) -> None:
+        self.batch_s = seconds if self.batch_s is None else 0.7 * self.batch_s + 0.3 * seconds
+
+    def wait_s(
+        self, rows_ahead: int, rows: int, max_batch: int, decoding: int, workers: int = 1
+    ) -> float | None:
+        """Seconds until a request of `rows` rows is decoded: the `decoding` batches running now,
+        then the batches the rows ahead of it and its own fill (counted in batches, not rows: a
+        batch of 64 rows costs far less than 8 of 8, most of all on a GPU). None when nothing is
+        waiting ahead (a lone request is always let in) or no batch has run yet."""
+        if not rows_ahead or self.batch_s is None:
+            return None
+        batches = decoding + math.ceil((rows_ahead + rows) / max_batch)
+        return batches * self.batch_s / max(1, workers)
+
+    def too_long(self, wait_s: float | None, timeout_s: float) -> bool:
+        return wait_s is not None and wait_s > SHED_AT * timeout_s
+
+
 # ---- the pool ---------------------------------------------------------------------------
 
 
@@ -229,9 +260,7 @@ class ModelPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._stats = PoolStats()
-        # Seconds one batch takes to decode, a moving average over recent whole batches: how long
-        # the queue will take. None until a batch has run.
-        self._batch_s: float | None = None
+        self._clock = BatchClock()  # how long the queue will take
         self._decoding = 0  # batches being decoded now
 
     @classmethod
@@ -348,7 +377,7 @@ class ModelPool:
             self._stats.rejected += 1
             raise PoolBusy(f"{len(self._queue)} requests are already waiting")
         wait = None if isinstance(request, ScoringRequest) else self._expected_wait_s(rows)
-        if wait is not None and wait > SHED_AT * self.timeout_s:
+        if self._clock.too_long(wait, self.timeout_s):
             # It would time out in the queue, after part of its decoding was done for nothing:
             # "busy" now instead of after timeout_s. (A saturated CPU measured 3.4 requests
             # decoded per meme delivered without this: README, Speed.)
@@ -374,19 +403,8 @@ class ModelPool:
             raise
 
     def _expected_wait_s(self, rows: int) -> float | None:
-        """Seconds until a new request of `rows` rows would be decoded: the batches running now,
-        then the batches the queue ahead of it and itself fill, at the measured seconds per batch
-        (counted in batches, not rows: a batch of 64 rows costs far less than 8 of 8, most of all
-        on a GPU). None when nothing is queued (a lone request is always let in) or no batch has
-        run yet."""
         ahead = sum(job.rows for job in self._queue if not job.scoring and not job.future.done())
-        if not ahead or self._batch_s is None:
-            return None
-        batches = self._decoding + math.ceil((ahead + rows) / self.max_batch)
-        return batches * self._batch_s / max(1, len(self._workers))
-
-    def _observe_batch(self, seconds: float) -> None:
-        self._batch_s = seconds if self._batch_s is None else 0.7 * self._batch_s + 0.3 * seconds
+        return self._clock.wait_s(ahead, rows, self.max_batch, self._decoding, len(self._workers))
 
     def _withdraw(self, job: _Job) -> None:
         """Drop a request its caller gave up on: out of the queue if it has not started, and
@@ -498,7 +516,7 @@ class ModelPool:
             for job, result in zip(batch, results, strict=True):
                 self._answer(job, result)
             if not any(job.abandoned for job in batch):  # a batch cut short says nothing of the rate
-                self._observe_batch(time.perf_counter() - started)
+                self._clock.observe(time.perf_counter() - started)
         finally:
             self._decoding -= 1
             self._stats.batches += 1

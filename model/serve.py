@@ -44,9 +44,11 @@ from starlette.responses import JSONResponse
 from model import wire
 from model.pool import (
     WARMUP_REQUEST,
+    BatchClock,
     GenerationFailed,
     GeneratorLoader,
     InvalidRequest,
+    PoolBusy,
     PoolStats,
     check_request,
     check_scoring,
@@ -69,6 +71,9 @@ class ReplicaSettings:
     batch_wait_ms: float = 0.0  # @serve.batch's window, from the first request of a batch
     # The pool's batching rule (see the module's docstring); False leaves Serve's own.
     hold_while_busy: bool = True
+    # The bots' [model] timeout_s: a request whose queued decoding here would take more than
+    # SHED_AT of it is answered 429 (the client's PoolBusy) at once, as the pool does.
+    timeout_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,8 @@ class CaptionDeployment:
         self._decode_batch.set_batch_wait_timeout_s(settings.batch_wait_ms / 1000)
         self._free = asyncio.Event()  # the decoding thread has no batch: requests may queue for one
         self._free.set()
+        self._waiting: set[_Job] = set()  # taken in, not yet in a decoding batch
+        self._clock = BatchClock()
         self._stats = PoolStats()
         logger.info(
             "replica ready in %.1f s: model %s on %s",
@@ -147,6 +154,8 @@ class CaptionDeployment:
                 return JSONResponse(wire.stats_to_json(self._stats))
         except InvalidRequest as exc:
             return JSONResponse(wire.error_to_json(exc), status_code=400)
+        except PoolBusy as exc:
+            return JSONResponse(wire.error_to_json(exc), status_code=429)
         except GenerationFailed as exc:
             return JSONResponse(wire.error_to_json(exc), status_code=500)
         routes = f"POST {wire.GENERATE}, POST {wire.SCORE}, GET {wire.INFO}, GET {wire.STATS}"
@@ -169,7 +178,14 @@ class CaptionDeployment:
     async def _generate(self, request: GenerationRequest) -> GenerationResult:
         loop = asyncio.get_running_loop()
         job = _Job(request, min(request_rows(request), self.settings.max_batch), loop.create_future())
+        ahead = sum(j.rows for j in self._waiting if not j.abandoned)
+        decoding = 0 if self._free.is_set() else 1
+        wait = self._clock.wait_s(ahead, job.rows, self.settings.max_batch, decoding)
+        if self._clock.too_long(wait, self.settings.timeout_s):
+            self._stats.rejected += 1
+            raise PoolBusy(f"the replica holds about {wait:.0f} s of decoding, more than its callers wait")
         batch_call: asyncio.Future[None] | None = None
+        self._waiting.add(job)
         try:
             if self.settings.hold_while_busy:
                 await self._free.wait()
@@ -186,6 +202,8 @@ class CaptionDeployment:
                 batch_call.cancel()
             self._stats.cancelled += 1
             raise
+        finally:
+            self._waiting.discard(job)
         self._stats.requests += 1
         return result
 
@@ -193,7 +211,9 @@ class CaptionDeployment:
     async def _decode_batch(self, jobs: list[_Job]) -> list[None]:
         """One batch on the decoding thread; answers go to the jobs' futures, not the return."""
         self._free.clear()
+        self._waiting.difference_update(jobs)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
 
         def answer_soon(i: int, result: GenerationResult) -> None:  # on the decoding thread
             loop.call_soon_threadsafe(_settle, jobs[i], result)
@@ -218,6 +238,8 @@ class CaptionDeployment:
         else:
             for job, result in zip(jobs, results, strict=True):
                 _settle(job, result)
+            if not any(job.abandoned for job in jobs):  # a batch cut short says nothing of the time
+                self._clock.observe(time.perf_counter() - started)
         finally:
             self._free.set()
             self._stats.batches += 1

@@ -486,3 +486,20 @@ async def test_pool_from_config_serves_the_real_model(tiny_checkpoint):
         assert result.captions[0].boxes == SYNTHETIC_CAPTIONS[request.template]
     assert [c.boxes for c in results[2].captions] == [c.boxes for c in alone.captions]
     assert pool.stats.max_batch_size == 5
+
+
+def test_the_batch_clock_counts_batches_not_rows():
+    """What the pool and the serving replica shed load by: batches ahead x seconds per batch."""
+    from model.pool import SHED_AT, BatchClock
+
+    clock = BatchClock()
+    assert clock.wait_s(rows_ahead=64, rows=8, max_batch=64, decoding=1) is None  # nothing measured yet
+    clock.observe(2.0)
+    assert clock.wait_s(rows_ahead=0, rows=8, max_batch=64, decoding=1) is None  # a lone request goes in
+    # 64 rows ahead + 8 of its own = 2 batches, after the one decoding now: 3 x 2 s.
+    assert clock.wait_s(rows_ahead=64, rows=8, max_batch=64, decoding=1) == 6.0
+    assert clock.wait_s(rows_ahead=64, rows=8, max_batch=64, decoding=1, workers=2) == 3.0
+    clock.observe(4.0)  # a moving average: 0.7 x 2 + 0.3 x 4
+    assert clock.batch_s == pytest.approx(2.6)
+    assert clock.too_long(SHED_AT * 20 + 0.1, timeout_s=20) and not clock.too_long(SHED_AT * 20, timeout_s=20)
+    assert not clock.too_long(None, timeout_s=20)
