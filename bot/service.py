@@ -368,15 +368,7 @@ class MemeService:
             # to go by the model often stops after the first (the best of 8 left a line empty in
             # 34 of 60 picture memes), and 33 of those 34 had a candidate filling both: it goes first.
             candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(chosen.boxes)))
-        params: dict[str, Any] = {
-            "temperature": request.temperature,
-            "top_k": request.top_k,
-            "top_p": request.top_p,
-            "beam_width": request.beam_width,
-            "max_length": request.max_length,
-            "lexicon": request.lexicon,
-            "best_of": request.best_of,
-        }
+        params = self._params_of(request)
         if len(candidates) > 1:
             # Best of N: the runners-up, best first, for 🔁 on this meme (see reroll).
             params[CANDIDATES] = candidates[1:]
