@@ -73,7 +73,7 @@ from bot.storage import USER_HASH_HEX, NewMeme, NotAuthor, Score, Storage, Store
 from common.catalog import Catalog, UnknownTemplate
 from common.config import Config
 from common.content_filter import ContentFilter
-from common.template import ImageError, Template, is_upload_key
+from common.template import CaptionPlan, ImageError, Template, is_upload_key
 from model.pool import InvalidRequest, ModelPool, PoolBusy, PoolError, PoolTimeout
 from model.requests import PICK_AMONG, GenerationRequest, TemplateScores, choose_template
 
@@ -360,8 +360,9 @@ class MemeService:
         with self._turn(ctx, settings):  # a pick is model time too: it is charged with the caption
             if chosen is None:
                 chosen, found = await self._pick_template(prefix, candidates)
-            request = self._request(chosen, prefix, settings, options)
-            candidates = await self._generate_clean(request)
+            plan = chosen.caption_plan(prefix, self._rng)
+            request = self._request(chosen, plan, settings, options)
+            candidates = [plan.arrange(boxes) for boxes in await self._generate_clean(request)]
         candidates = [with_typed_prefix(prefix, boxes) for boxes in candidates]  # as typed, emoji and all
         if chosen.is_upload:
             # A picture's top and bottom lines are a set-up and its punchline. Without a template
@@ -633,16 +634,19 @@ class MemeService:
             templates = [self._choose_template(None, settings)]
             self._check_box_count(templates[0], prefix.count("|") + 1 if prefix else 0)
         per_template = math.ceil(n / len(templates))
-        requests = []
+        requests, plans = [], []
         for template in templates:
             # Several captions from one request: only sampling has more than one (best of N).
             # The chat's N is shared among the templates, so the whole costs about one meme.
-            request = self._request(template, prefix, settings, MemeOptions(method="sample"))
+            plans.append(template.caption_plan(prefix, self._rng))
+            request = self._request(template, plans[-1], settings, MemeOptions(method="sample"))
             share = math.ceil(request.best_of / len(templates))
             requests.append(dataclasses.replace(request, best_of=max(share, per_template)))
         answers = await asyncio.gather(*(self._generate_clean(r) for r in requests), return_exceptions=True)
         made = [
-            (t, r, a) for t, r, a in zip(templates, requests, answers, strict=True) if isinstance(a, list)
+            (t, r, [plan.arrange(boxes) for boxes in a])
+            for t, r, plan, a in zip(templates, requests, plans, answers, strict=True)
+            if isinstance(a, list)
         ]
         failures = [a for a in answers if isinstance(a, BaseException)]
         for failure in failures:
@@ -924,13 +928,13 @@ class MemeService:
         return template
 
     def _request(
-        self, template: Template, prefix: str, settings: ChatSettings, options: MemeOptions
+        self, template: Template, plan: CaptionPlan, settings: ChatSettings, options: MemeOptions
     ) -> GenerationRequest:
         chosen = self._with_options(settings, options)
         g = self.config.generation
         return GenerationRequest(
-            template=template.dataset_name,
-            prefix=prefix,
+            template=plan.model_template,
+            prefix=plan.prefix,
             method=chosen.method,
             temperature=chosen.temperature,
             top_k=g.top_k,

@@ -135,9 +135,10 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     if not template.is_upload and template.slug != args.template.strip():  # picked or recognised
         print(f"template: {template.slug}")
     content_filter = ContentFilter.from_config(config.filter) if config.filter.enabled else None
+    plan = template.caption_plan(prefix, random.Random(args.seed))  # as the bot asks for it
     request = GenerationRequest(
-        template=template.dataset_name,
-        prefix=prefix,
+        template=plan.model_template,
+        prefix=plan.prefix,
         method=args.method or g.method,
         temperature=args.temperature if args.temperature is not None else g.temperature,
         top_k=args.top_k if args.top_k is not None else g.top_k,
@@ -165,7 +166,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         captions = [c for c in captions if content_filter.find(c.text) is None] or [
             dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
         ]
-    captions = captions[: args.n]  # best of N: the n best candidates
+    captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions[: args.n]]  # best of N
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     quality.add_argument(
         "--judged",
         type=Path,
+        nargs="+",
         metavar="ANSWERS",
-        help='score a reader\'s answers to --pairs FILE (JSON list of {"pair", "person", "A", "B"}); '
-        "generates nothing",
+        help='score readers\' answers to --pairs FILE (JSON list of {"pair", "person", "A", "B"}), '
+        "each reader's and, for several, all together; generates nothing",
     )
     quality.add_argument(
         "--any-picture",
@@ -56,6 +57,7 @@ def quality_command(config: Config, args: argparse.Namespace) -> int:
         load_served_generator,
         measure,
         pick_samples,
+        pooled_lines,
         score_judgments,
         served_requests,
         training_reference,
@@ -71,11 +73,22 @@ def quality_command(config: Config, args: argparse.Namespace) -> int:
             return 2
         try:
             key = json.loads(key_path(args.pairs).read_text())
-            judged = score_judgments(key, json.loads(args.judged.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            note(f"cannot score {args.judged}: {exc}")
+        except (OSError, ValueError) as exc:
+            note(f"cannot read the key of {args.pairs}: {exc}")
             return 2
-        print("\n".join(judged.lines()))
+        readers = []
+        for answers in args.judged:
+            try:
+                readers.append(score_judgments(key, json.loads(answers.read_text())))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                note(f"cannot score {answers}: {exc}")
+                return 2
+        if len(readers) == 1:
+            print("\n".join(readers[0].lines()))
+            return 0
+        for answers, judged in zip(args.judged, readers, strict=True):
+            print("\n".join(f"{answers.name}: {line}" for line in judged.lines()))
+        print("\n".join(pooled_lines(readers)))
         return 0
     if args.n < 2:
         note("--n must be at least 2")

@@ -319,6 +319,8 @@ _TEMPLATE_FIELDS = {
     "has_data": bool,
     "box": list,
 }
+# Optional, for a template without caption data: how the model captions it (Template.caption_plan).
+_TEMPLATE_OPTIONAL = {"caption_like": str, "caption_boxes": list, "openings": list}
 _BOX_FIELDS = {
     "x": float,
     "y": float,
@@ -403,13 +405,14 @@ def _parse_template(raw: Any, position: int) -> Template:
         raise CatalogError(f"template #{position}: expected a [[template]] table")
     label = raw.get("slug") if isinstance(raw.get("slug"), str) else f"#{position}"
     where = f"template {label}"
-    unknown = sorted(set(raw) - set(_TEMPLATE_FIELDS))
+    known = {**_TEMPLATE_FIELDS, **_TEMPLATE_OPTIONAL}
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise CatalogError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(_TEMPLATE_FIELDS)})")
+        raise CatalogError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(known)})")
     missing = [f for f in _TEMPLATE_FIELDS if f not in raw]
     if missing:
         raise CatalogError(f"{where}: missing {', '.join(missing)}")
-    values = {key: _check_type(value, _TEMPLATE_FIELDS[key], f"{where}: {key}") for key, value in raw.items()}
+    values = {key: _check_type(value, known[key], f"{where}: {key}") for key, value in raw.items()}
 
     if not _SLUG_RE.fullmatch(values["slug"]):
         raise CatalogError(f"{where}: slug must be lower-case words joined by hyphens, like change-my-mind")
@@ -434,6 +437,7 @@ def _parse_template(raw: Any, position: int) -> Template:
     if not raw_boxes:
         raise CatalogError(f"{where}: needs at least one [[template.box]]")
     boxes = tuple(_parse_box(b, f"{where}: box {n}") for n, b in enumerate(raw_boxes, start=1))
+    like, order, openings = _parse_captioning(values, len(boxes), where)
     return Template(
         slug=values["slug"],
         name=values["name"],
@@ -445,7 +449,47 @@ def _parse_template(raw: Any, position: int) -> Template:
         aliases=tuple(aliases),
         has_data=values["has_data"],
         boxes=boxes,
+        caption_like=like,
+        caption_boxes=order,
+        openings=openings,
     )
+
+
+def _parse_captioning(
+    values: dict[str, Any], n_boxes: int, where: str
+) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    """caption_like, caption_boxes and openings, checked on their own (caption_like's template
+    is checked once the whole catalog is read)."""
+    like = values.get("caption_like", "")
+    order = values.get("caption_boxes", [])
+    openings = values.get("openings", [])
+    if (like or order or openings) and values["has_data"]:
+        raise CatalogError(
+            f"{where}: caption_like, caption_boxes and openings are for a template without data"
+        )
+    if like and not _DATASET_NAME_RE.fullmatch(like):
+        raise CatalogError(f"{where}: caption_like {like!r} must be another template's dataset_name")
+    if order:
+        if not like:
+            raise CatalogError(f"{where}: caption_boxes reorders caption_like's boxes: set caption_like too")
+        if openings:
+            raise CatalogError(
+                f"{where}: openings are written in the template's own box order: not with caption_boxes"
+            )
+        if len(order) != n_boxes or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in order
+        ):
+            raise CatalogError(
+                f"{where}: caption_boxes needs one box number (from 1) for each of its {n_boxes} boxes"
+            )
+        if len(set(order)) != len(order):
+            raise CatalogError(f"{where}: caption_boxes names a box twice: {order}")
+    for opening in openings:
+        if not isinstance(opening, str) or not opening.strip():
+            raise CatalogError(f"{where}: openings must be non-empty strings, got {opening!r}")
+        if opening.count("|") >= n_boxes:
+            raise CatalogError(f"{where}: the opening {opening!r} fills more than its {n_boxes} boxes")
+    return like, tuple(order), tuple(openings)
 
 
 def parse_catalog(data: dict[str, Any]) -> Catalog:
@@ -466,6 +510,19 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
                     f"template {t.slug}: {field} {value!r} is already used by template {seen[value]}"
                 )
             seen[value] = t.slug
+    with_data = {t.dataset_name: t for t in templates if t.has_data}
+    for t in templates:
+        if not t.caption_like:
+            continue
+        like = with_data.get(t.caption_like)
+        if like is None:
+            raise CatalogError(
+                f"template {t.slug}: caption_like {t.caption_like!r} is no template with caption data"
+            )
+        if t.caption_boxes and max(t.caption_boxes) > len(like.boxes):
+            raise CatalogError(
+                f"template {t.slug}: caption_boxes {list(t.caption_boxes)}: {like.slug} has {len(like.boxes)} boxes"
+            )
     return Catalog(templates)
 
 

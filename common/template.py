@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import re
 from dataclasses import dataclass, field
 
@@ -118,10 +119,32 @@ class Template:
     has_data: bool  # caption data exists in the dataset
     boxes: tuple[Box, ...]
     band: float = 0.0  # a white band above the image, a fraction of the canvas height (Layout.band)
+    # A template without caption data (twelve of the catalog's, among them the best known) would
+    # get the model's captions for no template at all: a Doge or That Would Be Great caption on
+    # Distracted Boyfriend, two of its three labels empty. The catalog says instead how it is
+    # captioned (data/templates.toml):
+    caption_like: str = ""  # a template with data whose captions have this one's shape
+    caption_boxes: tuple[int, ...] = ()  # our box k shows caption_like's box caption_boxes[k] (from 1)
+    openings: tuple[str, ...] = ()  # the set phrase a caption starts with when the user types none
 
     @property
     def is_upload(self) -> bool:
         return isinstance(self.image, ImageBytes)
+
+    def caption_plan(self, prefix: str, rng: random.Random) -> CaptionPlan:
+        """What the model is asked for to caption this template from the user's `prefix`.
+        A template with data: itself and the prefix. One without: conditioned as its
+        `caption_like`, and started with one of its `openings` when the user typed nothing.
+        The user's own words are in this template's box order, so a `caption_boxes` reordering
+        applies only when they typed none; otherwise the model writes for no template."""
+        if self.has_data or not (self.caption_like or self.openings):
+            return CaptionPlan(self.dataset_name, prefix)
+        if prefix.strip():
+            if self.caption_boxes:
+                return CaptionPlan(self.dataset_name, prefix)
+            return CaptionPlan(self.caption_like or self.dataset_name, prefix)
+        opening = rng.choice(self.openings) if self.openings else prefix
+        return CaptionPlan(self.caption_like or self.dataset_name, opening, self.caption_boxes)
 
     @classmethod
     def from_image_bytes(
@@ -152,6 +175,21 @@ class Template:
             boxes=layout.boxes,
             band=layout.band,
         )
+
+
+@dataclass(frozen=True)
+class CaptionPlan:
+    """A template's caption as the model is asked for it (Template.caption_plan)."""
+
+    model_template: str  # the dataset template the model is conditioned on ("" or unknown: none)
+    prefix: str  # what the model continues: the user's words, or the template's opening
+    order: tuple[int, ...] = ()  # box k of the meme shows the model's box order[k] (from 1); () = as written
+
+    def arrange(self, boxes: list[str]) -> list[str]:
+        """The model's boxes in the meme's order."""
+        if not self.order:
+            return list(boxes)
+        return [boxes[i - 1] if i <= len(boxes) else "" for i in self.order]
 
 
 def too_big(n_bytes: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import tomllib
 from collections import Counter
 from dataclasses import replace
@@ -328,6 +329,62 @@ def test_a_bad_catalog_is_refused_naming_the_template(
     assert complaint in message
     assert "templates.toml" in message
     assert "template " in message
+
+
+LIKE = GOOD.replace("has_data = false", "has_data = true") + GOOD.replace(
+    'slug = "plain"', 'slug = "other"'
+).replace("imgflip_id = 1", "imgflip_id = 2").replace(
+    'dataset_name = "Plain"', 'dataset_name = "Other"'
+).replace('["simple one"]', "[]")
+
+
+@pytest.mark.parametrize(
+    ("fields", "complaint"),
+    [
+        ('caption_like = "Nowhere"', "no template with caption data"),
+        ('caption_like = "Other"', "no template with caption data"),  # itself, without data
+        ("caption_boxes = [1]", "set caption_like too"),
+        ('caption_like = "Plain"\ncaption_boxes = [2]', "Plain has 1 boxes"),
+        ('caption_like = "Plain"\ncaption_boxes = [1, 1]', "one box number"),
+        ('openings = ["one does not simply", ""]', "non-empty"),
+        ('openings = ["a|b"]', "fills more than its 1 boxes"),
+        ('caption_like = "Plain"\ncaption_boxes = [1]\nopenings = ["x"]', "not with caption_boxes"),
+    ],
+)
+def test_how_a_template_without_data_is_captioned_is_checked(
+    tmp_path: Path, fields: str, complaint: str
+) -> None:
+    bad = LIKE.replace("has_data = false", f"has_data = false\n{fields}")
+    with pytest.raises(CatalogError, match="template other") as caught:
+        load_catalog(write(tmp_path, bad))
+    assert complaint.replace("Plain has", "plain has") in str(caught.value)
+    # Only a template without data is captioned as another: one with data has its own captions.
+    with pytest.raises(CatalogError, match="template plain: .*without data"):
+        load_catalog(write(tmp_path, LIKE.replace("has_data = true", 'has_data = true\nopenings = ["x"]')))
+
+
+def test_a_template_without_data_is_asked_for_as_the_catalog_says(catalog: Catalog) -> None:
+    """Distracted Boyfriend is captioned as Left Exit 12 Off Ramp (obligation | temptation | me)
+    and shown in its own order (temptation, me, obligation); One Does Not Simply starts with its
+    phrase. The user's own words are never replaced, nor put in another box."""
+    rng = random.Random(0)
+    boyfriend = catalog.get("distracted-boyfriend")
+    plan = boyfriend.caption_plan("", rng)
+    assert (plan.model_template, plan.prefix) == ("Left-Exit-12-Off-Ramp", "")
+    assert plan.arrange(["homework", "memes", "me"]) == ["memes", "me", "homework"]
+    assert plan.arrange(["homework"]) == ["", "", "homework"]
+    typed = boyfriend.caption_plan("a new phone|", rng)
+    assert (typed.model_template, typed.prefix, typed.order) == ("Distracted-Boyfriend", "a new phone|", ())
+    simply = catalog.get("one-does-not-simply").caption_plan("", rng)
+    assert (simply.model_template, simply.prefix) == ("One-Does-Not-Simply", "one does not simply|")
+    assert catalog.get("one-does-not-simply").caption_plan("walk into", rng).prefix == "walk into"
+    raptor = catalog.get("philosoraptor").caption_plan("if", rng)
+    assert (raptor.model_template, raptor.prefix) == ("Roll-Safe-Think-About-It", "if")
+    drake = catalog.get("drake-hotline-bling").caption_plan("", rng)
+    assert (drake.model_template, drake.prefix, drake.order) == ("Drake-Hotline-Bling", "", ())
+    # Every template without data that says how it is captioned names one the model knows.
+    for t in catalog.templates:
+        assert not t.caption_like or catalog.get(t.caption_like.lower()).has_data
 
 
 def test_duplicate_slugs_and_ambiguous_aliases_are_refused(tmp_path: Path) -> None:

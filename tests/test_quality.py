@@ -253,3 +253,41 @@ def test_a_readers_answers_are_scored_against_the_key(tmp_path):
     with contextlib.redirect_stdout(out):
         assert main(["quality", "--pairs", str(pairs), "--judged", str(tmp_path / "answers.json")]) == 0
     assert out.getvalue().splitlines() == ["taken for the person's: 1 of 3", "score: ours 2.33, people 3.33"]
+
+
+def test_several_readers_are_pooled_and_their_agreement_shown(tmp_path):
+    """Three readers of the same three pairs: the README's pooled "N of 144" figure, which
+    pairs fooled how many of them, and on how many pairs they all said the same."""
+    from cli.main import main
+
+    pairs = tmp_path / "pairs.md"
+    pairs.write_text("# pairs")
+    key = {"pairs": [{"pair": k, "person": "A", "model": "B"} for k in (1, 2, 3)]}
+    (tmp_path / "pairs.md.key.json").write_text(json.dumps(key))
+    # Pair 2 fools every reader, pair 3 one of them, pair 1 none.
+    said = [("A", "B", "A"), ("A", "B", "B"), ("A", "B", "A")]
+    files = []
+    for r, verdicts in enumerate(said, 1):
+        answers = [{"pair": k, "person": v, "A": 3, "B": r} for k, v in enumerate(verdicts, 1)]
+        files.append(tmp_path / f"answers-r{r}.json")
+        files[-1].write_text(json.dumps(answers))
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["quality", "--pairs", str(pairs), "--judged", *map(str, files)]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "answers-r1.json: taken for the person's: 1 of 3"
+    assert lines[-4:] == [
+        "all 3 readers: taken for the person's: 4 of 9 (44%)",
+        "all 3 readers: score: ours 2.00, people 3.00",
+        "pairs taken for the person's: #2 by 3, #3 by 1",
+        "readers agreed on 2 of 3 pairs",
+    ]
+    # A file that is not a reader's answers is named, and nothing is printed as if scored.
+    (tmp_path / "bad.json").write_text("{not json")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["quality", "--pairs", str(pairs), "--judged", str(files[0]), str(tmp_path / "bad.json")]) == 2
+    assert out.getvalue() == ""

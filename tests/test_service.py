@@ -96,6 +96,34 @@ async def test_make_meme_continues_the_prefix_renders_and_stores_it(service: Mem
     assert stored.model_id == model.model_id
 
 
+async def test_a_template_without_data_is_captioned_as_the_catalog_says(service: MemeService, model):
+    """Distracted Boyfriend has no captions to learn from: the model writes as for Left Exit 12
+    Off Ramp (obligation | temptation | me) and the meme shows its boxes in Distracted
+    Boyfriend's order (temptation, me, obligation), in a meme, in the choices offered inline,
+    and in 🔁. One Does Not Simply starts with its phrase. The user's own words are kept where
+    they typed them, and nothing but what they typed is stored as their prefix."""
+    greedy = MemeOptions(method="greedy")
+    made = await service.make_meme(ALICE, "distracted-boyfriend", "", greedy)
+    assert model.last.template == "Left-Exit-12-Off-Ramp" and model.last.n_boxes == 3
+    assert made.boxes == ["box 2", "box 3", FIXED_ENDING]  # the model's box 3 ("me") on the boyfriend
+    assert (await service.storage.get_meme(made.id)).prefix == ""
+    rerolled = await service.reroll(ALICE, made.id)
+    assert model.last.template == "Left-Exit-12-Off-Ramp" and rerolled.boxes[:2] == ["box 2", "box 3"]
+    offered = await service.meme_candidates(ALICE, "distracted-boyfriend", "", n=2)
+    assert offered and all(c.draft.boxes[:2] == ("box 2", "box 3") for c in offered)
+
+    typed = await service.make_meme(ALICE, "distracted-boyfriend", "a new phone", greedy)
+    assert model.last.template == "Distracted-Boyfriend"  # no other template's order for their words
+    assert typed.boxes == [f"a new phone {FIXED_ENDING}", "box 2", "box 3"]
+
+    simply = await service.make_meme(ALICE, "one-does-not-simply", "", greedy)
+    assert model.last.prefix == "one does not simply|"
+    assert simply.boxes == ["one does not simply", FIXED_ENDING]
+    assert (await service.storage.get_meme(simply.id)).prefix == ""
+    walk = await service.make_meme(ALICE, "one-does-not-simply", "walk into", greedy)
+    assert walk.boxes[0] == f"walk into {FIXED_ENDING}"
+
+
 async def test_no_template_picks_a_random_one_the_model_knows(service: MemeService):
     slugs = {(await service.make_meme(ALICE, None)).template.slug for _ in range(8)}
     known = {t.slug for t in service.catalog.templates if t.has_data}

@@ -181,6 +181,12 @@ def format_catalog(templates: Sequence[Template]) -> str:
             f"aliases = [{aliases}]",
             f"has_data = {'true' if t.has_data else 'false'}",
         ]
+        if t.caption_like:
+            lines.append(f"caption_like = {_toml_string(t.caption_like)}")
+        if t.caption_boxes:
+            lines.append(f"caption_boxes = [{', '.join(map(str, t.caption_boxes))}]")
+        if t.openings:
+            lines.append(f"openings = [{', '.join(_toml_string(o) for o in t.openings)}]")
         for b in t.boxes:
             lines += [
                 "",
@@ -200,18 +206,25 @@ def format_catalog(templates: Sequence[Template]) -> str:
 
 
 def build(dataset_dir: Path, images_dir: Path, existing: Path | None) -> list[Template]:
-    """Fresh metadata merged with the layouts already in `existing` (matched by dataset name)."""
-    layouts: dict[str, tuple[Box, ...]] = {}
+    """Fresh metadata merged with what was written by hand in `existing` (matched by dataset
+    name): the layouts, and how a template without data is captioned."""
+    kept: dict[str, Template] = {}
     if existing is not None and existing.exists():
-        layouts = {t.dataset_name: t.boxes for t in load_catalog(existing).templates}
+        kept = {t.dataset_name: t for t in load_catalog(existing).templates}
     templates = []
     for t in read_templates(dataset_dir, images_dir):
-        boxes = layouts.get(t.dataset_name)
+        old = kept.get(t.dataset_name)
+        boxes = old.boxes if old is not None else ()
         if not boxes:
             count = boxes_people_fill(dataset_dir / "memes" / f"{t.dataset_name}.json") or 2
             boxes = default_boxes(count)
             print(f"{t.slug}: new template, {count} placeholder boxes to place by hand", file=sys.stderr)
-        templates.append(replace(t, boxes=boxes))
+        t = replace(t, boxes=boxes)
+        if old is not None and not t.has_data:
+            t = replace(
+                t, caption_like=old.caption_like, caption_boxes=old.caption_boxes, openings=old.openings
+            )
+        templates.append(t)
     return templates
 
 

@@ -465,6 +465,7 @@ class Judged:
     fooled: int  # pairs where the reader took ours for the person's
     ours: float  # mean score 1-5 of our captions
     people: float  # mean score 1-5 of people's
+    fooled_pairs: tuple[int, ...] = ()  # which pairs (their numbers in the file)
 
     def lines(self) -> list[str]:
         return [
@@ -477,16 +478,39 @@ def score_judgments(key: dict[str, Any], answers: Sequence[dict[str, Any]]) -> J
     """`answers`: one {"pair": k, "person": "A" or "B", "A": score, "B": score} per pair, as a
     reader gives them; pairs the reader skipped are left out of every figure."""
     truth = {p["pair"]: p for p in key["pairs"]}
-    fooled, ours, people = 0, [], []
+    fooled, ours, people = [], [], []
     for a in answers:
         pair = truth.get(int(a["pair"]))
         if pair is None:
             raise ValueError(f"pair {a['pair']} is not in the key")
-        fooled += str(a["person"]).strip().upper() == pair["model"]
+        if str(a["person"]).strip().upper() == pair["model"]:
+            fooled.append(int(a["pair"]))
         ours.append(float(a[pair["model"]]))
         people.append(float(a[pair["person"]]))
     n = len(ours)
-    return Judged(n, fooled, sum(ours) / max(n, 1), sum(people) / max(n, 1))
+    return Judged(n, len(fooled), sum(ours) / max(n, 1), sum(people) / max(n, 1), tuple(sorted(fooled)))
+
+
+def pooled_lines(readers: Sequence[Judged]) -> list[str]:
+    """Several readers of the same pairs, together: the figures over all their answers (the
+    README's "N of 144"), which pairs fooled whom, and how often the readers agreed. A reader
+    who answered every pair weighs as much as any other."""
+    n = sum(r.pairs for r in readers)
+    fooled = sum(r.fooled for r in readers)
+    ours = sum(r.ours * r.pairs for r in readers) / max(n, 1)
+    people = sum(r.people * r.pairs for r in readers) / max(n, 1)
+    # Readers are consistent pair by pair: which captions pass for a person's says more than
+    # the count does (the same pairs fool most readers of a batch).
+    by_pair = Counter(p for r in readers for p in r.fooled_pairs)
+    fooling = ", ".join(f"#{p} by {c}" for p, c in sorted(by_pair.items(), key=lambda x: (-x[1], x[0])))
+    answered = max((r.pairs for r in readers), default=0)
+    split = sum(1 for c in by_pair.values() if c < len(readers))
+    return [
+        f"all {len(readers)} readers: taken for the person's: {fooled} of {n} ({100 * fooled / max(n, 1):.0f}%)",
+        f"all {len(readers)} readers: score: ours {ours:.2f}, people {people:.2f}",
+        f"pairs taken for the person's: {fooling or 'none'}",
+        f"readers agreed on {answered - split} of {answered} pairs",
+    ]
 
 
 # ---- the command --------------------------------------------------------------------------
