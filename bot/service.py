@@ -942,7 +942,7 @@ class MemeService:
             beam_width=chosen.beam_width,
             max_length=chosen.max_length,
             banned_words=self.filter.banned if chosen.filter_enabled else (),
-            n_boxes=len(template.boxes),
+            n_boxes=plan.model_boxes(len(template.boxes)),
             lexicon=chosen.lexicon,
             block_repeats=g.block_repeats,
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.

@@ -147,7 +147,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         max_length=g.max_length,
         n=args.n,
         seed=args.seed,
-        n_boxes=len(template.boxes),
+        n_boxes=plan.model_boxes(len(template.boxes)),
         lexicon=g.lexicon,
         block_repeats=g.block_repeats,
         best_of=g.best_of,

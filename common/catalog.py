@@ -320,7 +320,7 @@ _TEMPLATE_FIELDS = {
     "box": list,
 }
 # Optional, for a template without caption data: how the model captions it (Template.caption_plan).
-_TEMPLATE_OPTIONAL = {"caption_like": str, "caption_boxes": list, "openings": list}
+_TEMPLATE_OPTIONAL = {"caption_like": str, "caption_boxes": list, "openings": list, "closing": str}
 _BOX_FIELDS = {
     "x": float,
     "y": float,
@@ -437,7 +437,7 @@ def _parse_template(raw: Any, position: int) -> Template:
     if not raw_boxes:
         raise CatalogError(f"{where}: needs at least one [[template.box]]")
     boxes = tuple(_parse_box(b, f"{where}: box {n}") for n, b in enumerate(raw_boxes, start=1))
-    like, order, openings = _parse_captioning(values, len(boxes), where)
+    like, order, openings, closing = _parse_captioning(values, len(boxes), where)
     return Template(
         slug=values["slug"],
         name=values["name"],
@@ -452,20 +452,26 @@ def _parse_template(raw: Any, position: int) -> Template:
         caption_like=like,
         caption_boxes=order,
         openings=openings,
+        closing=closing,
     )
 
 
 def _parse_captioning(
     values: dict[str, Any], n_boxes: int, where: str
-) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
-    """caption_like, caption_boxes and openings, checked on their own (caption_like's template
+) -> tuple[str, tuple[int, ...], tuple[str, ...], str]:
+    """caption_like, caption_boxes, openings and closing, checked on their own (caption_like's template
     is checked once the whole catalog is read)."""
     like = values.get("caption_like", "")
     order = values.get("caption_boxes", [])
     openings = values.get("openings", [])
-    if (like or order or openings) and values["has_data"]:
+    closing = values.get("closing", "")
+    if (like or order or openings or closing) and values["has_data"]:
         raise CatalogError(
-            f"{where}: caption_like, caption_boxes and openings are for a template without data"
+            f"{where}: caption_like, caption_boxes, openings and closing are for a template without data"
+        )
+    if closing and (n_boxes < 2 or order or not closing.strip() or "|" in closing):
+        raise CatalogError(
+            f"{where}: closing is the text of the last of two or more boxes (no |), not with caption_boxes"
         )
     if like and not _DATASET_NAME_RE.fullmatch(like):
         raise CatalogError(f"{where}: caption_like {like!r} must be another template's dataset_name")
@@ -489,7 +495,7 @@ def _parse_captioning(
             raise CatalogError(f"{where}: openings must be non-empty strings, got {opening!r}")
         if opening.count("|") >= n_boxes:
             raise CatalogError(f"{where}: the opening {opening!r} fills more than its {n_boxes} boxes")
-    return like, tuple(order), tuple(openings)
+    return like, tuple(order), tuple(openings), closing
 
 
 def parse_catalog(data: dict[str, Any]) -> Catalog:

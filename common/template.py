@@ -126,6 +126,9 @@ class Template:
     caption_like: str = ""  # a template with data whose captions have this one's shape
     caption_boxes: tuple[int, ...] = ()  # our box k shows caption_like's box caption_boxes[k] (from 1)
     openings: tuple[str, ...] = ()  # the set phrase a caption starts with when the user types none
+    closing: str = (
+        ""  # the set phrase of the last box ("but that's none of my business"): the model writes the rest
+    )
 
     @property
     def is_upload(self) -> bool:
@@ -134,17 +137,19 @@ class Template:
     def caption_plan(self, prefix: str, rng: random.Random) -> CaptionPlan:
         """What the model is asked for to caption this template from the user's `prefix`.
         A template with data: itself and the prefix. One without: conditioned as its
-        `caption_like`, and started with one of its `openings` when the user typed nothing.
-        The user's own words are in this template's box order, so a `caption_boxes` reordering
-        applies only when they typed none; otherwise the model writes for no template."""
-        if self.has_data or not (self.caption_like or self.openings):
+        `caption_like`, started with one of its `openings` when the user typed nothing, and
+        ended with its `closing` unless the user's words reach the last box. The user's own
+        words are in this template's box order, so a `caption_boxes` reordering applies only
+        when they typed none; otherwise the model writes for no template."""
+        if self.has_data or not (self.caption_like or self.openings or self.closing):
             return CaptionPlan(self.dataset_name, prefix)
+        closing = self.closing if prefix.count("|") < len(self.boxes) - 1 else ""
         if prefix.strip():
             if self.caption_boxes:
                 return CaptionPlan(self.dataset_name, prefix)
-            return CaptionPlan(self.caption_like or self.dataset_name, prefix)
+            return CaptionPlan(self.caption_like or self.dataset_name, prefix, closing=closing)
         opening = rng.choice(self.openings) if self.openings else prefix
-        return CaptionPlan(self.caption_like or self.dataset_name, opening, self.caption_boxes)
+        return CaptionPlan(self.caption_like or self.dataset_name, opening, self.caption_boxes, closing)
 
     @classmethod
     def from_image_bytes(
@@ -184,12 +189,16 @@ class CaptionPlan:
     model_template: str  # the dataset template the model is conditioned on ("" or unknown: none)
     prefix: str  # what the model continues: the user's words, or the template's opening
     order: tuple[int, ...] = ()  # box k of the meme shows the model's box order[k] (from 1); () = as written
+    closing: str = ""  # the meme's last box, written by no model
+
+    def model_boxes(self, n_boxes: int) -> int:
+        """Boxes the model writes for a meme of n_boxes."""
+        return n_boxes - 1 if self.closing else n_boxes
 
     def arrange(self, boxes: list[str]) -> list[str]:
-        """The model's boxes in the meme's order."""
-        if not self.order:
-            return list(boxes)
-        return [boxes[i - 1] if i <= len(boxes) else "" for i in self.order]
+        """The model's boxes in the meme's order, its closing box last."""
+        ordered = [boxes[i - 1] if i <= len(boxes) else "" for i in self.order] if self.order else list(boxes)
+        return [*ordered, self.closing] if self.closing else ordered
 
 
 def too_big(n_bytes: int) -> str:

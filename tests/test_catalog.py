@@ -349,6 +349,7 @@ LIKE = GOOD.replace("has_data = false", "has_data = true") + GOOD.replace(
         ('openings = ["one does not simply", ""]', "non-empty"),
         ('openings = ["a|b"]', "fills more than its 1 boxes"),
         ('caption_like = "Plain"\ncaption_boxes = [1]\nopenings = ["x"]', "not with caption_boxes"),
+        ('closing = "but that\'s none of my business"', "last of two or more boxes"),  # one box
     ],
 )
 def test_how_a_template_without_data_is_captioned_is_checked(
@@ -380,6 +381,12 @@ def test_a_template_without_data_is_asked_for_as_the_catalog_says(catalog: Catal
     assert catalog.get("one-does-not-simply").caption_plan("walk into", rng).prefix == "walk into"
     raptor = catalog.get("philosoraptor").caption_plan("if", rng)
     assert (raptor.model_template, raptor.prefix) == ("Roll-Safe-Think-About-It", "if")
+    business = catalog.get("but-thats-none-of-my-business")
+    kermit = business.caption_plan("", rng)
+    assert (kermit.model_template, kermit.model_boxes(2)) == ("Confession-Bear", 1)
+    assert kermit.arrange(["i like tea"]) == ["i like tea", "but that's none of my business"]
+    own = business.caption_plan("i like tea|so do you", rng)  # their words reach the last box
+    assert (own.model_boxes(2), own.arrange(["i like tea", "so do you"])) == (2, ["i like tea", "so do you"])
     drake = catalog.get("drake-hotline-bling").caption_plan("", rng)
     assert (drake.model_template, drake.prefix, drake.order) == ("Drake-Hotline-Bling", "", ())
     # Every template without data that says how it is captioned names one the model knows.

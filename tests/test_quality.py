@@ -289,5 +289,8 @@ def test_several_readers_are_pooled_and_their_agreement_shown(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["quality", "--pairs", str(pairs), "--judged", str(files[0]), str(tmp_path / "bad.json")]) == 2
+        assert (
+            main(["quality", "--pairs", str(pairs), "--judged", str(files[0]), str(tmp_path / "bad.json")])
+            == 2
+        )
     assert out.getvalue() == ""

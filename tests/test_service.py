@@ -123,6 +123,10 @@ async def test_a_template_without_data_is_captioned_as_the_catalog_says(service:
     walk = await service.make_meme(ALICE, "one-does-not-simply", "walk into", greedy)
     assert walk.boxes[0] == f"walk into {FIXED_ENDING}"
 
+    kermit = await service.make_meme(ALICE, "but-thats-none-of-my-business", "I like tea", greedy)
+    assert model.last.n_boxes == 1  # the model writes the first box; the phrase is the last
+    assert kermit.boxes == [f"I like tea {FIXED_ENDING}", "but that's none of my business"]
+
 
 async def test_no_template_picks_a_random_one_the_model_knows(service: MemeService):
     slugs = {(await service.make_meme(ALICE, None)).template.slug for _ in range(8)}

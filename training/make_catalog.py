@@ -187,6 +187,8 @@ def format_catalog(templates: Sequence[Template]) -> str:
             lines.append(f"caption_boxes = [{', '.join(map(str, t.caption_boxes))}]")
         if t.openings:
             lines.append(f"openings = [{', '.join(_toml_string(o) for o in t.openings)}]")
+        if t.closing:
+            lines.append(f"closing = {_toml_string(t.closing)}")
         for b in t.boxes:
             lines += [
                 "",
@@ -222,7 +224,11 @@ def build(dataset_dir: Path, images_dir: Path, existing: Path | None) -> list[Te
         t = replace(t, boxes=boxes)
         if old is not None and not t.has_data:
             t = replace(
-                t, caption_like=old.caption_like, caption_boxes=old.caption_boxes, openings=old.openings
+                t,
+                caption_like=old.caption_like,
+                caption_boxes=old.caption_boxes,
+                openings=old.openings,
+                closing=old.closing,
             )
         templates.append(t)
     return templates
