@@ -5,7 +5,8 @@
 For each catalog template without data, N served captions (the `[generation]` settings, seeds
 0..N-1, no prefix) two ways: as before the catalog said how such a template is captioned (the
 model conditioned on no template), and as the bot asks now (`Template.caption_plan`: another
-template's shape, an opening phrase, the boxes put in the template's order). Prints, for each
+template's shape, an opening phrase, the boxes put in the template's order, a candidate
+that fills every box served first). Prints, for each
 way, in how many memes every box is filled, and how many captions are the same as another
 template's for the same seed (conditioned on nothing, they all are), then two captions per
 template.
@@ -17,10 +18,19 @@ import argparse
 import random
 from pathlib import Path
 
+from bot.service import fills_every_box
 from common.catalog import load_catalog
 from common.config import load_config
 from common.template import CaptionPlan, Template
 from training.quality import load_served_generator, served_request
+
+
+def served_pick(template: Template, candidates: list[list[str]], planned: bool) -> list[str]:
+    """The candidate the bot serves (MemeService.make_meme): the first that fills every box,
+    else the best; before, simply the best."""
+    if planned:
+        candidates = sorted(candidates, key=lambda boxes: not fills_every_box(boxes, len(template.boxes)))
+    return candidates[0]
 
 
 def main() -> None:
@@ -46,11 +56,14 @@ def main() -> None:
         for t in unseen:
             asked = plans(t, planned)
             requests = [
-                served_request(config, len(t.boxes), p.model_template, p.prefix, seed)
+                served_request(config, p.model_boxes(len(t.boxes)), p.model_template, p.prefix, seed)
                 for seed, p in enumerate(asked)
             ]
             results = generator.generate_batch(requests)
-            captions = [p.arrange(list(r.captions[0].boxes)) for p, r in zip(asked, results, strict=True)]
+            captions = [
+                served_pick(t, [p.arrange(list(c.boxes)) for c in r.captions], planned)
+                for p, r in zip(asked, results, strict=True)
+            ]
             for seed, boxes in enumerate(captions):
                 filled += all(b.strip() for b in boxes)
                 key = (seed, " | ".join(b for b in boxes if b))

@@ -363,11 +363,14 @@ class MemeService:
             plan = chosen.caption_plan(prefix, self._rng)
             request = self._request(chosen, plan, settings, options)
             candidates = [plan.arrange(boxes) for boxes in await self._generate_clean(request)]
-        candidates = [with_typed_prefix(prefix, boxes) for boxes in candidates]  # as typed, emoji and all
-        if chosen.is_upload:
-            # A picture's top and bottom lines are a set-up and its punchline. Without a template
-            # to go by the model often stops after the first (the best of 8 left a line empty in
-            # 34 of 60 picture memes), and 33 of those 34 had a candidate filling both: it goes first.
+        # As typed, emoji and all (the plan's prefix is theirs, after the template's opening if any).
+        candidates = [with_typed_prefix(plan.prefix, boxes) for boxes in candidates]
+        if not chosen.has_data:
+            # A picture's top and bottom lines are a set-up and its punchline, and each box of a
+            # template without captions of its own is a part of its joke (Batman's slap). Without
+            # a template's captions to go by the model often stops early (the best of 8 left a
+            # line empty in 34 of 60 picture memes, and 33 of those 34 had a candidate filling
+            # both): a candidate that fills every box goes first.
             candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(chosen.boxes)))
         params = self._params_of(request)
         if len(candidates) > 1:
@@ -644,7 +647,7 @@ class MemeService:
             requests.append(dataclasses.replace(request, best_of=max(share, per_template)))
         answers = await asyncio.gather(*(self._generate_clean(r) for r in requests), return_exceptions=True)
         made = [
-            (t, r, [plan.arrange(boxes) for boxes in a])
+            (t, r, [plan.arrange(boxes) for boxes in a], plan)
             for t, r, plan, a in zip(templates, requests, plans, answers, strict=True)
             if isinstance(a, list)
         ]
@@ -655,8 +658,8 @@ class MemeService:
         if not made:
             raise failures[0]
         rows: list[list[MemeDraft]] = []
-        for template, request, captions in made:
-            typed = [tuple(with_typed_prefix(prefix, boxes)) for boxes in captions]
+        for template, request, captions, plan in made:
+            typed = [tuple(with_typed_prefix(plan.prefix, boxes)) for boxes in captions]
             found = None if picked is None else Found("picked", tuple(t for t in templates if t != template))
             row = []
             for boxes in typed:
@@ -852,25 +855,33 @@ class MemeService:
 
     def _pick_candidates(self, prefix: str, settings: ChatSettings) -> dict[str, Template]:
         """The templates a pick may choose for this prefix, by dataset name: allowed here, with
-        caption data, with a box for each of its parts."""
+        a box for each of its parts. Those without caption data are chosen by their set phrase
+        only (`_pick_template`), or at random when none of the others is allowed."""
         boxes = prefix.count("|") + 1
         self._check_box_count(max(self.catalog.templates, key=lambda t: len(t.boxes)), boxes)
         allowed = settings.allowed_templates
         candidates = {
             t.dataset_name: t
             for t in self.catalog.templates
-            if t.has_data and len(t.boxes) >= boxes and (allowed is None or t.slug in allowed)
+            if len(t.boxes) >= boxes and (allowed is None or t.slug in allowed)
         }
         if not candidates:
             raise NoTemplatesEnabledError()
         return candidates
 
     async def _pick_template(self, prefix: str, candidates: dict[str, Template]) -> tuple[Template, Found]:
-        """The template the model finds the prefix most likely under, drawn among the best three
+        """The template whose set phrase the prefix uses ("one does not simply ..."), else the
+        one the model finds the prefix most likely under, drawn among the best three
         (model/requests.py's choose_template); the other two are offered as alternatives."""
         assert self.pool is not None
+        phrased = self.catalog.by_phrase(prefix)
+        if phrased is not None and phrased.dataset_name in candidates:
+            return phrased, Found("picked")
+        known = tuple(name for name, t in candidates.items() if t.has_data)
+        if not known:  # only templates the model has no captions of are allowed here
+            return self._rng.choice(list(candidates.values())), Found("picked")
         try:
-            scores = await self.pool.score_templates(prefix[:MAX_PICK_CHARS], tuple(candidates))
+            scores = await self.pool.score_templates(prefix[:MAX_PICK_CHARS], known)
         except (PoolBusy, PoolTimeout) as exc:
             raise BusyError(exc.user_message) from exc
         except InvalidRequest:  # nothing the model can read: any template will do

@@ -62,6 +62,7 @@ def mistyped_name(catalog: Catalog, text: str) -> bool:
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.app import usable_draft, usable_lexicon
     from bot.render import box_count_error
+    from bot.service import fills_every_box
     from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
     from common.catalog import UnknownTemplate, load_catalog
@@ -84,11 +85,11 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 2
     except UnknownTemplate as exc:
-        if mistyped_name(catalog, args.template):
+        prefix = " ".join(part for part in (args.template.strip(), args.prefix.strip()) if part)
+        if catalog.by_phrase(prefix) is None and mistyped_name(catalog, args.template):
             print(f"memebot generate: {exc}", file=sys.stderr)
             return 2
         template = None  # the model picks it from the whole text
-        prefix = " ".join(part for part in (args.template.strip(), args.prefix.strip()) if part)
     if not 1 <= args.n <= 20:
         print("memebot generate: --n must be between 1 and 20", file=sys.stderr)
         return 2
@@ -120,6 +121,9 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
     except DraftTableError as exc:
         print(f"memebot generate: {exc}", file=sys.stderr)
         return 1
+    phrased = catalog.by_phrase(prefix) if template is None else None
+    if phrased is not None and len(phrased.boxes) >= given_boxes:
+        template = phrased  # its set phrase names it, as in a chat
     if template is None:
         # Only templates with a box for each of the text's boxes can take it.
         fitting = {t.dataset_name: t for t in catalog.templates if len(t.boxes) >= given_boxes}
@@ -166,7 +170,10 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         captions = [c for c in captions if content_filter.find(c.text) is None] or [
             dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
         ]
-    captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions[: args.n]]  # best of N
+    captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions]
+    if not template.has_data:  # as the bot serves them: the candidates filling every box first
+        captions.sort(key=lambda c: not fills_every_box(c.boxes, len(template.boxes)))
+    captions = captions[: args.n]  # best of N
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

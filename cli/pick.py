@@ -54,6 +54,13 @@ def pick_command(config: Config, args: argparse.Namespace) -> int:
     if not slugs:
         print("memebot pick: the model knows none of the catalog's templates", file=sys.stderr)
         return 1
+    phrased = catalog.by_phrase(text)
+    if phrased is not None:
+        print(
+            f"memebot pick: the text is in the set phrase of {phrased.slug}, which a chat's /meme takes "
+            "(the model has no captions of it to score)",
+            file=sys.stderr,
+        )
     torch.set_num_threads(config.model.threads)
     scores = score_templates(checkpoint.build().eval(), checkpoint, text, list(slugs))
     best = scores.best(args.n)

@@ -24,7 +24,7 @@ from PIL import ImageColor
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA
 
-from common.template import IMAGE_FILE_RE, Box, CatalogImage, Template
+from common.template import IMAGE_FILE_RE, Box, CatalogImage, Template, phrase_words
 
 ALIGNMENTS = ("left", "center", "right")
 
@@ -238,6 +238,25 @@ class Catalog:
         (score, index), (runner_up, _) = ranked[0], ranked[1]
         if score >= TYPO_ACCEPT and score - runner_up >= FUZZY_MARGIN:
             return self.templates[index]
+        return None
+
+    def by_phrase(self, text: str) -> Template | None:
+        """The template whose set phrase `text` uses: it starts with one of the template's
+        `openings` ("one does not simply walk into mordor") or ends with its `closing` ("i like
+        communism but that's none of my business"), compared word by word across box breaks; else
+        None. Only templates without caption data have set phrases, and the model cannot pick
+        those by likelihood (it never saw their captions), so the phrase is what names them."""
+        said = phrase_words(text)
+        if not said:
+            return None
+        for template in self.templates:
+            for opening in template.openings:
+                words = phrase_words(opening)
+                if words and said[: len(words)] == words:
+                    return template
+            words = phrase_words(template.closing)
+            if words and said[-len(words) :] == words:
+                return template
         return None
 
     def search(self, query: str = "", limit: int = 25) -> list[Template]:

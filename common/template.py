@@ -14,6 +14,7 @@ import hashlib
 import io
 import random
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +33,18 @@ MIN_UPLOAD_SIDE = 32
 
 class ImageError(ValueError):
     """A picture a user sent cannot be a template; the message says what to send instead."""
+
+
+def phrase_words(text: str) -> list[str]:
+    """A text's words for matching set phrases: lowercased, typographic apostrophes made plain,
+    runs of letters, digits and inner apostrophes ("that's" is one word; `|` and punctuation
+    only separate)."""
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+    return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text)
+
+
+def _ends_with(words: list[str], ending: list[str]) -> bool:
+    return bool(ending) and words[-len(ending) :] == ending
 
 
 @dataclass(frozen=True)
@@ -125,7 +138,7 @@ class Template:
     # captioned (data/templates.toml):
     caption_like: str = ""  # a template with data whose captions have this one's shape
     caption_boxes: tuple[int, ...] = ()  # our box k shows caption_like's box caption_boxes[k] (from 1)
-    openings: tuple[str, ...] = ()  # the set phrase a caption starts with when the user types none
+    openings: tuple[str, ...] = ()  # the set phrase a caption starts with, before the user's words
     closing: str = (
         ""  # the set phrase of the last box ("but that's none of my business"): the model writes the rest
     )
@@ -137,19 +150,34 @@ class Template:
     def caption_plan(self, prefix: str, rng: random.Random) -> CaptionPlan:
         """What the model is asked for to caption this template from the user's `prefix`.
         A template with data: itself and the prefix. One without: conditioned as its
-        `caption_like`, started with one of its `openings` when the user typed nothing, and
-        ended with its `closing` unless the user's words reach the last box. The user's own
-        words are in this template's box order, so a `caption_boxes` reordering applies only
-        when they typed none; otherwise the model writes for no template."""
+        `caption_like`, started with one of its `openings` (before the user's words, unless they
+        typed it themselves or laid out every box), and ended with its `closing` unless the
+        words reach the last box. The user's own words are in this template's box order, so a
+        `caption_boxes` reordering applies only when they typed none; otherwise the model
+        writes for no template."""
         if self.has_data or not (self.caption_like or self.openings or self.closing):
             return CaptionPlan(self.dataset_name, prefix)
-        closing = self.closing if prefix.count("|") < len(self.boxes) - 1 else ""
-        if prefix.strip():
-            if self.caption_boxes:
+        if self.caption_boxes:
+            if prefix.strip():
                 return CaptionPlan(self.dataset_name, prefix)
-            return CaptionPlan(self.caption_like or self.dataset_name, prefix, closing=closing)
-        opening = rng.choice(self.openings) if self.openings else prefix
-        return CaptionPlan(self.caption_like or self.dataset_name, opening, self.caption_boxes, closing)
+            return CaptionPlan(
+                self.caption_like or self.dataset_name, prefix, self.caption_boxes, self.closing
+            )
+        prefix = self._opening(prefix, rng) + prefix
+        closing = self.closing if prefix.count("|") < len(self.boxes) - 1 else ""
+        if closing and _ends_with(phrase_words(prefix), phrase_words(closing)):
+            closing = ""  # they typed it themselves: shown once, where they typed it
+        return CaptionPlan(self.caption_like or self.dataset_name, prefix, closing=closing)
+
+    def _opening(self, prefix: str, rng: random.Random) -> str:
+        """One of the openings to put before the user's words: "" when there is none, when they
+        start with one already ("one does not simply walk"), or when it would need a box more
+        than the template has."""
+        said = phrase_words(prefix)
+        fitting = [o for o in self.openings if o.count("|") + prefix.count("|") < len(self.boxes)]
+        if not fitting or any(said[: len(w)] == w for w in map(phrase_words, self.openings)):
+            return ""
+        return rng.choice(fitting)
 
     @classmethod
     def from_image_bytes(

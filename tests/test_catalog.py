@@ -378,7 +378,14 @@ def test_a_template_without_data_is_asked_for_as_the_catalog_says(catalog: Catal
     assert (typed.model_template, typed.prefix, typed.order) == ("Distracted-Boyfriend", "a new phone|", ())
     simply = catalog.get("one-does-not-simply").caption_plan("", rng)
     assert (simply.model_template, simply.prefix) == ("One-Does-Not-Simply", "one does not simply|")
-    assert catalog.get("one-does-not-simply").caption_plan("walk into", rng).prefix == "walk into"
+    assert (
+        catalog.get("one-does-not-simply").caption_plan("walk into", rng).prefix
+        == "one does not simply|walk into"
+    )
+    assert (
+        catalog.get("one-does-not-simply").caption_plan("a | b", rng).prefix == "a | b"
+    )  # every box laid out
+    assert catalog.get("futurama-fry").caption_plan("Not sure if", rng).prefix == "Not sure if"
     raptor = catalog.get("philosoraptor").caption_plan("if", rng)
     assert (raptor.model_template, raptor.prefix) == ("Roll-Safe-Think-About-It", "if")
     business = catalog.get("but-thats-none-of-my-business")
@@ -392,6 +399,18 @@ def test_a_template_without_data_is_asked_for_as_the_catalog_says(catalog: Catal
     # Every template without data that says how it is captioned names one the model knows.
     for t in catalog.templates:
         assert not t.caption_like or catalog.get(t.caption_like.lower()).has_data
+
+
+def test_a_set_phrase_names_its_template(catalog: Catalog) -> None:
+    assert catalog.by_phrase("One does NOT simply... walk into Mordor").slug == "one-does-not-simply"
+    assert catalog.by_phrase("one does not simply").slug == "one-does-not-simply"
+    assert catalog.by_phrase("not sure if | or just").slug == "futurama-fry"
+    assert (
+        catalog.by_phrase("I don\u2019t always test my code").slug == "the-most-interesting-man-in-the-world"
+    )
+    assert catalog.by_phrase("cake | but that's none of my business!").slug == "but-thats-none-of-my-business"
+    for text in ("", "does not simply", "one does not", "i'm not sure if", "none of my business yet"):
+        assert catalog.by_phrase(text) is None, text
 
 
 def test_duplicate_slugs_and_ambiguous_aliases_are_refused(tmp_path: Path) -> None:

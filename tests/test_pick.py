@@ -331,6 +331,12 @@ def test_memebot_generate_names_the_template_it_picked(tiny_checkpoint: Path, ca
     assert capsys.readouterr().out.splitlines()[0] == "template: change-my-mind"
     assert main(["generate", "change-my-mind", *base]) == 0
     assert not capsys.readouterr().out.startswith("template:")
+    # A set phrase names a template the model has no captions of (and "one" names none).
+    assert main(["generate", "one", "does not simply walk into mordor", *base]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "template: one-does-not-simply" and lines[1].startswith("one does not simply walk")
+    assert main(["pick", "not", "sure", "if", "trolling", "--checkpoint", str(tiny_checkpoint)]) == 0
+    assert "futurama-fry" in capsys.readouterr().err
     # One word near a template's name is a mistyped name, not a caption.
     assert main(["generate", "gru", "world domination", *base]) == 2
     err = capsys.readouterr().err

@@ -120,8 +120,18 @@ async def test_a_template_without_data_is_captioned_as_the_catalog_says(service:
     assert model.last.prefix == "one does not simply|"
     assert simply.boxes == ["one does not simply", FIXED_ENDING]
     assert (await service.storage.get_meme(simply.id)).prefix == ""
-    walk = await service.make_meme(ALICE, "one-does-not-simply", "walk into", greedy)
-    assert walk.boxes[0] == f"walk into {FIXED_ENDING}"
+    # Their words after the phrase, as typed; not twice when they typed it; not when they laid
+    # out every box themselves.
+    walk = await service.make_meme(ALICE, "one-does-not-simply", "Walk into 🌋", greedy)
+    assert model.last.prefix == "one does not simply|Walk into 🌋"
+    assert walk.boxes == ["one does not simply", f"Walk into 🌋 {FIXED_ENDING}"]
+    assert (await service.storage.get_meme(walk.id)).prefix == "Walk into 🌋"
+    own = await service.make_meme(ALICE, "one-does-not-simply", "One does not simply walk", greedy)
+    assert own.boxes[0] == f"One does not simply walk {FIXED_ENDING}"
+    laid_out = await service.make_meme(ALICE, "one-does-not-simply", "walk | into mordor", greedy)
+    assert laid_out.boxes == ["walk", f"into mordor {FIXED_ENDING}"]
+    fry = await service.make_meme(ALICE, "futurama-fry", "trolling", greedy)
+    assert fry.boxes[0] == f"not sure if trolling {FIXED_ENDING}"
 
     kermit = await service.make_meme(ALICE, "but-thats-none-of-my-business", "I like tea", greedy)
     assert model.last.n_boxes == 1  # the model writes the first box; the phrase is the last
@@ -524,6 +534,30 @@ async def test_a_text_without_a_template_gets_one_the_model_picks(service: MemeS
     assert len(picked.found.alternatives) == 2 and picked.template not in picked.found.alternatives
     stored = await service.storage.get_meme(picked.id)
     assert stored.template == picked.template.slug and stored.prefix == "change my mind about tabs"
+
+
+async def test_a_text_in_a_templates_set_phrase_gets_that_template(service: MemeService, model):
+    """The model cannot pick the templates it has no captions of; their set phrase names them."""
+    greedy = MemeOptions(method="greedy")
+    simply = await service.make_meme(ALICE, None, "One does not simply walk into Mordor", greedy)
+    assert simply.template.slug == "one-does-not-simply" and simply.found.how == "picked"
+    assert simply.boxes[0].startswith("One does not simply walk into Mordor")  # as typed
+    fry = await service.make_meme(ALICE, None, "not sure if trolling", greedy)
+    assert fry.template.slug == "futurama-fry"
+    kermit = await service.make_meme(ALICE, None, "i like tea but that\u2019s none of my business", greedy)
+    assert kermit.template.slug == "but-thats-none-of-my-business"
+    # Typed in one box, the phrase is not written a second time in the last box.
+    assert kermit.boxes[0].startswith("i like tea but that\u2019s none of my business")
+    assert "business" not in kermit.boxes[1]
+    assert model.scorings == []  # no model time spent on a pick the words decide
+    # Not allowed in this chat: the model picks among the allowed ones as for any text.
+    await service.set_settings(ADMIN, {"templates": "drake, change my mind"})
+    made = await service.make_meme(ALICE, None, "one does not simply walk into mordor", greedy)
+    assert made.template.slug in {"drake-hotline-bling", "change-my-mind"}
+    # Only templates without captions allowed: one of them, not "no templates enabled".
+    await service.set_settings(ADMIN, {"templates": "distracted boyfriend, expanding brain"})
+    made = await service.make_meme(ALICE, None, "my code at 3am", greedy)
+    assert made.template.slug in {"distracted-boyfriend", "expanding-brain"}
 
 
 async def test_a_pick_only_chooses_templates_that_fit_and_are_allowed(service: MemeService, model):

@@ -312,10 +312,15 @@ class StopsEarly(ScriptedCaptions):
         return GenerationResult(captions[: max(1, request.best_of)])
 
 
-async def test_a_picture_meme_prefers_a_caption_that_fills_both_lines(tmp_path: Path) -> None:
+async def test_a_picture_or_template_without_captions_prefers_a_caption_that_fills_every_box(
+    tmp_path: Path,
+) -> None:
     config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
     async with scripted_service(config, StopsEarly()) as service:
         made = await service.make_meme(ALICE, Picture(picture((400, 300))), "", MemeOptions(method="sample"))
         assert made.boxes == ["when the cat", "sits on it"]
         catalog = await service.make_meme(ALICE, "drake", "", MemeOptions(method="sample"))
-        assert catalog.boxes == ["when the cat", ""]  # a catalog template keeps the model's order
+        assert catalog.boxes == ["when the cat", ""]  # a template with captions keeps the model's order
+        # A template without captions of its own: each box is a part of its joke (Batman's slap).
+        batman = await service.make_meme(ALICE, "batman-slapping-robin", "", MemeOptions(method="sample"))
+        assert batman.boxes == ["when the cat", "sits on it"]
