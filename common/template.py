@@ -43,8 +43,22 @@ def phrase_words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+(?:'[^\W_]+)*", text)
 
 
-def _ends_with(words: list[str], ending: list[str]) -> bool:
-    return bool(ending) and words[-len(ending) :] == ending
+PHRASE_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+
+
+def split_ending(text: str, phrase: str) -> tuple[str, str] | None:
+    """(what comes before, the phrase as typed) when `text` ends with `phrase`, word for word
+    (see phrase_words; what follows its last word, such as "!", stays with it); else None.
+    "i ate it | but that’s none of my business!" -> ("i ate it", "but that’s none of my business!")."""
+    ending = phrase_words(phrase)
+    folded = text.lower().replace("\u2019", "'")
+    if not ending or len(folded) != len(text):  # a letter whose lower case is longer: no match by position
+        return None
+    found = list(PHRASE_WORD.finditer(folded))
+    if len(found) < len(ending) or [m.group() for m in found[-len(ending) :]] != ending:
+        return None
+    cut = found[-len(ending)].start()
+    return text[:cut].rstrip(" |"), text[cut:].strip()
 
 
 @dataclass(frozen=True)
@@ -164,9 +178,11 @@ class Template:
                 self.caption_like or self.dataset_name, prefix, self.caption_boxes, self.closing
             )
         prefix = self._opening(prefix, rng) + prefix
+        typed = split_ending(prefix, self.closing) if self.closing else None
+        if typed is not None and typed[0].count("|") < len(self.boxes) - 1:
+            # They typed the phrase themselves: it is the last box, as typed, after their words.
+            return CaptionPlan(self.caption_like or self.dataset_name, typed[0], closing=typed[1])
         closing = self.closing if prefix.count("|") < len(self.boxes) - 1 else ""
-        if closing and _ends_with(phrase_words(prefix), phrase_words(closing)):
-            closing = ""  # they typed it themselves: shown once, where they typed it
         return CaptionPlan(self.caption_like or self.dataset_name, prefix, closing=closing)
 
     def _opening(self, prefix: str, rng: random.Random) -> str:

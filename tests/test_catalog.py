@@ -392,6 +392,11 @@ def test_a_template_without_data_is_asked_for_as_the_catalog_says(catalog: Catal
     kermit = business.caption_plan("", rng)
     assert (kermit.model_template, kermit.model_boxes(2)) == ("Confession-Bear", 1)
     assert kermit.arrange(["i like tea"]) == ["i like tea", "but that's none of my business"]
+    typed = business.caption_plan("I like tea but that's none of my business!", rng)
+    assert (typed.prefix, typed.arrange(["i like tea"])) == (
+        "I like tea",
+        ["i like tea", "but that's none of my business!"],
+    )
     own = business.caption_plan("i like tea|so do you", rng)  # their words reach the last box
     assert (own.model_boxes(2), own.arrange(["i like tea", "so do you"])) == (2, ["i like tea", "so do you"])
     drake = catalog.get("drake-hotline-bling").caption_plan("", rng)

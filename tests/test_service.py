@@ -546,9 +546,8 @@ async def test_a_text_in_a_templates_set_phrase_gets_that_template(service: Meme
     assert fry.template.slug == "futurama-fry"
     kermit = await service.make_meme(ALICE, None, "i like tea but that\u2019s none of my business", greedy)
     assert kermit.template.slug == "but-thats-none-of-my-business"
-    # Typed in one box, the phrase is not written a second time in the last box.
-    assert kermit.boxes[0].startswith("i like tea but that\u2019s none of my business")
-    assert "business" not in kermit.boxes[1]
+    # Typed by them, the phrase is the last box as they typed it, their words before it.
+    assert kermit.boxes == [f"i like tea {FIXED_ENDING}", "but that\u2019s none of my business"]
     assert model.scorings == []  # no model time spent on a pick the words decide
     # Not allowed in this chat: the model picks among the allowed ones as for any text.
     await service.set_settings(ADMIN, {"templates": "drake, change my mind"})
