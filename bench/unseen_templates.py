@@ -18,7 +18,7 @@ import argparse
 import random
 from pathlib import Path
 
-from bot.service import fills_every_box
+from bot.memes import fills_every_box
 from common.catalog import load_catalog
 from common.config import load_config
 from common.template import CaptionPlan, Template

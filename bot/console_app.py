@@ -29,8 +29,9 @@ from bot.errors import (
     caption_hints,
     error_text,
 )
+from bot.memes import ChatContext, MadeMeme, Picture, meme_number
 from bot.render import missing_note
-from bot.service import ChatContext, MadeMeme, MemeService, Picture, meme_number
+from bot.service import MemeService
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from common.template import MAX_UPLOAD_BYTES, too_big
 

@@ -42,8 +42,7 @@ from bot.errors import (
     report_unexpected,
 )
 from bot.frontend import StartError
-from bot.render import missing_note
-from bot.service import (
+from bot.memes import (
     PERIODS,
     ChatContext,
     ForgottenMeme,
@@ -51,10 +50,11 @@ from bot.service import (
     LeaderboardEntry,
     MadeMeme,
     MemeOptions,
-    MemeService,
     Picture,
     meme_number,
 )
+from bot.render import missing_note
+from bot.service import MemeService
 from bot.settings import (
     RESET_WORDS,
     SETTINGS,

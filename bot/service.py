@@ -23,16 +23,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
 from bot.errors import (
     AdminOnlyError,
     BadInputError,
-    BadPeriodError,
     BadPictureError,
     BadSettingError,
     BannedWordError,
@@ -41,7 +39,6 @@ from bot.errors import (
     CooldownError,
     GenerationError,
     MemeError,
-    MemeNumberError,
     MissingCaptionError,
     MissingTemplateError,
     NoModelError,
@@ -57,6 +54,24 @@ from bot.errors import (
     UnknownTemplateError,
 )
 from bot.inputs import clean_boxes, clean_text, with_typed_prefix
+from bot.memes import (
+    HANDWRITTEN,
+    MAX_MEME_ID,
+    Candidate,
+    ChatContext,
+    ForgottenMeme,
+    Found,
+    Leaderboard,
+    LeaderboardEntry,
+    MadeMeme,
+    MemeDraft,
+    MemeOptions,
+    Period,
+    Picture,
+    Recognizer,
+    fills_every_box,
+    find_period,
+)
 from bot.ratelimit import Cooldown, TokenBucket
 from bot.render import RenderedMeme, Renderer, box_count_error
 from bot.settings import (
@@ -80,7 +95,6 @@ from model.requests import PICK_AMONG, GenerationRequest, TemplateScores, choose
 if TYPE_CHECKING:
     from model.remote import RemoteModel  # aiohttp: loaded only where [model] endpoint is set
 
-HANDWRITTEN = "caption"  # the method (and model id) stored for a hand-written caption
 MAX_TEMPLATE_QUERY = 100  # characters; longer is not a template name
 MAX_HISTORY = 50
 LEADERBOARD_SIZE = 5  # memes a /top shows unless told otherwise
@@ -93,190 +107,22 @@ MAX_PICK_CHARS = 80
 # Pictures users sent lately, kept in memory for 🔁 (about 100 MB of photos at the most).
 RECENT_PICTURES = 64
 logger = logging.getLogger(__name__)
-MAX_MEME_ID = 2**63 - 1  # SQLite's largest integer: a bigger id from a button is forged
 # Keys in a meme's stored params: the best-of-N runners-up (best first) that 🔁 serves next, and,
 # in a meme served from them, the id of the meme that keeps them.
 CANDIDATES = "candidates"
 REROLL_OF = "reroll_of"
 
-# --- data -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChatContext:
-    """Who asks, and where. Ids are the platform's own, as strings."""
-
-    platform: str
-    chat_id: str
-    user_id: str
-    is_admin: bool = False  # may change this chat's settings (the adapter checks the platform)
-    is_private: bool = False
-    scope_id: str = ""  # whose settings apply (e.g. a Discord server); "" = the chat's own
-    rate_limited: bool = True  # False for the operator's own console: no flood to guard against
-    user_name: str = ""  # the asker's display name as the platform shows it (kept with their memes)
-
-
-@dataclass(frozen=True)
-class MemeOptions:
-    """Per-request overrides of the chat's settings; None = use the setting."""
-
-    method: str | None = None
-    temperature: float | None = None
-    beam_width: int | None = None
-    max_length: int | None = None
-    uppercase: bool | None = None
-
-
-@dataclass(frozen=True)
-class MadeMeme:
-    id: int
-    template: Template
-    boxes: list[str]
-    image: RenderedMeme
-    score: Score
-    prefix: str
-    found: Found | None = None  # how the template was found, when the user did not name it
-
-    @property
-    def text(self) -> str:
-        """The caption on one line, boxes separated by " | " (for captions and alt text)."""
-        return " | ".join(box for box in self.boxes if box.strip())
-
-
-class Recognition(Protocol):
-    @property
-    def template(self) -> Template: ...
-
-
-class Recognizer(Protocol):
-    """Tells which catalog template a picture shows, if any (bot/recognize.py)."""
-
-    def recognize(self, image: Image.Image) -> Recognition | None: ...
-
-
-@dataclass(frozen=True)
-class Found:
-    """A template the user did not name: recognised in their picture, or picked for their text."""
-
-    how: str  # "recognized" | "picked"
-    alternatives: tuple[Template, ...] = ()  # for "picked": the next best, to offer
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A picture a user sent, to make a meme on: what a front end hands the service."""
-
-    data: bytes
-    name: str = "Your picture"
-
-
-@dataclass(frozen=True)
-class MemeDraft:
-    """A meme made but not kept: one of several a user chooses from (Telegram's inline mode).
-    Everything `MemeService.keep` needs to store it like any meme, and nothing heavy: the
-    rendered image is not part of it, so a front end can hold many for a while."""
-
-    template: Template
-    boxes: tuple[str, ...]
-    prefix: str
-    method: str  # a decoding method, or HANDWRITTEN for the user's own words
-    params: Mapping[str, Any]
-    model_id: str
-    found: Found | None = None
-
-    @property
-    def text(self) -> str:
-        return " | ".join(box for box in self.boxes if box.strip())
-
-
-@dataclass(frozen=True)
-class Candidate:
-    draft: MemeDraft
-    image: RenderedMeme
-
-
-@dataclass(frozen=True)
-class Period:
-    """How far back a leaderboard looks, by when the memes were made."""
-
-    name: str  # what users type (and Discord's choice value)
-    days: int | None  # None: all time
-    label: str  # "the last 7 days", for replies
-    aliases: tuple[str, ...] = ()
-
-
-PERIODS: tuple[Period, ...] = (
-    Period("week", 7, "the last 7 days", ("w", "7d", "weekly", "7")),
-    Period("month", 30, "the last 30 days", ("m", "30d", "monthly", "30")),
-    Period("all", None, "all time", ("ever", "alltime", "all-time", "forever", "always")),
-)
-
-
-@dataclass(frozen=True)
-class LeaderboardEntry:
-    rank: int  # 1-based; memes with the same score and up-votes share a rank
-    meme: StoredMeme
-    # The platform's id of the chat its message is in, where known: the scope's own chat in a
-    # private chat (stored hashed), a group's or a channel's id otherwise.
-    chat_id: str | None
-
-    @property
-    def author(self) -> str:
-        """The author's display name when the meme was made; "" when not kept (older memes,
-        private chats)."""
-        return self.meme.author_name
-
-    @property
-    def text(self) -> str:
-        return " | ".join(box for box in self.meme.boxes if box.strip())
-
-
-@dataclass(frozen=True)
-class Leaderboard:
-    period: Period
-    entries: tuple[LeaderboardEntry, ...]  # best first
-
-
-@dataclass(frozen=True)
-class ForgottenMeme:
-    """A meme its author had deleted: where its message is, so a front end can take it down too."""
-
-    id: int
-    chat_id: str | None  # the platform's chat id, where known (see LeaderboardEntry)
-    message_id: str | None
+# --- the service's own -----------------------------------------------------------------------
 
 
 class NoCandidateLeft(Exception):
     """Inside the service: the best-of-N candidate a 🔁 meant to serve was taken meanwhile."""
 
 
-def find_period(text: str) -> Period:
-    """The leaderboard period a user typed (a name or an alias, any case); "" is the first one."""
-    word = text.strip().lower()
-    if not word:
-        return PERIODS[0]
-    for period in PERIODS:
-        if word == period.name or word in period.aliases:
-            return period
-    raise BadPeriodError(text.strip(), tuple(p.name for p in PERIODS))
-
-
-def meme_number(text: str) -> int:
-    """The meme id a user typed ("12" or "#12"); MemeNumberError for anything else."""
-    word = text.strip().removeprefix("#")
-    if not (word.isascii() and word.isdigit()) or not 0 < int(word) <= MAX_MEME_ID:
-        raise MemeNumberError(text.strip())
-    return int(word)
-
-
 def _looks_hashed(chat_id: str) -> bool:
     """A stored chat id that is a keyed hash (a private chat's): platforms' own chat ids are
     numbers far shorter than the hash."""
     return len(chat_id) == USER_HASH_HEX and all(c in string.hexdigits for c in chat_id)
-
-
-def fills_every_box(boxes: list[str], n_boxes: int) -> bool:
-    return len(boxes) >= n_boxes and all(box.strip() for box in boxes[:n_boxes])
 
 
 def _stored_candidates(params: dict[str, Any]) -> list[list[str]]:

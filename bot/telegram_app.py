@@ -64,17 +64,17 @@ from bot.errors import (
     report_unexpected,
 )
 from bot.frontend import StartError
-from bot.render import missing_note
-from bot.service import (
+from bot.memes import (
     ChatContext,
     ForgottenMeme,
     Leaderboard,
     LeaderboardEntry,
     MadeMeme,
-    MemeService,
     Picture,
     meme_number,
 )
+from bot.render import missing_note
+from bot.service import MemeService
 from bot.settings import RESET_WORDS, format_settings, settings_help, split_changes
 from bot.storage import Score
 from bot.telegram_inline import InlineMemes, InlineTiming, already_shown, answer_press, is_inline_ref

@@ -56,8 +56,9 @@ from telegram.error import BadRequest, TelegramError
 from telegram.ext import Application, ContextTypes
 
 from bot.errors import MemeError, NoModelError, UnknownMemeError, Wording, error_text, report_unexpected
+from bot.memes import ChatContext, MemeDraft
 from bot.render import RenderedMeme
-from bot.service import ChatContext, MemeDraft, MemeService
+from bot.service import MemeService
 from bot.storage import Score
 from common.config import TelegramConfig
 

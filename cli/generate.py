@@ -61,8 +61,8 @@ def mistyped_name(catalog: Catalog, text: str) -> bool:
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.app import usable_draft, usable_lexicon
+    from bot.memes import fills_every_box
     from bot.render import box_count_error
-    from bot.service import fills_every_box
     from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
     from common.catalog import UnknownTemplate, load_catalog

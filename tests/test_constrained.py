@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.service import CANDIDATES, REROLL_OF, ChatContext, MemeOptions
+from bot.memes import ChatContext, MemeOptions
+from bot.service import CANDIDATES, REROLL_OF
 from common.config import PROJECT_ROOT, load_config
 from fakes.caption_model import (
     ScriptedCaptions,

@@ -20,6 +20,12 @@ FORBIDDEN = {
     "bench": {"tests"},
 }
 PACKAGES = set(FORBIDDEN) | {"tests"}
+# Inside bot/: the core never imports a front end, and the data it speaks in imports neither.
+FRONT_ENDS = {"bot.app", "bot.console_app", "bot.discord_app", "bot.telegram_app", "bot.telegram_inline"}
+FORBIDDEN_MODULES = {
+    "bot/service.py": FRONT_ENDS,
+    "bot/memes.py": FRONT_ENDS | {"bot.service"},
+}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -46,6 +52,16 @@ def test_no_layer_imports_one_above_it():
                 if module.split(".")[0] in forbidden:
                     wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_the_bots_core_imports_no_front_end():
+    wrong = [
+        f"{path}:{line} imports {module}"
+        for path, forbidden in FORBIDDEN_MODULES.items()
+        for line, module in _imports(ROOT / path)
+        if module in forbidden
+    ]
+    assert not wrong, "the core imports a front end:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycles_between_modules():

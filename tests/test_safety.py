@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from bot.errors import BadInputError, CooldownError, MemeError
 from bot.graphemes import keeps_format_character
 from bot.inputs import INVISIBLE, clean_text
-from bot.service import ChatContext, MemeService
+from bot.memes import ChatContext
+from bot.service import MemeService
 from bot.settings import split_changes
 from bot.telegram_app import parse_button, split_first_word
 from common.catalog import UnknownTemplate, load_catalog

@@ -34,8 +34,9 @@ from bot.errors import (
     UnknownTemplateError,
     error_text,
 )
+from bot.memes import ChatContext, MemeOptions
 from bot.render import Renderer
-from bot.service import ChatContext, MemeOptions, MemeService
+from bot.service import MemeService
 from bot.settings import ChatSettings
 from bot.storage import Score, Storage
 from common.catalog import load_catalog

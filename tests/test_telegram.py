@@ -27,8 +27,9 @@ from PIL import Image
 
 from bot.app import run_bot
 from bot.export import export_memes
+from bot.memes import ChatContext
 from bot.render import Renderer
-from bot.service import ChatContext, MemeService
+from bot.service import MemeService
 from bot.storage import Score, Storage, format_time
 from bot.telegram_app import COMMANDS, HELP, SendRetry, TelegramFrontEnd, Timeouts
 from common.config import ENV_OVERRIDES, Config, TelegramConfig

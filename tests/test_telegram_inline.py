@@ -24,7 +24,8 @@ from telegram import InputTextMessageContent as Text
 from telegram.error import BadRequest
 
 from bot.errors import BannedWordError, CooldownError
-from bot.service import ChatContext, MemeService
+from bot.memes import ChatContext
+from bot.service import MemeService
 from bot.storage import Score
 from bot.telegram_app import SendRetry, TelegramFrontEnd, Timeouts
 from bot.telegram_inline import BUSY, GONE, HINT, NOT_SET_UP, NOT_YOURS, UNAVAILABLE, InlineTiming

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import BadPictureError, PictureGoneError
+from bot.memes import ChatContext, MemeOptions, Picture
 from bot.render import Renderer
-from bot.service import ChatContext, MemeOptions, MemeService, Picture
+from bot.service import MemeService
 from common.template import (
     MAX_UPLOAD_BYTES,
     UPLOAD_PREFIX,
