@@ -6,8 +6,10 @@ import argparse
 import io
 import json
 import math
+import random
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -15,7 +17,7 @@ from PIL import Image, ImageDraw
 from bot.fonts import FontSet, anton_font
 from bot.render import RenderedMeme, Renderer, RenderError, missing_note
 from cli.pictures import template_argument
-from common.catalog import Catalog, CatalogError, Template, UnknownTemplate, load_catalog
+from common.catalog import CatalogError, Template, UnknownTemplate, load_catalog
 from common.config import Config
 from common.template import ImageError
 
@@ -29,14 +31,17 @@ GALLERY_BACKGROUND = (24, 24, 24)
 GALLERY_LABEL_COLOUR = (235, 235, 235)
 # Dataset captions longer than this make a cramped thumbnail; shorter ones show the layout.
 GALLERY_MAX_CAPTION_CHARS = 90
-# The gallery goes into the README: skip captions about politics, tragedy or imgflip itself.
+# The sheets go into the README: skip captions about politics or tragedy.
 GALLERY_AVOID = re.compile(
     r"\b(?:trump|donald|hillary|clinton|obama|biden|bernie|president|democrat|republican|liberal|"
     r"conservative|gender|racist|racism|illegal|mexican|jail|wheelchair|cancer|ebola|covid|corona|virus|"
     r"quarantine|die|died|dead|death|kill|killed|suicide|slaughter|gun|shoot|nazi|hitler|terrorist|"
-    r"religion|god|jesus|muslim|choke|daddy|sex|drug|popeyes|upvote|upvoted|imgflip|featured)s?\b",
+    r"religion|god|jesus|muslim|choke|daddy|sex|drug|popeyes)s?\b",
     re.IGNORECASE,
 )
+# People's captions about the site itself are left out of the dataset sheet too; the model's are
+# kept in its sheet, since a third of what it serves is about the site.
+GALLERY_SITE_TALK = re.compile(r"\b(?:upvote|upvoted|imgflip|featured)s?\b", re.IGNORECASE)
 
 
 class OutputError(ValueError):
@@ -77,6 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=GALLERY_JPEG_QUALITY,
         help=f"JPEG quality (default {GALLERY_JPEG_QUALITY})",
     )
+    gallery.add_argument(
+        "--model",
+        action="store_true",
+        help="captions the model writes, as the bot serves them (no prefix), instead of dataset ones",
+    )
+    gallery.add_argument("--checkpoint", type=Path, help="with --model: default the configured model")
+    gallery.add_argument("--seed", type=int, default=0, help="with --model: fixes the sampling (default 0)")
     gallery.set_defaults(handler=run_gallery)
 
 
@@ -159,6 +171,13 @@ def _votes(meme: dict) -> int:
     return int(raw) if raw.isdigit() else 0
 
 
+def avoided(text: str) -> bool:
+    """A caption the README's sheets leave out: on GALLERY_AVOID's topics, or profane."""
+    from better_profanity import profanity  # slow to import: only the gallery needs it
+
+    return bool(GALLERY_AVOID.search(text)) or profanity.contains_profanity(text)
+
+
 def generic_caption(n_boxes: int) -> list[str]:
     """A stand-in caption for templates without data."""
     if n_boxes == 2:
@@ -173,8 +192,6 @@ def typical_caption(template: Template, dataset_dir: Path) -> list[str]:
     path = dataset_dir / "memes" / f"{template.dataset_name}.json"
     if not template.has_data or not path.is_file():
         return generic_caption(len(template.boxes))
-    from better_profanity import profanity  # slow to import: only the gallery needs it
-
     try:
         memes = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -191,24 +208,59 @@ def typical_caption(template: Template, dataset_dir: Path) -> list[str]:
     ]
     for meme in sorted(candidates, key=_votes, reverse=True):
         text = " ".join(meme["boxes"])
-        if not GALLERY_AVOID.search(text) and not profanity.contains_profanity(text):
+        if not avoided(text) and not GALLERY_SITE_TALK.search(text):
             return list(meme["boxes"])
     return generic_caption(n)
 
 
+def model_captions(
+    config: Config, templates: Sequence[Template], checkpoint: Path, seed: int
+) -> list[list[str]]:
+    """A caption for each template as the bot serves it without a prefix (the config's
+    `[generation]`, the catalog's caption plan, a candidate filling every box first where the
+    bot puts it first), seeded. The sheet goes into the README: a candidate on the avoided
+    topics, or profane, gives way to the next one in the bot's order, when there is one."""
+    from bot.memes import fills_every_box
+    from training.quality import load_served_generator, served_request
+
+    generator = load_served_generator(config, checkpoint)
+    rng = random.Random(seed)
+    plans = [t.caption_plan("", rng) for t in templates]
+    requests = [
+        served_request(
+            config, plan.model_boxes(len(t.boxes)), plan.model_template, plan.prefix, seed * 1_000_003 + k
+        )
+        for k, (t, plan) in enumerate(zip(templates, plans, strict=True))
+    ]
+    answers = [generator.generate_batch(requests[i : i + 16]) for i in range(0, len(requests), 16)]
+    captions = []
+    for template, plan, result in zip(templates, plans, [r for a in answers for r in a], strict=True):
+        candidates = [plan.arrange(list(c.boxes)) for c in result.captions] or [[""] * len(template.boxes)]
+        if not template.has_data:
+            candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(template.boxes)))
+        fit = [c for c in candidates if not avoided(" ".join(c))]
+        captions.append((fit or candidates)[0])
+    return captions
+
+
 def contact_sheet(
-    catalog: Catalog, renderer: Renderer, dataset_dir: Path, *, columns: int, cell: int
+    templates: Sequence[Template],
+    captions: Sequence[list[str]],
+    renderer: Renderer,
+    *,
+    columns: int,
+    cell: int,
 ) -> Image.Image:
-    """Every template rendered with a typical caption, in catalog order, labelled with its slug."""
+    """The templates rendered with their captions, in order, each labelled with its slug."""
     label_h = max(12, cell // 14)
     fonts = FontSet(anton_font())
-    rows = math.ceil(len(catalog.templates) / columns)
+    rows = math.ceil(len(templates) / columns)
     sheet = Image.new("RGB", (columns * cell, rows * (cell + label_h)), GALLERY_BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    for i, template in enumerate(catalog.templates):
+    for i, (template, caption) in enumerate(zip(templates, captions, strict=True)):
         left, top = (i % columns) * cell, (i // columns) * (cell + label_h)
         try:
-            meme = renderer.render(template, typical_caption(template, dataset_dir))
+            meme = renderer.render(template, caption)
             thumb = Image.open(io.BytesIO(meme.data)).convert("RGB")
         except RenderError as exc:
             print(f"memebot gallery: {template.slug}: {exc}", file=sys.stderr)
@@ -238,8 +290,18 @@ def run_gallery(config: Config, args: argparse.Namespace) -> int:
         catalog = load_catalog(config.catalog_path)
     except CatalogError as exc:
         return _error("gallery", exc)
+    templates = catalog.templates
+    if args.model:
+        from model.checkpoint import CheckpointError
+
+        try:
+            captions = model_captions(config, templates, args.checkpoint or config.checkpoint_path, args.seed)
+        except CheckpointError as exc:
+            return _error("gallery", f"no model yet ({exc})")
+    else:
+        captions = [typical_caption(t, config.dataset_dir) for t in templates]
     renderer = make_renderer(config, max(args.cell, GALLERY_RENDER_SIDE))
-    sheet = contact_sheet(catalog, renderer, config.dataset_dir, columns=args.columns, cell=args.cell)
+    sheet = contact_sheet(templates, captions, renderer, columns=args.columns, cell=args.cell)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     options = {"quality": args.quality, "optimize": True, "progressive": True} if pil_format == "JPEG" else {}
     sheet.save(args.output, pil_format, **options)

@@ -36,7 +36,7 @@ from bot.render import (
 from bot.textfit import ELLIPSIS, clean_caption
 from cli.doctor import check as doctor_check
 from cli.main import main
-from cli.render import typical_caption
+from cli.render import model_captions, typical_caption
 from common.catalog import Box, Catalog, Template, load_catalog
 from common.config import Config
 from common.template import CatalogImage
@@ -629,6 +629,28 @@ def test_cli_gallery_writes_a_contact_sheet_of_every_template(cli_config: Path, 
     with Image.open(out) as sheet:
         assert sheet.format == "JPEG" and sheet.width == 200 and 100 < sheet.height < 130
     assert main(["--config", str(cli_config), "gallery", "-o", str(tmp_path / "sheet.bmp")]) == 2
+
+
+@pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="needs the shared template images")
+def test_cli_gallery_model_shows_the_captions_the_bot_serves(
+    cli_config: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from common.config import load_config
+
+    config = load_config(cli_config)
+    templates = load_catalog(config.catalog_path).templates
+    captions = model_captions(config, templates, tiny_checkpoint, seed=0)
+    # The synthetic captions the tiny model memorised, a box each, not the dataset's.
+    assert [len(c) for c in captions] == [len(t.boxes) for t in templates]
+    assert all(c[0].strip() for c in captions)
+    assert captions == model_captions(config, templates, tiny_checkpoint, seed=0)  # seeded
+    base = ["--config", str(cli_config), "gallery", "--model", "--cell", "100", "--columns", "2"]
+    out = tmp_path / "model.png"
+    assert main([*base, "--checkpoint", str(tiny_checkpoint), "-o", str(out)]) == 0
+    with Image.open(out) as sheet:
+        assert sheet.size[0] == 200
+    assert main([*base, "--checkpoint", str(tmp_path / "none.pt"), "-o", str(out)]) == 2
+    assert "no model yet" in capsys.readouterr().err
 
 
 # --- reference renders ----------------------------------------------------------------------------
