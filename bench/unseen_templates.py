@@ -18,19 +18,10 @@ import argparse
 import random
 from pathlib import Path
 
-from bot.memes import fills_every_box
 from common.catalog import load_catalog
 from common.config import load_config
 from common.template import CaptionPlan, Template
 from training.quality import load_served_generator, served_request
-
-
-def served_pick(template: Template, candidates: list[list[str]], planned: bool) -> list[str]:
-    """The candidate the bot serves (MemeService.make_meme): the first that fills every box,
-    else the best; before, simply the best."""
-    if planned:
-        candidates = sorted(candidates, key=lambda boxes: not fills_every_box(boxes, len(template.boxes)))
-    return candidates[0]
 
 
 def main() -> None:
@@ -60,10 +51,11 @@ def main() -> None:
                 for seed, p in enumerate(asked)
             ]
             results = generator.generate_batch(requests)
-            captions = [
-                served_pick(t, [p.arrange(list(c.boxes)) for c in r.captions], planned)
-                for p, r in zip(asked, results, strict=True)
-            ]
+            captions = []
+            for p, r in zip(asked, results, strict=True):
+                candidates = [p.arrange(list(c.boxes)) for c in r.captions]
+                # As served: a candidate filling every box first. Before: the model's best.
+                captions.append((t.serving_order(candidates) if planned else candidates)[0])
             for seed, boxes in enumerate(captions):
                 filled += all(b.strip() for b in boxes)
                 key = (seed, " | ".join(b for b in boxes if b))

@@ -185,9 +185,3 @@ def meme_number(text: str) -> int:
     if not (word.isascii() and word.isdigit()) or not 0 < int(word) <= MAX_MEME_ID:
         raise MemeNumberError(text.strip())
     return int(word)
-
-
-def fills_every_box(boxes: list[str], n_boxes: int) -> bool:
-    """Every one of the template's n_boxes has text (a caption for a picture, or a template
-    without captions of its own, is served only so when a candidate can)."""
-    return len(boxes) >= n_boxes and all(box.strip() for box in boxes[:n_boxes])

@@ -69,7 +69,6 @@ from bot.memes import (
     Period,
     Picture,
     Recognizer,
-    fills_every_box,
     find_period,
 )
 from bot.ratelimit import Cooldown, TokenBucket
@@ -211,13 +210,7 @@ class MemeService:
             candidates = [plan.arrange(boxes) for boxes in await self._generate_clean(request)]
         # As typed, emoji and all (the plan's prefix is theirs, after the template's opening if any).
         candidates = [with_typed_prefix(plan.prefix, boxes) for boxes in candidates]
-        if not chosen.has_data:
-            # A picture's top and bottom lines are a set-up and its punchline, and each box of a
-            # template without captions of its own is a part of its joke (Batman's slap). Without
-            # a template's captions to go by the model often stops early (the best of 8 left a
-            # line empty in 34 of 60 picture memes, and 33 of those 34 had a candidate filling
-            # both): a candidate that fills every box goes first.
-            candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(chosen.boxes)))
+        candidates = chosen.serving_order(candidates)
         params = self._params_of(request)
         if len(candidates) > 1:
             # Best of N: the runners-up, best first, for 🔁 on this meme (see reroll).
@@ -493,7 +486,7 @@ class MemeService:
             requests.append(dataclasses.replace(request, best_of=max(share, per_template)))
         answers = await asyncio.gather(*(self._generate_clean(r) for r in requests), return_exceptions=True)
         made = [
-            (t, r, [plan.arrange(boxes) for boxes in a], plan)
+            (t, r, t.serving_order([plan.arrange(boxes) for boxes in a]), plan)
             for t, r, plan, a in zip(templates, requests, plans, answers, strict=True)
             if isinstance(a, list)
         ]

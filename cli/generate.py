@@ -61,7 +61,6 @@ def mistyped_name(catalog: Catalog, text: str) -> bool:
 
 def generate_command(config: Config, args: argparse.Namespace) -> int:
     from bot.app import usable_draft, usable_lexicon
-    from bot.memes import fills_every_box
     from bot.render import box_count_error
     from cli.pictures import template_argument
     from cli.render import OutputError, encoded_as, make_renderer, output_path
@@ -171,9 +170,9 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
             dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
         ]
     captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions]
-    if not template.has_data:  # as the bot serves them: the candidates filling every box first
-        captions.sort(key=lambda c: not fills_every_box(c.boxes, len(template.boxes)))
-    captions = captions[: args.n]  # best of N
+    captions = template.serving_order(captions, lambda c: c.boxes)[
+        : args.n
+    ]  # best of N, as the bot serves them
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

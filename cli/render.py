@@ -220,7 +220,6 @@ def model_captions(
     `[generation]`, the catalog's caption plan, a candidate filling every box first where the
     bot puts it first), seeded. The sheet goes into the README: a candidate on the avoided
     topics, or profane, gives way to the next one in the bot's order, when there is one."""
-    from bot.memes import fills_every_box
     from training.quality import load_served_generator, served_request
 
     generator = load_served_generator(config, checkpoint)
@@ -235,9 +234,8 @@ def model_captions(
     answers = [generator.generate_batch(requests[i : i + 16]) for i in range(0, len(requests), 16)]
     captions = []
     for template, plan, result in zip(templates, plans, [r for a in answers for r in a], strict=True):
-        candidates = [plan.arrange(list(c.boxes)) for c in result.captions] or [[""] * len(template.boxes)]
-        if not template.has_data:
-            candidates.sort(key=lambda boxes: not fills_every_box(boxes, len(template.boxes)))
+        arranged = [plan.arrange(list(c.boxes)) for c in result.captions]
+        candidates = template.serving_order(arranged) or [[""] * len(template.boxes)]
         fit = [c for c in candidates if not avoided(" ".join(c))]
         captions.append((fit or candidates)[0])
     return captions

@@ -325,3 +325,5 @@ async def test_a_picture_or_template_without_captions_prefers_a_caption_that_fil
         # A template without captions of its own: each box is a part of its joke (Batman's slap).
         batman = await service.make_meme(ALICE, "batman-slapping-robin", "", MemeOptions(method="sample"))
         assert batman.boxes == ["when the cat", "sits on it"]
+        offered = await service.meme_candidates(ALICE, "batman-slapping-robin", "", n=2)
+        assert [c.draft.boxes for c in offered] == [("when the cat", "sits on it"), ("when the cat", "")]
