@@ -254,7 +254,7 @@ def train(
             raise ValueError(
                 f"{recipe.init_from}: architecture or template index differs from this recipe's data"
             )
-        model.load_state_dict(init.state_dict)
+        model.load_state_dict(init.weights())
     optimizer = make_optimizer(model, recipe)
     rng = np.random.default_rng(recipe.seed)
     step, elapsed, best = 0, 0.0, -1.0
