@@ -5,8 +5,8 @@
 For each catalog template without data, N served captions (the `[generation]` settings, seeds
 0..N-1, no prefix) two ways: as before the catalog said how such a template is captioned (the
 model conditioned on no template), and as the bot asks now (`Template.caption_plan`: another
-template's shape, an opening phrase, the boxes put in the template's order, a candidate
-that fills every box served first). Prints, for each
+template's shape, an opening phrase, the boxes put in the template's order, every box
+written). Prints, for each
 way, in how many memes every box is filled, and how many captions are the same as another
 template's for the same seed (conditioned on nothing, they all are), then two captions per
 template.
@@ -47,15 +47,18 @@ def main() -> None:
         for t in unseen:
             asked = plans(t, planned)
             requests = [
-                served_request(config, p.model_boxes(len(t.boxes)), p.model_template, p.prefix, seed)
+                served_request(
+                    config,
+                    p.model_boxes(len(t.boxes)),
+                    p.model_template,
+                    p.prefix,
+                    seed,
+                    fill_boxes=p.fill_boxes,
+                )
                 for seed, p in enumerate(asked)
             ]
             results = generator.generate_batch(requests)
-            captions = []
-            for p, r in zip(asked, results, strict=True):
-                candidates = [p.arrange(list(c.boxes)) for c in r.captions]
-                # As served: a candidate filling every box first. Before: the model's best.
-                captions.append((t.serving_order(candidates) if planned else candidates)[0])
+            captions = [p.arrange(list(r.captions[0].boxes)) for p, r in zip(asked, results, strict=True)]
             for seed, boxes in enumerate(captions):
                 filled += all(b.strip() for b in boxes)
                 key = (seed, " | ".join(b for b in boxes if b))

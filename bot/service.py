@@ -210,7 +210,6 @@ class MemeService:
             candidates = [plan.arrange(boxes) for boxes in await self._generate_clean(request)]
         # As typed, emoji and all (the plan's prefix is theirs, after the template's opening if any).
         candidates = [with_typed_prefix(plan.prefix, boxes) for boxes in candidates]
-        candidates = chosen.serving_order(candidates)
         params = self._params_of(request)
         if len(candidates) > 1:
             # Best of N: the runners-up, best first, for 🔁 on this meme (see reroll).
@@ -486,7 +485,7 @@ class MemeService:
             requests.append(dataclasses.replace(request, best_of=max(share, per_template)))
         answers = await asyncio.gather(*(self._generate_clean(r) for r in requests), return_exceptions=True)
         made = [
-            (t, r, t.serving_order([plan.arrange(boxes) for boxes in a]), plan)
+            (t, r, [plan.arrange(boxes) for boxes in a], plan)
             for t, r, plan, a in zip(templates, requests, plans, answers, strict=True)
             if isinstance(a, list)
         ]
@@ -793,6 +792,7 @@ class MemeService:
             max_length=chosen.max_length,
             banned_words=self.filter.banned if chosen.filter_enabled else (),
             n_boxes=plan.model_boxes(len(template.boxes)),
+            fill_boxes=plan.fill_boxes,
             lexicon=chosen.lexicon,
             block_repeats=g.block_repeats,
             # Greedy and beam search write one caption whatever N is: only sampling has candidates.

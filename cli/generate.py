@@ -151,6 +151,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         n=args.n,
         seed=args.seed,
         n_boxes=plan.model_boxes(len(template.boxes)),
+        fill_boxes=plan.fill_boxes,
         lexicon=g.lexicon,
         block_repeats=g.block_repeats,
         best_of=g.best_of,
@@ -170,9 +171,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
             dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
         ]
     captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions]
-    captions = template.serving_order(captions, lambda c: c.boxes)[
-        : args.n
-    ]  # best of N, as the bot serves them
+    captions = captions[: args.n]  # best of N
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

@@ -217,8 +217,7 @@ def model_captions(
     config: Config, templates: Sequence[Template], checkpoint: Path, seed: int
 ) -> list[list[str]]:
     """A caption for each template as the bot serves it without a prefix (the config's
-    `[generation]`, the catalog's caption plan, a candidate filling every box first where the
-    bot puts it first), seeded. The sheet goes into the README: a candidate on the avoided
+    `[generation]`, the catalog's caption plan), seeded. The sheet goes into the README: a candidate on the avoided
     topics, or profane, gives way to the next one in the bot's order, when there is one."""
     from training.quality import load_served_generator, served_request
 
@@ -227,7 +226,12 @@ def model_captions(
     plans = [t.caption_plan("", rng) for t in templates]
     requests = [
         served_request(
-            config, plan.model_boxes(len(t.boxes)), plan.model_template, plan.prefix, seed * 1_000_003 + k
+            config,
+            plan.model_boxes(len(t.boxes)),
+            plan.model_template,
+            plan.prefix,
+            seed * 1_000_003 + k,
+            fill_boxes=plan.fill_boxes,
         )
         for k, (t, plan) in enumerate(zip(templates, plans, strict=True))
     ]
@@ -235,7 +239,7 @@ def model_captions(
     captions = []
     for template, plan, result in zip(templates, plans, [r for a in answers for r in a], strict=True):
         arranged = [plan.arrange(list(c.boxes)) for c in result.captions]
-        candidates = template.serving_order(arranged) or [[""] * len(template.boxes)]
+        candidates = arranged or [[""] * len(template.boxes)]
         fit = [c for c in candidates if not avoided(" ".join(c))]
         captions.append((fit or candidates)[0])
     return captions

@@ -3,7 +3,9 @@ requests one method decodes together, which starts the rows, constrains each ste
 moves a row on by a symbol and turns a finished row into its caption.
 
 Constraints applied to the logits at every step, for every method:
-- at most n_boxes - 1 <sep>;
+- at most n_boxes - 1 <sep>; with `fill_boxes`, exactly that many: before the last box
+  <end>'s probability goes to <sep> (the box ends where the caption would have), and no box is
+  closed (nor the caption ended) while it is blank;
 - a banned word is never completed: while the current word spells one, every token that
   would end the word (space, punctuation, <sep>, <end>) is masked, so the word can only
   grow into something else;
@@ -100,6 +102,7 @@ class Batch:
             device=self.device,
         )
         self.never = torch.tensor([PAD, START], device=self.device)
+        self.space = symbols.index(" ")
 
     def start(self, rows: list[Row]) -> tuple[torch.Tensor, Any]:
         """Prefill all rows' prompts (left-padded) -> last logits [R, V] and the model state."""
@@ -125,12 +128,18 @@ class Batch:
         logits = logits.float().clone()
         logits[:, self.never] = -math.inf
         # Row lists per rule, then one tensor op per rule: a wide batch has dozens of rows.
-        no_sep, in_banned, at_cap, runs = [], [], [], []
+        no_sep, no_end, end_box, in_banned, at_cap, runs = [], [], [], [], [], []
         ruled: list[int] = []  # rows under word rules (model/lexicon.py)
         for i, row in enumerate(rows):
             req = self.requests[row.request]
             if req.n_boxes and row.seps >= req.n_boxes - 1:
                 no_sep.append(i)
+            if req.fill_boxes and req.n_boxes:
+                if self._box_is_blank(row):
+                    no_sep.append(i)
+                    no_end.append(i)
+                elif row.seps < req.n_boxes - 1:
+                    end_box.append(i)
             if req.banned_words and row.word and row.word in req.banned_words:
                 in_banned.append(i)
             if len(row.prompt) + len(row.generated) >= MAX_SYMBOLS - 1:
@@ -141,8 +150,16 @@ class Batch:
                 symbol = self._run_at_limit(row)
                 if symbol is not None:
                     runs.append((i, symbol))
+        if end_box:
+            # Where the network would end the caption with boxes still to fill, it ends the box:
+            # <end>'s probability goes to <sep> (masked, it would go to whatever came next, most
+            # often punctuation: "?!?!?!" until the length cap).
+            logits[end_box, SEP] = torch.logaddexp(logits[end_box, SEP], logits[end_box, END])
+            logits[end_box, END] = -math.inf
         if no_sep:
             logits[no_sep, SEP] = -math.inf
+        if no_end:
+            logits[no_end, END] = -math.inf
         if in_banned:
             logits[torch.tensor(in_banned)[:, None], self.word_end[None, :]] = -math.inf
         if ruled:
@@ -159,6 +176,16 @@ class Batch:
             logits[at_cap] = -math.inf  # only <end> is left
             logits[at_cap, END] = 0.0
         return torch.log_softmax(logits, dim=-1)
+
+    def _box_is_blank(self, row: Row) -> bool:
+        """Nothing but spaces since the row's last <sep> (or its start)."""
+        for ids in (row.generated, row.prompt):
+            for token in reversed(ids):
+                if token == SEP:
+                    return True
+                if token != self.space:
+                    return False
+        return True
 
     @staticmethod
     def _run_at_limit(row: Row) -> int | None:

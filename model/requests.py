@@ -27,6 +27,7 @@ COMMON_PARAMETERS = (
     "n",
     "banned_words",
     "n_boxes",
+    "fill_boxes",
     "lexicon",
     "block_repeats",
 )
@@ -60,6 +61,9 @@ class GenerationRequest:
     seed: int | None = None  # fixes sampling, alone or inside any batch
     banned_words: tuple[str, ...] = ()  # words decoding must never complete
     n_boxes: int = 0  # the template's box count: at most n_boxes - 1 <sep>; 0 = no limit
+    # Every one of the n_boxes boxes gets text: no <end> before the last box, no box left
+    # blank (a picture's two lines, the panels of a template the model has no captions of).
+    fill_boxes: bool = False
     # Words only from the generator's lexicon, the prefix's words, numbers and the template
     # name's words (model/lexicon.py); ignored by a generator that has no lexicon loaded.
     lexicon: bool = False

@@ -336,6 +336,40 @@ def test_a_network_that_spells_non_words_writes_lexicon_words(untrained):
         assert "zqx" in plain.text
 
 
+def test_fill_boxes_writes_every_box_where_the_network_would_stop(untrained):
+    # It wants "hi", then a box break, then to end at once (a blank box); second, "yo".
+    table = wishes(
+        ("^", "h"), ("h", "i"), ("i", "|"), ("|", "y"), ("|", "$"), ("y", "o"), ("o", "|"), ("o", "$")
+    )
+    generator = bigram_generator(untrained, table, None)
+    for method in ("greedy", "sample", "beam"):
+        req = GenerationRequest(
+            "Change-My-Mind", method=method, max_length=40, n_boxes=3, seed=1, beam_width=3
+        )
+        assert generator.generate_batch([req])[0].captions[0].boxes == ["hi", "", ""], method
+        filled = generator.generate_batch([dataclasses.replace(req, fill_boxes=True)])[0].captions[0]
+        assert filled.boxes == ["hi", "yo", "yo"], method
+    # Without a box count there is nothing to fill; a prefix's blank box is filled too.
+    free = GenerationRequest("Change-My-Mind", method="greedy", max_length=40, fill_boxes=True)
+    assert generator.generate_batch([free])[0].captions[0].boxes == ["hi", ""]
+    typed = GenerationRequest(
+        "Change-My-Mind", "hi|", method="greedy", max_length=40, n_boxes=2, fill_boxes=True
+    )
+    assert generator.generate_batch([typed])[0].captions[0].boxes == ["hi", "yo"]
+
+
+def test_guesses_and_plain_decoding_fill_boxes_alike(tiny_checkpoint, tmp_path):
+    draft = tmp_path / "draft.npz"
+    table_from(["pineapple on pizza is fine", "writing code", "tabs and spaces", "it was aliens"]).save(draft)
+    guessing, plain = load_generator(tiny_checkpoint, draft=draft), load_generator(tiny_checkpoint)
+    for req in requests_to_compare(("", "pineapple on", "zork it|"), 1.4, fill_boxes=True):
+        req = dataclasses.replace(req, n_boxes=4, max_length=150)
+        ours = guessing.generate_batch([req])[0].captions[0]
+        assert ours.boxes == plain.generate_batch([req])[0].captions[0].boxes, req
+        cut = sum(len(box) + 1 for box in ours.boxes) >= 150  # the length cap ends any caption
+        assert cut or all(box.strip() for box in ours.boxes), (req, ours.boxes)
+
+
 def test_a_caption_cut_by_the_length_cap_loses_its_unfinished_word(untrained):
     # "gone gone ..." cut at 7 symbols would end in "go" + "n": the "n" word piece goes.
     table = wishes(("^", "g"), ("g", "o"), ("o", "n"), ("n", "e"), ("e", " "), (" ", "g"))

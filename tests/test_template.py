@@ -28,7 +28,6 @@ from common.template import (
     classic_layout,
 )
 from fakes.caption_model import FIXED_ENDING, ScriptedCaptions, config_for_tests, scripted_service
-from model.requests import Caption, GenerationResult
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -303,27 +302,18 @@ async def test_a_picture_of_a_known_template_is_that_template(service: MemeServi
     assert plain.template.is_upload and plain.found is None
 
 
-class StopsEarly(ScriptedCaptions):
-    """Sampling as a model without a template to go by does: the likeliest caption stops after
-    the top line, a runner-up fills both."""
-
-    def answer(self, request):
-        self.requests.append(request)
-        captions = [Caption(["when the cat", ""], -1.0), Caption(["when the cat", "sits on it"], -2.0)]
-        return GenerationResult(captions[: max(1, request.best_of)])
-
-
-async def test_a_picture_or_template_without_captions_prefers_a_caption_that_fills_every_box(
-    tmp_path: Path,
-) -> None:
+async def test_a_picture_or_template_without_captions_is_asked_for_every_box(tmp_path: Path) -> None:
+    """Without a template's captions to go by the model often stops early (the best of 8 left a
+    line empty in 34 of 60 picture memes): for a picture, or a template the model has no
+    captions of, it must write every box (the rule itself: tests/test_constrained.py)."""
     config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
-    async with scripted_service(config, StopsEarly()) as service:
-        made = await service.make_meme(ALICE, Picture(picture((400, 300))), "", MemeOptions(method="sample"))
-        assert made.boxes == ["when the cat", "sits on it"]
-        catalog = await service.make_meme(ALICE, "drake", "", MemeOptions(method="sample"))
-        assert catalog.boxes == ["when the cat", ""]  # a template with captions keeps the model's order
-        # A template without captions of its own: each box is a part of its joke (Batman's slap).
-        batman = await service.make_meme(ALICE, "batman-slapping-robin", "", MemeOptions(method="sample"))
-        assert batman.boxes == ["when the cat", "sits on it"]
-        offered = await service.meme_candidates(ALICE, "batman-slapping-robin", "", n=2)
-        assert [c.draft.boxes for c in offered] == [("when the cat", "sits on it"), ("when the cat", "")]
+    model = ScriptedCaptions()
+    async with scripted_service(config, model) as service:
+        await service.make_meme(ALICE, Picture(picture((400, 300))), "", MemeOptions(method="sample"))
+        assert model.last.fill_boxes and model.last.n_boxes == 2
+        await service.make_meme(ALICE, "drake", "", MemeOptions(method="sample"))
+        assert not model.last.fill_boxes  # people leave boxes empty on templates with captions
+        await service.make_meme(ALICE, "batman-slapping-robin", "", MemeOptions(method="sample"))
+        assert model.last.fill_boxes
+        await service.meme_candidates(ALICE, "but-thats-none-of-my-business", "", n=2)
+        assert model.last.fill_boxes and model.last.n_boxes == 1  # the closing is no model's

@@ -286,7 +286,13 @@ def pick_samples(dataset: PackedDataset, n: int, seed: int = 0) -> list[Sample]:
 
 
 def served_request(
-    config: Config, n_boxes: int, template: str, prefix: str, seed: int, banned: tuple[str, ...] = ()
+    config: Config,
+    n_boxes: int,
+    template: str,
+    prefix: str,
+    seed: int,
+    banned: tuple[str, ...] = (),
+    fill_boxes: bool = False,
 ) -> GenerationRequest:
     """The request the bot makes for a meme in a chat without settings of its own (as
     MemeService._request builds it), seeded so the report can be rerun. Every `[generation]`
@@ -295,7 +301,13 @@ def served_request(
     wanted = {f.name for f in fields(GenerationRequest)}
     settings = {k: v for k, v in asdict(config.generation).items() if k in wanted}
     return GenerationRequest(
-        **settings, template=template, prefix=prefix, banned_words=banned, n_boxes=n_boxes, seed=seed
+        **settings,
+        template=template,
+        prefix=prefix,
+        banned_words=banned,
+        n_boxes=n_boxes,
+        seed=seed,
+        fill_boxes=fill_boxes,
     )
 
 
@@ -304,7 +316,7 @@ def served_requests(
 ) -> list[GenerationRequest]:
     """The requests the bot would make for `samples`. any_picture: as for a user's own picture,
     which the model knows no template of (the "any picture" conditioning, template id 0), with
-    its two lines."""
+    its two lines, both written (GenerationRequest.fill_boxes)."""
     from common.content_filter import ContentFilter
 
     banned = ContentFilter.from_config(config.filter).banned if config.filter.enabled else ()
@@ -317,6 +329,7 @@ def served_requests(
             s.prefix,
             seed * 1_000_003 + k,
             banned,
+            fill_boxes=any_picture,
         )
         for k, s in enumerate(samples)
     ]
