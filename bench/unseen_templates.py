@@ -6,10 +6,9 @@ For each catalog template without data, N served captions (the `[generation]` se
 0..N-1, no prefix) two ways: as before the catalog said how such a template is captioned (the
 model conditioned on no template), and as the bot asks now (`Template.caption_plan`: another
 template's shape, an opening phrase, the boxes put in the template's order, every box
-written). Prints, for each
-way, in how many memes every box is filled, and how many captions are the same as another
-template's for the same seed (conditioned on nothing, they all are), then two captions per
-template.
+written). Prints, for each way, in how many memes every box is filled, and how many captions
+are the same as another template's for the same seed (conditioned on nothing, they all are),
+then two captions per template.
 """
 
 from __future__ import annotations

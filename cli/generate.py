@@ -170,8 +170,7 @@ def generate_command(config: Config, args: argparse.Namespace) -> int:
         captions = [c for c in captions if content_filter.find(c.text) is None] or [
             dataclasses.replace(c, boxes=[content_filter.mask(b) for b in c.boxes]) for c in captions[:1]
         ]
-    captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions]
-    captions = captions[: args.n]  # best of N
+    captions = [dataclasses.replace(c, boxes=plan.arrange(c.boxes)) for c in captions[: args.n]]  # best of N
     for i, caption in enumerate(captions):
         print(caption.text)
         if renderer is None:

@@ -304,7 +304,7 @@ async def test_a_picture_of_a_known_template_is_that_template(service: MemeServi
 
 async def test_a_picture_or_template_without_captions_is_asked_for_every_box(tmp_path: Path) -> None:
     """Without a template's captions to go by the model often stops early (the best of 8 left a
-    line empty in 34 of 60 picture memes): for a picture, or a template the model has no
+    line empty in 37 of 60 picture memes): for a picture, or a template the model has no
     captions of, it must write every box (the rule itself: tests/test_constrained.py)."""
     config = config_for_tests(tmp_path, user_burst=100, chat_burst=100)
     model = ScriptedCaptions()
