@@ -20,7 +20,7 @@ from pathlib import Path
 from common.catalog import load_catalog
 from common.config import load_config
 from common.template import CaptionPlan, Template
-from training.quality import load_served_generator, served_request
+from training.quality import load_served_generator, planned_request
 
 
 def main() -> None:
@@ -45,17 +45,7 @@ def main() -> None:
         examples = []
         for t in unseen:
             asked = plans(t, planned)
-            requests = [
-                served_request(
-                    config,
-                    p.model_boxes(len(t.boxes)),
-                    p.model_template,
-                    p.prefix,
-                    seed,
-                    fill_boxes=p.fill_boxes,
-                )
-                for seed, p in enumerate(asked)
-            ]
+            requests = [planned_request(config, t, p, seed) for seed, p in enumerate(asked)]
             results = generator.generate_batch(requests)
             captions = [p.arrange(list(r.captions[0].boxes)) for p, r in zip(asked, results, strict=True)]
             for seed, boxes in enumerate(captions):

@@ -219,20 +219,13 @@ def model_captions(
     """A caption for each template as the bot serves it without a prefix (the config's
     `[generation]`, the catalog's caption plan), seeded. The sheet goes into the README: a candidate on the avoided
     topics, or profane, gives way to the next one in the bot's order, when there is one."""
-    from training.quality import load_served_generator, served_request
+    from training.quality import load_served_generator, planned_request
 
     generator = load_served_generator(config, checkpoint)
     rng = random.Random(seed)
     plans = [t.caption_plan("", rng) for t in templates]
     requests = [
-        served_request(
-            config,
-            plan.model_boxes(len(t.boxes)),
-            plan.model_template,
-            plan.prefix,
-            seed * 1_000_003 + k,
-            fill_boxes=plan.fill_boxes,
-        )
+        planned_request(config, t, plan, seed * 1_000_003 + k)
         for k, (t, plan) in enumerate(zip(templates, plans, strict=True))
     ]
     answers = [generator.generate_batch(requests[i : i + 16]) for i in range(0, len(requests), 16)]

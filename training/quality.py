@@ -45,6 +45,7 @@ from model.vocab import SEP, Vocab
 if TYPE_CHECKING:
     from common.catalog import Catalog
     from common.config import Config
+    from common.template import CaptionPlan, Template
     from model.pool import BatchGenerator
     from training.dataset import PackedDataset
 
@@ -309,6 +310,13 @@ def served_request(
         seed=seed,
         fill_boxes=fill_boxes,
     )
+
+
+def planned_request(config: Config, template: Template, plan: CaptionPlan, seed: int) -> GenerationRequest:
+    """The served request for a meme on `template` as its caption plan asks it
+    (Template.caption_plan: which template the model writes for, from what, how many boxes)."""
+    n_boxes = plan.model_boxes(len(template.boxes))
+    return served_request(config, n_boxes, plan.model_template, plan.prefix, seed, fill_boxes=plan.fill_boxes)
 
 
 def served_requests(
